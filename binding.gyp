@@ -1,0 +1,22 @@
+{
+  "targets": [
+    {
+      "target_name": "userfaultfd",
+      "conditions": [
+        ["OS!='linux'", {"type": "none"}, {
+          "sources": [
+            "native/binding.cc",
+            "native/fault_poller.cc",
+            "native/mapping_table.cc",
+            "native/memory.cc",
+            "native/uffd.cc"
+          ],
+          "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
+          "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+          "cflags_cc": ["-std=c++20", "-Wall", "-Wextra", "-fvisibility=hidden", "-fstack-protector-strong"],
+          "cflags_cc!": ["-std=gnu++17", "-fno-exceptions"]
+        }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,54 @@
+// Loads the addon and describes it. Everything here is the raw binding: the
+// public API (uffd.ts, memory.ts) validates arguments before calling it.
+import path from 'node:path';
+import { createRequire } from 'node:module';
+
+export interface UffdHandle {
+  readonly fd: number;
+  register(start: bigint, length: bigint, mode: bigint): bigint;
+  unregister(start: bigint, length: bigint): void;
+  copy(dst: bigint, source: ArrayBufferView | ArrayBuffer, mode: bigint): number;
+  zeroPage(start: bigint, length: bigint, mode: bigint): number;
+  continue(start: bigint, length: bigint, mode: bigint): number;
+  poison(start: bigint, length: bigint, mode: bigint): number;
+  move(dst: bigint, src: bigint, length: bigint, mode: bigint): number;
+  wake(start: bigint, length: bigint): void;
+  writeProtect(start: bigint, length: bigint, mode: bigint): void;
+  start(): void;
+  stop(): void;
+  setRef(ref: boolean): void;
+  close(): void;
+}
+
+export interface Native {
+  UffdHandle: new (fd: number, onMessages: (count: number) => void, messages: ArrayBuffer) => UffdHandle;
+  setErrorFactory(make: (errno: number, syscall: string, extra: Record<string, unknown>) => Error): void;
+  open(userModeOnly: boolean): { fd: number; method: 'syscall' | 'device' };
+  api(fd: number, features: bigint): { offered: bigint; ioctls: bigint };
+  queryFeatures(userModeOnly: boolean): bigint;
+  closeFd(fd: number): void;
+  memfdCreate(name: string, size: number, hugePageLog2: number): [number, number];
+  filePageSize(fd: number): number;
+  systemPageSize(): number;
+  mapShared(fd: number, offset: number, length: number): bigint;
+  mapAnonymous(length: number, hugePageLog2: number): bigint;
+  unmap(address: bigint, length: number): void;
+  view(address: bigint, length: number): ArrayBuffer;
+  read(address: bigint, length: number): Buffer;
+  constants: Record<string, bigint | number>;
+}
+
+function load(): Native {
+  if (process.platform !== 'linux') {
+    throw Object.assign(new Error(`ERR_UFFD_UNSUPPORTED_PLATFORM: userfaultfd exists only on Linux, not ${process.platform}`), { code: 'ERR_UFFD_UNSUPPORTED_PLATFORM' });
+  }
+  const root = path.join(__dirname, '..');
+  const require = createRequire(__filename);
+  // An explicit build (a sanitizer build, say) wins over the default lookup.
+  const explicit = process.env.USERFAULTFD_NATIVE;
+  if (explicit) return require(path.resolve(explicit)) as Native;
+  const gypBuild = require('node-gyp-build') as (dir: string) => Native;
+  return gypBuild(root);
+}
+
+export const native: Native = load();

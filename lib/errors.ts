@@ -1,0 +1,131 @@
+// The one error class of the library, and every message it carries. Errors
+// look like Node's own system errors: `code` ('EEXIST', or 'ERR_UFFD_*' for
+// conditions that are not an errno), `errno` (negative, as Node reports it),
+// `syscall` ('ioctl(UFFDIO_COPY)'), and a message that says what to do.
+import util from 'node:util';
+
+export class UffdError extends Error {
+  readonly code: string;
+  readonly errno: number | undefined;
+  readonly syscall: string | undefined;
+  /** For the resolving ioctls: bytes resolved before the error stopped them. */
+  readonly bytesDone: number | undefined;
+
+  constructor(code: string, message: string, fields: { errno?: number; syscall?: string; bytesDone?: number } = {}) {
+    super(message);
+    this.name = 'UffdError';
+    this.code = code;
+    this.errno = fields.errno;
+    this.syscall = fields.syscall;
+    this.bytesDone = fields.bytesDone;
+  }
+}
+
+const ERRNO = {
+  EPERM: -1, ENOENT: -2, ESRCH: -3, EAGAIN: -11, ENOMEM: -12, EFAULT: -14, EBUSY: -16,
+  EEXIST: -17, EINVAL: -22, ENOSPC: -28, ENOSYS: -38, ENOTTY: -25, EACCES: -13, ENODEV: -19,
+} as const;
+
+// What to do, by error and syscall. The kernel's reasons are from
+// man 2 ioctl_userfaultfd and mm/userfaultfd.c.
+function hint(code: string, syscall: string, extra: Record<string, unknown>): string {
+  const ioctl = syscall.startsWith('ioctl(') ? syscall.slice(6, -1) : '';
+  if (syscall === 'userfaultfd') {
+    const device = typeof extra.deviceErrno === 'number' && extra.deviceErrno !== 0
+      ? util.getSystemErrorName(extra.deviceErrno) : 'not tried';
+    if (code === 'ENOSYS') {
+      return `this kernel has no userfaultfd (CONFIG_USERFAULTFD), or a seccomp filter hides it, as container runtimes do by default (/dev/userfaultfd: ${device})`;
+    }
+    return 'both ways to open a userfaultfd were refused: the syscall ' +
+      `(${code}) and /dev/userfaultfd (${device}). Either run as root (or with CAP_SYS_PTRACE), ` +
+      'or set the sysctl vm.unprivileged_userfaultfd=1, or grant this user read-write access to /dev/userfaultfd, ' +
+      'or open with { userModeOnly: true } (UFFD_USER_MODE_ONLY: faults raised by the kernel itself, such as from read(2) into the region, then fail with EFAULT). ' +
+      'In a container, the default seccomp profile blocks userfaultfd(2): allow it in the profile';
+  }
+  switch (code) {
+    case 'ESRCH':
+      return 'the process that owns this memory has exited; its faults need no answer';
+    case 'EEXIST':
+      return 'a page is already present there (another resolution won the race); nothing was overwritten, and the faulting thread still needs a wake';
+    case 'EAGAIN':
+      return 'the address space is changing (a fork, mremap, madvise or munmap event is pending): read the pending events, then retry the rest';
+    case 'ENOENT':
+      return ioctl === 'UFFDIO_UNREGISTER' ? 'no such range is registered'
+        : 'the destination is not inside a range registered with this userfaultfd (or that mode is not registered there): register it first';
+    case 'EBUSY':
+      return 'part of this range is already registered with another userfaultfd: unregister it there first';
+    case 'EPERM':
+      return ioctl === 'UFFDIO_API' ? 'EVENT_FORK needs CAP_SYS_PTRACE' : 'the mapping does not allow this (a read-only or sealed mapping?)';
+    case 'ENOMEM':
+      return 'the kernel could not allocate a page (for hugetlb memory: reserve huge pages in /proc/sys/vm/nr_hugepages)';
+    case 'EFAULT':
+      return ioctl === 'UFFDIO_CONTINUE'
+        ? 'the page cache has no page there: fill it through another mapping of the file first'
+        : 'the source or destination is not accessible memory';
+    case 'EINVAL':
+      if (ioctl === 'UFFDIO_REGISTER') {
+        return 'the range must be page-aligned and lie within mappings that support this mode (MINOR needs shmem or hugetlbfs, WP needs the WP feature, guest_memfd needs a kernel with uffd support for it)';
+      }
+      if (ioctl === 'UFFDIO_API') return 'the kernel refused the requested features';
+      return 'the address and length must be aligned to the page size of the range, and the mode must be one this ioctl supports there';
+    default:
+      return '';
+  }
+}
+
+function describe(errno: number): string {
+  const entry = util.getSystemErrorMap().get(errno);
+  return entry ? entry[1] : 'unknown error';
+}
+
+// Library conditions that are not an errno.
+const LIBRARY: Record<string, string> = {
+  ERR_UFFD_CLOSED: 'this userfaultfd is closed; open a new one with Userfaultfd.open()',
+  ERR_UFFD_WOULD_DEADLOCK:
+    'the thread that serves this userfaultfd would touch registered memory that is not present yet, and only this thread can make it present: it would block forever. Touch registered memory from a worker thread (attachView) or another process, never from the thread that serves its faults',
+  ERR_UFFD_NOT_MAPPED: 'no live mapping made by this library holds this range (unmapped already, or never made by Memfd.map / Mapping.anonymous)',
+};
+
+/** Builds the error for -errno (or a library code in extra.code) from syscall. */
+export function systemError(errno: number, syscall: string, extra: Record<string, unknown> = {}): UffdError {
+  const bytesDone = typeof extra.bytesDone === 'number' ? extra.bytesDone : undefined;
+  if (typeof extra.code === 'string') {
+    return new UffdError(extra.code, `${extra.code}: ${LIBRARY[extra.code] ?? 'failed'}, ${syscall}`, { syscall });
+  }
+  const code = util.getSystemErrorName(errno);
+  const why = hint(code, syscall, extra);
+  const done = bytesDone ? ` (${bytesDone} bytes were resolved before it)` : '';
+  return new UffdError(code, `${code}: ${describe(errno)}, ${syscall}${why ? ` — ${why}` : ''}${done}`,
+    { errno, syscall, bytesDone });
+}
+
+/** The error the kernel would give, raised before calling it, with the exact reason. */
+export function invalid(syscall: string, reason: string): UffdError {
+  return new UffdError('EINVAL', `EINVAL: invalid argument, ${syscall} — ${reason}`, { errno: ERRNO.EINVAL, syscall });
+}
+
+export function libraryError(code: keyof typeof LIBRARY | string, syscall: string, detail?: string): UffdError {
+  const text = detail ?? LIBRARY[code] ?? code;
+  return new UffdError(code, `${code}: ${text}, ${syscall}`, { syscall });
+}
+
+interface ArgError extends Error { code: string }
+
+export function argTypeError(name: string, expected: string, actual: unknown): TypeError {
+  const shown = typeof actual === 'bigint' ? `${actual}n` : typeof actual === 'string' ? `'${actual}'` : String(actual);
+  const error = new TypeError(`The "${name}" argument must be ${expected}. Received ${typeof actual} (${shown.slice(0, 40)})`) as TypeError & ArgError;
+  error.code = 'ERR_INVALID_ARG_TYPE';
+  return error;
+}
+
+export function argRangeError(name: string, expected: string, actual: unknown): RangeError {
+  const error = new RangeError(`The value of "${name}" is out of range. It must be ${expected}. Received ${String(actual)}`) as RangeError & ArgError;
+  error.code = 'ERR_OUT_OF_RANGE';
+  return error;
+}
+
+export function argValueError(name: string, reason: string): TypeError {
+  const error = new TypeError(`The argument '${name}' ${reason}`) as TypeError & ArgError;
+  error.code = 'ERR_INVALID_ARG_VALUE';
+  return error;
+}

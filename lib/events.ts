@@ -1,0 +1,163 @@
+// Typed userfaultfd events, decoded once from the kernel's struct uffd_msg.
+// A page fault is a Fault object that can resolve itself; the other events
+// (non-cooperative mode, enabled by the EVENT_* features) are plain records.
+import os from 'node:os';
+import { EVENT, MSG_SIZE, PAGEFAULT_FLAG } from './constants';
+import type { UffdError } from './errors';
+
+export type FaultKind = 'missing' | 'minor' | 'wp';
+
+/** The resolving operations a Fault needs from the uffd that delivered it. */
+export interface FaultResolver {
+  copy(address: bigint, data: ArrayBufferView | ArrayBuffer, options?: { writeProtect?: boolean }): number;
+  zeroPage(address: bigint, length: number): number;
+  continue(address: bigint, length: number, options?: { writeProtect?: boolean }): number;
+  poison(address: bigint, length: number): number;
+  writeProtect(address: bigint, length: number, enable: boolean): void;
+  wake(address: bigint, length: number): void;
+}
+
+/** What a resolution did: 'done', or 'exists' when the page was already there (the faulting thread has been woken). */
+export type Outcome = 'done' | 'exists';
+
+function isEexist(error: unknown): boolean {
+  return (error as UffdError | undefined)?.code === 'EEXIST';
+}
+
+export class Fault {
+  readonly type = 'pagefault' as const;
+  readonly kind: FaultKind;
+  readonly write: boolean;
+  /** The faulting address: exact with the EXACT_ADDRESS feature, else rounded down to a base page. */
+  readonly address: bigint;
+  /** The start of the page that faulted, in the registered range's page size. */
+  readonly pageAddress: bigint;
+  readonly pageSize: number;
+  /** The faulting thread's id, with the THREAD_ID feature. */
+  readonly tid: number | undefined;
+  #resolver: FaultResolver;
+  #resolved = false;
+
+  constructor(resolver: FaultResolver, kind: FaultKind, write: boolean, address: bigint, pageSize: number, tid: number | undefined) {
+    this.#resolver = resolver;
+    this.kind = kind;
+    this.write = write;
+    this.address = address;
+    this.pageSize = pageSize;
+    this.pageAddress = address - (address % BigInt(pageSize));
+    this.tid = tid;
+  }
+
+  /** Whether one of the resolving methods has succeeded (or found the page there). */
+  get resolved(): boolean {
+    return this.#resolved;
+  }
+
+  /**
+   * UFFDIO_COPY of data to the faulting page (data.byteLength bytes from
+   * pageAddress: one page, or several to fill pages ahead of the fault).
+   */
+  copy(data: ArrayBufferView | ArrayBuffer, options?: { writeProtect?: boolean }): Outcome {
+    return this.#resolve(() => this.#resolver.copy(this.pageAddress, data, options));
+  }
+
+  /** UFFDIO_ZEROPAGE: the page reads as zeros. */
+  zero(): Outcome {
+    return this.#resolve(() => this.#resolver.zeroPage(this.pageAddress, this.pageSize));
+  }
+
+  /** UFFDIO_CONTINUE: map the page that is already in the page cache (MINOR faults). */
+  continue(options?: { writeProtect?: boolean }): Outcome {
+    return this.#resolve(() => this.#resolver.continue(this.pageAddress, this.pageSize, options));
+  }
+
+  /** UFFDIO_POISON: the faulting thread, and any later access, gets SIGBUS. */
+  poison(): Outcome {
+    return this.#resolve(() => this.#resolver.poison(this.pageAddress, this.pageSize));
+  }
+
+  /** Removes write protection from the page (WP faults) and wakes the thread. */
+  unprotect(): Outcome {
+    return this.#resolve(() => this.#resolver.writeProtect(this.pageAddress, this.pageSize, false));
+  }
+
+  /** UFFDIO_WAKE: wakes the faulting thread without resolving; it faults again unless someone else resolved the page. */
+  wake(): void {
+    this.#resolver.wake(this.pageAddress, this.pageSize);
+  }
+
+  #resolve(operation: () => unknown): Outcome {
+    try {
+      operation();
+      this.#resolved = true;
+      return 'done';
+    } catch (error) {
+      if (!isEexist(error)) throw error;
+      // Another resolution put the page there first; this thread's fault
+      // still waits for a wake.
+      this.#resolver.wake(this.pageAddress, this.pageSize);
+      this.#resolved = true;
+      return 'exists';
+    }
+  }
+}
+
+export interface ForkEvent<U> {
+  readonly type: 'fork';
+  /** The child's uffd, already open in this process. */
+  readonly uffd: U;
+}
+export interface RemapEvent {
+  readonly type: 'remap';
+  readonly from: bigint;
+  readonly to: bigint;
+  readonly length: number;
+}
+export interface RemoveEvent {
+  readonly type: 'remove';
+  readonly start: bigint;
+  readonly end: bigint;
+}
+export interface UnmapEvent {
+  readonly type: 'unmap';
+  readonly start: bigint;
+  readonly end: bigint;
+}
+export type UffdEvent<U> = Fault | ForkEvent<U> | RemapEvent | RemoveEvent | UnmapEvent;
+
+const LITTLE_ENDIAN = os.endianness() === 'LE';
+
+export interface DecodeContext<U> {
+  resolver: FaultResolver;
+  pageSizeAt(address: bigint): number;
+  threadIds: boolean;
+  adopt(fd: number): U;
+}
+
+/** Decodes message `index` of a batch the addon wrote into `view`. */
+export function decode<U>(view: DataView, index: number, context: DecodeContext<U>): UffdEvent<U> | undefined {
+  const at = index * MSG_SIZE;
+  const event = view.getUint8(at);
+  const arg = at + 8;
+  const u64 = (offset: number): bigint => view.getBigUint64(arg + offset, LITTLE_ENDIAN);
+  switch (event) {
+    case EVENT.PAGEFAULT: {
+      const flags = u64(0);
+      const address = u64(8);
+      const kind: FaultKind = flags & PAGEFAULT_FLAG.WP ? 'wp' : flags & PAGEFAULT_FLAG.MINOR ? 'minor' : 'missing';
+      const tid = context.threadIds ? view.getUint32(arg + 16, LITTLE_ENDIAN) : undefined;
+      return new Fault(context.resolver, kind, (flags & PAGEFAULT_FLAG.WRITE) !== 0n, address, context.pageSizeAt(address), tid);
+    }
+    case EVENT.FORK:
+      return { type: 'fork', uffd: context.adopt(view.getUint32(arg, LITTLE_ENDIAN)) };
+    case EVENT.REMAP:
+      return { type: 'remap', from: u64(0), to: u64(8), length: Number(u64(16)) };
+    case EVENT.REMOVE:
+      return { type: 'remove', start: u64(0), end: u64(8) };
+    case EVENT.UNMAP:
+      return { type: 'unmap', start: u64(0), end: u64(8) };
+    default:
+      // A kernel newer than this library may add events: skip them.
+      return undefined;
+  }
+}

@@ -1,0 +1,170 @@
+// Memory for userfaultfd to manage: memfds (shmem, or hugetlbfs with huge
+// pages), shared mappings of them at chosen offsets, and anonymous private
+// mappings. Mappings are unmapped by unmap() or, failing that, when garbage
+// collected. Any thread of the process can reach a mapping by address
+// (attachView), which is how a worker touches registered memory while
+// another thread serves its faults.
+import fs from 'node:fs';
+import { native } from './binding';
+import { argValueError, invalid, libraryError } from './errors';
+import * as validate from './validate';
+
+/** false: ordinary pages. true: the system's default huge page size. A number: that huge page size in bytes. */
+export type HugePages = boolean | number;
+
+export function systemPageSize(): number {
+  return native.systemPageSize();
+}
+
+/** The default huge page size from /proc/meminfo (Hugepagesize), or 0 when the kernel has none. */
+export function defaultHugePageSize(): number {
+  const match = /^Hugepagesize:\s+(\d+) kB$/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+  return match ? Number(match[1]) * 1024 : 0;
+}
+
+// The encoding memfd_create and mmap take: log2 of the size, 1 for the default.
+function hugePageLog2(hugePages: unknown): number {
+  if (hugePages === undefined || hugePages === false) return 0;
+  if (hugePages === true) return 1;
+  if (typeof hugePages === 'number' && Number.isInteger(hugePages) && hugePages > 0 && (hugePages & (hugePages - 1)) === 0) {
+    return Math.log2(hugePages);
+  }
+  throw argValueError('hugePages', `must be a boolean or a power-of-two page size in bytes. Received ${String(hugePages)}`);
+}
+
+const unmapOnCollect = new FinalizationRegistry<{ address: bigint; length: number }>(({ address, length }) => {
+  native.unmap(address, length);
+});
+const closeOnCollect = new FinalizationRegistry<number>((fd) => native.closeFd(fd));
+
+export class Mapping {
+  readonly address: bigint;
+  readonly length: number;
+  /** The page size that governs alignment in this mapping (a huge page size for hugetlb memory). */
+  readonly pageSize: number;
+  readonly kind: 'anonymous' | 'shared';
+  #mapped = true;
+
+  /** @internal Use Mapping.anonymous() or Memfd.map(). */
+  constructor(address: bigint, length: number, pageSize: number, kind: 'anonymous' | 'shared') {
+    this.address = address;
+    this.length = length;
+    this.pageSize = pageSize;
+    this.kind = kind;
+    unmapOnCollect.register(this, { address, length }, this);
+  }
+
+  /** An anonymous private mapping of `length` bytes (a multiple of the page size). */
+  static anonymous(length: number | bigint, options?: { hugePages?: HugePages }): Mapping {
+    const bytes = validate.size(length, 'length');
+    const log2 = hugePageLog2(validate.options<{ hugePages: HugePages }>(options, 'options').hugePages);
+    const pageSize = log2 === 0 ? systemPageSize() : log2 === 1 ? defaultHugePageSize() : 2 ** log2;
+    if (bytes === 0 || !validate.isAligned(bytes, pageSize)) {
+      throw invalid('mmap', `length ${bytes} must be a non-zero multiple of the page size (${pageSize} bytes)`);
+    }
+    return new Mapping(native.mapAnonymous(bytes, log2), bytes, pageSize, 'anonymous');
+  }
+
+  get mapped(): boolean {
+    return this.#mapped;
+  }
+
+  get end(): bigint {
+    return this.address + BigInt(this.length);
+  }
+
+  /**
+   * A Uint8Array over [offset, offset+length) of the mapping. Touching it
+   * faults like any access. Refused (ERR_UFFD_WOULD_DEADLOCK) on the thread
+   * that serves faults for this memory: pass `address` to a worker and use
+   * attachView() there instead.
+   */
+  view(offset: number = 0, length?: number): Uint8Array {
+    const [start, bytes] = this.#slice(offset, length);
+    return new Uint8Array(native.view(start, bytes));
+  }
+
+  /** A copy of [offset, offset+length). On the serving thread, only if every page is present already. */
+  read(offset: number = 0, length?: number): Buffer {
+    const [start, bytes] = this.#slice(offset, length);
+    return native.read(start, bytes);
+  }
+
+  /** Unmaps now. A view another thread still holds reads zeros from then on, until it is collected. */
+  unmap(): void {
+    if (!this.#mapped) return;
+    this.#mapped = false;
+    unmapOnCollect.unregister(this);
+    native.unmap(this.address, this.length);
+  }
+
+  #slice(offset: unknown, length: unknown): [bigint, number] {
+    if (!this.#mapped) throw libraryError('ERR_UFFD_NOT_MAPPED', 'view');
+    const start = validate.size(offset, 'offset');
+    const bytes = length === undefined ? this.length - start : validate.size(length, 'length');
+    if (start > this.length || bytes > this.length - start) {
+      throw invalid('view', `[${start}, ${start + bytes}) is outside the mapping's ${this.length} bytes`);
+    }
+    return [this.address + BigInt(start), bytes];
+  }
+}
+
+/**
+ * A Uint8Array over memory a Mapping of this process holds, found by address:
+ * from any thread, a worker included. Throws ERR_UFFD_NOT_MAPPED if no live
+ * mapping holds the whole range, and ERR_UFFD_WOULD_DEADLOCK on the thread
+ * that serves its faults. The mapping stays valid while the view is alive.
+ */
+export function attachView(address: bigint, length: number | bigint): Uint8Array {
+  return new Uint8Array(native.view(validate.address(address, 'address'), validate.size(length, 'length')));
+}
+
+export class Memfd {
+  readonly fd: number;
+  readonly size: number;
+  /** The file's page size: the huge page size on hugetlbfs. */
+  readonly pageSize: number;
+  readonly name: string;
+  #open = true;
+
+  private constructor(fd: number, size: number, pageSize: number, name: string) {
+    this.fd = fd;
+    this.size = size;
+    this.pageSize = pageSize;
+    this.name = name;
+    closeOnCollect.register(this, fd, this);
+  }
+
+  /** memfd_create + ftruncate. With hugePages, the memfd lives on hugetlbfs and size must be a multiple of the huge page size. */
+  static create(size: number | bigint, options?: { name?: string; hugePages?: HugePages }): Memfd {
+    const bytes = validate.size(size, 'size');
+    const opts = validate.options<{ name: string; hugePages: HugePages }>(options, 'options');
+    const name = opts.name ?? 'userfaultfd';
+    if (typeof name !== 'string' || name.length > 249) throw argValueError('options.name', 'must be a string of at most 249 bytes');
+    const [fd, pageSize] = native.memfdCreate(name, bytes, hugePageLog2(opts.hugePages));
+    return new Memfd(fd, bytes, pageSize, name);
+  }
+
+  /** Maps [offset, offset+length) of the file shared and read-write. */
+  map(options?: { offset?: number | bigint; length?: number | bigint }): Mapping {
+    if (!this.#open) throw libraryError('ERR_UFFD_CLOSED', 'mmap', 'this memfd is closed');
+    const opts = validate.options<{ offset: number; length: number }>(options, 'options');
+    const offset = validate.size(opts.offset ?? 0, 'options.offset');
+    const length = opts.length === undefined ? this.size - offset : validate.size(opts.length, 'options.length');
+    if (!validate.isAligned(offset, this.pageSize) || length === 0 || !validate.isAligned(length, this.pageSize)) {
+      throw invalid('mmap', `offset ${offset} and length ${length} must be multiples of the page size (${this.pageSize} bytes), length non-zero`);
+    }
+    if (offset > this.size || length > this.size - offset) {
+      throw invalid('mmap', `[${offset}, ${offset + length}) is outside the memfd's ${this.size} bytes`);
+    }
+    return new Mapping(native.mapShared(this.fd, offset, length), length, this.pageSize, 'shared');
+  }
+
+  /** Closes the descriptor; mappings made from it stay valid. */
+  close(): void {
+    if (!this.#open) return;
+    this.#open = false;
+    closeOnCollect.unregister(this);
+    native.closeFd(this.fd);
+  }
+}

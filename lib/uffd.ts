@@ -1,0 +1,489 @@
+// Userfaultfd: one uffd, its registrations, the ioctls that resolve faults,
+// and the stream of its events.
+//
+// Threading: events are read on the thread that opened the uffd (the main
+// thread or a worker), by its event loop, never blocking it; resolving ioctls
+// run synchronously on that thread. That thread therefore must never touch
+// registered memory that is not yet present: it would block in the kernel
+// waiting for a resolution only it can make. Faults come from other threads
+// (workers using attachView), native threads, or other processes.
+import { native, type UffdHandle } from './binding';
+import {
+  COPY_MODE_WP, CONTINUE_MODE_WP, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
+  WRITEPROTECT_MODE_DONTWAKE, WRITEPROTECT_MODE_WP, FEATURES, featureBits, featureNames, ioctlNames,
+  type Feature, type Ioctl,
+} from './constants';
+import { UffdError, argTypeError, argValueError, invalid, libraryError, systemError } from './errors';
+import { decode, Fault, type FaultResolver, type ForkEvent, type RemapEvent, type RemoveEvent, type UffdEvent, type UnmapEvent } from './events';
+import { Mapping, systemPageSize } from './memory';
+import * as validate from './validate';
+
+native.setErrorFactory(systemError);
+
+const MESSAGE_CAPACITY = Number(native.constants.messageCapacity);
+
+export interface OpenOptions {
+  /** Features to enable, by kernel name (UFFD_FEATURE_ minus the prefix). Missing ones throw ERR_UFFD_UNSUPPORTED_FEATURE. */
+  features?: Feature[];
+  /**
+   * UFFD_USER_MODE_ONLY: only faults from user-space accesses are reported, which
+   * unprivileged processes may open where vm.unprivileged_userfaultfd is 0.
+   * Faults the kernel raises itself (read(2) into the region, KVM) then fail with EFAULT.
+   */
+  userModeOnly?: boolean;
+}
+
+export interface RegisterModes {
+  /** Faults on pages that are not there (resolve with copy, zeroPage). Default true. */
+  missing?: boolean;
+  /** Faults on pages in the page cache but not mapped (shmem, hugetlbfs; resolve with continue). */
+  minor?: boolean;
+  /** Faults on writes to write-protected pages (resolve with writeProtect(..., false)). */
+  wp?: boolean;
+}
+
+/** A range to register: a Mapping, or any page-aligned range of this process (or of the process that created the uffd). */
+export type Target = Mapping | { address: bigint; length: number | bigint; pageSize?: number };
+
+export interface Registration {
+  readonly start: bigint;
+  readonly end: bigint;
+  readonly pageSize: number;
+  readonly modes: Readonly<Required<RegisterModes>>;
+  /** The ioctls the kernel allows on this range (UFFDIO_REGISTER's answer). */
+  readonly ioctls: ReadonlySet<Ioctl>;
+}
+
+export type Event = UffdEvent<Userfaultfd>;
+export type NonFaultEvent = ForkEvent<Userfaultfd> | RemapEvent | RemoveEvent | UnmapEvent;
+
+export interface ServeOptions {
+  /** Non-cooperative events (fork, remap, remove, unmap). A fork's uffd is closed if this is not given. */
+  onEvent?: (event: NonFaultEvent) => void;
+  /** Called when the handler throws, rejects, or returns without resolving its fault. Default: process.emitWarning. */
+  onError?: (error: unknown, fault: Fault) => void;
+  /**
+   * How a fault the handler failed on is resolved, so that its thread never hangs:
+   * 'fill' (default): missing -> zero page, minor -> the page cache's page, wp -> write allowed;
+   * 'poison': UFFDIO_POISON, the faulting thread gets SIGBUS ('fill' where the range does not allow POISON).
+   */
+  failure?: 'fill' | 'poison';
+}
+
+const closeOnCollect = new FinalizationRegistry<UffdHandle>((handle) => handle.close());
+
+export class Userfaultfd implements FaultResolver {
+  readonly #handle: UffdHandle;
+  readonly #messages = new ArrayBuffer(MSG_SIZE * MESSAGE_CAPACITY);
+  readonly #view = new DataView(this.#messages);
+  #closed = false;
+  #registrations: Registration[] = [];
+  /** Who reads the events: at most one consumer, for the uffd's whole life. */
+  #consumer: 'none' | 'iterator' | 'serve' = 'none';
+  #deliver: (event: Event) => void = () => {};
+  #queue: Event[] = [];
+  #waiting: ((result: IteratorResult<Event>) => void)[] = [];
+  #failure: UffdError | undefined;
+  #ended: (() => void)[] = [];
+
+  /** How the descriptor was obtained: 'syscall', 'device' (/dev/userfaultfd), or 'adopted' (an fd given to fromFd or a fork event). */
+  readonly openedWith: 'syscall' | 'device' | 'adopted';
+  /** Features the kernel offers, as UFFDIO_API answered (empty for an adopted uffd). */
+  readonly offeredFeatures: ReadonlySet<Feature>;
+  /** Features enabled on this uffd. */
+  readonly enabledFeatures: ReadonlySet<Feature>;
+
+  private constructor(fd: number, openedWith: Userfaultfd['openedWith'], offered: bigint, enabled: bigint) {
+    this.openedWith = openedWith;
+    this.offeredFeatures = featureNames(offered);
+    this.enabledFeatures = featureNames(enabled);
+    this.#handle = new native.UffdHandle(fd, (count) => this.#onMessages(count), this.#messages);
+    closeOnCollect.register(this, this.#handle, this);
+  }
+
+  /**
+   * Opens a userfaultfd (the userfaultfd(2) syscall, then /dev/userfaultfd) and
+   * does the UFFDIO_API handshake with the requested features.
+   */
+  static open(options?: OpenOptions): Userfaultfd {
+    const opts = validate.options<OpenOptions>(options, 'options');
+    const requested = opts.features ?? [];
+    if (!Array.isArray(requested)) throw argTypeError('options.features', 'an array of feature names', requested);
+    for (const name of requested) {
+      if (typeof name !== 'string' || !Object.hasOwn(FEATURES, name)) {
+        throw argValueError('options.features', `holds an unknown feature ${String(name)}; known: ${Object.keys(FEATURES).join(', ')}`);
+      }
+    }
+    const userModeOnly = opts.userModeOnly === true;
+    const bits = featureBits(requested);
+    const { fd, method } = native.open(userModeOnly);
+    try {
+      const { offered } = native.api(fd, bits);
+      return new Userfaultfd(fd, method, offered, bits);
+    } catch (error) {
+      native.closeFd(fd);
+      throw explainApiFailure(error, bits, userModeOnly);
+    }
+  }
+
+  /**
+   * Adopts a uffd descriptor that has had its UFFDIO_API handshake already,
+   * for example one received from another process. The object owns it from now on.
+   */
+  static fromFd(fd: number, options?: { features?: Feature[] }): Userfaultfd {
+    if (!Number.isInteger(fd) || fd < 0) throw argTypeError('fd', 'a file descriptor (non-negative integer)', fd);
+    const features = validate.options<{ features: Feature[] }>(options, 'options').features ?? [];
+    return new Userfaultfd(fd, 'adopted', 0n, featureBits(features));
+  }
+
+  get fd(): number {
+    return this.#handle.fd;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  get registrations(): readonly Registration[] {
+    return this.#registrations;
+  }
+
+  /** UFFDIO_REGISTER. Returns the ioctls the kernel allows on the range. */
+  register(target: Target, modes: RegisterModes = { missing: true }): ReadonlySet<Ioctl> {
+    this.#checkOpen('ioctl(UFFDIO_REGISTER)');
+    const { start, length, pageSize } = targetRange(target);
+    const m = validate.options<RegisterModes>(modes, 'modes');
+    const bits = (m.missing ? REGISTER_MODE.MISSING : 0n) | (m.minor ? REGISTER_MODE.MINOR : 0n) | (m.wp ? REGISTER_MODE.WP : 0n);
+    if (bits === 0n) throw invalid('ioctl(UFFDIO_REGISTER)', 'no mode given: set missing, minor or wp');
+    validate.range('ioctl(UFFDIO_REGISTER)', start, length, pageSize);
+    const ioctls = ioctlNames(this.#handle.register(start, BigInt(length), bits));
+    this.#forget(start, start + BigInt(length));
+    this.#registrations.push({
+      start, end: start + BigInt(length), pageSize, ioctls,
+      modes: { missing: !!m.missing, minor: !!m.minor, wp: !!m.wp },
+    });
+    return ioctls;
+  }
+
+  /** UFFDIO_UNREGISTER. Threads waiting on faults in the range are woken. */
+  unregister(target: Target): void {
+    this.#checkOpen('ioctl(UFFDIO_UNREGISTER)');
+    const { start, length, pageSize } = targetRange(target);
+    validate.range('ioctl(UFFDIO_UNREGISTER)', start, length, pageSize);
+    this.#handle.unregister(start, BigInt(length));
+    this.#forget(start, start + BigInt(length));
+  }
+
+  /**
+   * UFFDIO_COPY of data (its whole byteLength, a multiple of the page size) to
+   * address. Returns the bytes copied. Throws EEXIST if a page was already
+   * there (err.bytesDone tells how far it got).
+   */
+  copy(address: bigint, data: ArrayBufferView | ArrayBuffer, options?: { dontWake?: boolean; writeProtect?: boolean }): number {
+    const syscall = 'ioctl(UFFDIO_COPY)';
+    this.#checkOpen(syscall);
+    validate.address(address, 'address');
+    if (!ArrayBuffer.isView(data) && !(data instanceof ArrayBuffer)) {
+      throw argTypeError('data', 'an ArrayBuffer, a TypedArray, a DataView or a Buffer', data);
+    }
+    validate.range(syscall, address, data.byteLength, this.#pageSizeAt(address));
+    const opts = validate.options<{ dontWake: boolean; writeProtect: boolean }>(options, 'options');
+    const mode = (opts.dontWake ? MODE_DONTWAKE : 0n) | (opts.writeProtect ? COPY_MODE_WP : 0n);
+    return this.#handle.copy(address, data, mode);
+  }
+
+  /** UFFDIO_ZEROPAGE: the range reads as zeros. Returns the bytes resolved. */
+  zeroPage(address: bigint, length: number | bigint, options?: { dontWake?: boolean }): number {
+    const [start, bytes] = this.#range('ioctl(UFFDIO_ZEROPAGE)', address, length);
+    return this.#handle.zeroPage(start, BigInt(bytes), dontWake(options));
+  }
+
+  /** UFFDIO_CONTINUE: maps the pages already in the page cache (MINOR mode). Returns the bytes mapped. */
+  continue(address: bigint, length: number | bigint, options?: { dontWake?: boolean; writeProtect?: boolean }): number {
+    const [start, bytes] = this.#range('ioctl(UFFDIO_CONTINUE)', address, length);
+    const opts = validate.options<{ dontWake: boolean; writeProtect: boolean }>(options, 'options');
+    const mode = (opts.dontWake ? MODE_DONTWAKE : 0n) | (opts.writeProtect ? CONTINUE_MODE_WP : 0n);
+    return this.#handle.continue(start, BigInt(bytes), mode);
+  }
+
+  /** UFFDIO_POISON: accesses to the range raise SIGBUS. Returns the bytes poisoned. */
+  poison(address: bigint, length: number | bigint, options?: { dontWake?: boolean }): number {
+    const [start, bytes] = this.#range('ioctl(UFFDIO_POISON)', address, length);
+    return this.#handle.poison(start, BigInt(bytes), dontWake(options));
+  }
+
+  /** UFFDIO_WRITEPROTECT: enable or remove write protection; removing it wakes waiting threads unless dontWake. */
+  writeProtect(address: bigint, length: number | bigint, enable: boolean, options?: { dontWake?: boolean }): void {
+    const [start, bytes] = this.#range('ioctl(UFFDIO_WRITEPROTECT)', address, length);
+    const opts = validate.options<{ dontWake: boolean }>(options, 'options');
+    const mode = (enable ? WRITEPROTECT_MODE_WP : 0n) | (opts.dontWake ? WRITEPROTECT_MODE_DONTWAKE : 0n);
+    this.#handle.writeProtect(start, BigInt(bytes), mode);
+  }
+
+  /** UFFDIO_MOVE: moves anonymous pages from src to dst without copying. Returns the bytes moved. */
+  move(dst: bigint, src: bigint, length: number | bigint, options?: { dontWake?: boolean; allowSrcHoles?: boolean }): number {
+    const syscall = 'ioctl(UFFDIO_MOVE)';
+    const [start, bytes] = this.#range(syscall, dst, length);
+    validate.range(syscall, validate.address(src, 'src'), bytes, this.#pageSizeAt(start));
+    const opts = validate.options<{ dontWake: boolean; allowSrcHoles: boolean }>(options, 'options');
+    const mode = (opts.dontWake ? MODE_DONTWAKE : 0n) | (opts.allowSrcHoles ? MOVE_MODE_ALLOW_SRC_HOLES : 0n);
+    return this.#handle.move(start, src, BigInt(bytes), mode);
+  }
+
+  /** UFFDIO_WAKE: wakes threads waiting on faults in the range (after resolutions made with dontWake). */
+  wake(address: bigint, length: number | bigint): void {
+    const [start, bytes] = this.#range('ioctl(UFFDIO_WAKE)', address, length);
+    this.#handle.wake(start, BigInt(bytes));
+  }
+
+  /**
+   * The events of this uffd, in the order the kernel queued them. Reading
+   * never blocks the event loop. Ending the iteration (break, return, throw)
+   * closes the uffd, which wakes every waiting thread.
+   */
+  events(): AsyncIterableIterator<Event> {
+    this.#claim('iterator');
+    this.#deliver = (event) => {
+      const waiter = this.#waiting.shift();
+      if (waiter) waiter({ value: event, done: false });
+      else this.#queue.push(event);
+    };
+    this.#handle.start();
+    const iterator: AsyncIterableIterator<Event> = {
+      next: () => {
+        const event = this.#queue.shift();
+        if (event) return Promise.resolve({ value: event, done: false });
+        if (this.#failure) {
+          const failure = this.#failure;
+          this.#failure = undefined;
+          return Promise.reject(failure);
+        }
+        if (this.#closed) return Promise.resolve({ value: undefined, done: true });
+        return new Promise((resolve) => this.#waiting.push(resolve));
+      },
+      return: () => {
+        this.close();
+        return Promise.resolve({ value: undefined, done: true });
+      },
+      [Symbol.asyncIterator]: () => iterator,
+    };
+    return iterator;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterableIterator<Event> {
+    return this.events();
+  }
+
+  /**
+   * Serves every page fault with handler, called once per fault as it arrives
+   * (without waiting for earlier handlers: faults from several threads are
+   * served concurrently). The handler resolves the fault (fault.copy(),
+   * fault.zero(), fault.continue(), ...), synchronously or later. A fault it
+   * fails on is resolved by options.failure. Resolves when the uffd is closed.
+   */
+  serve(handler: (fault: Fault) => void | Promise<void>, options?: ServeOptions): Promise<void> {
+    if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
+    const opts = validate.options<ServeOptions>(options, 'options');
+    this.#claim('serve');
+    const report = opts.onError ?? ((error: unknown) => process.emitWarning(error as Error, 'UffdHandlerWarning'));
+    const failure = opts.failure ?? 'fill';
+    const fail = (error: unknown, fault: Fault): void => {
+      if (this.#closed) return;
+      if (!fault.resolved) resolveAfterFailure(fault, failure);
+      report(error, fault);
+    };
+    this.#deliver = (event) => {
+      if (event.type !== 'pagefault') {
+        if (opts.onEvent) opts.onEvent(event);
+        else if (event.type === 'fork') event.uffd.close();
+        return;
+      }
+      let result: void | Promise<void>;
+      try {
+        result = handler(event);
+      } catch (error) {
+        fail(error, event);
+        return;
+      }
+      if (result && typeof (result as Promise<void>).then === 'function') {
+        (result as Promise<void>).then(
+          () => { if (!event.resolved) fail(unresolved(event), event); },
+          (error: unknown) => fail(error, event),
+        );
+      } else if (!event.resolved) {
+        fail(unresolved(event), event);
+      }
+    };
+    this.#handle.start();
+    return new Promise<void>((resolve, reject) => {
+      this.#ended.push(() => (this.#failure ? reject(this.#failure) : resolve()));
+    });
+  }
+
+  /** Whether an active event stream keeps the process alive (the default), like a socket's ref(). */
+  ref(): this {
+    this.#checkOpen('userfaultfd');
+    this.#handle.setRef(true);
+    return this;
+  }
+
+  unref(): this {
+    this.#checkOpen('userfaultfd');
+    this.#handle.setRef(false);
+    return this;
+  }
+
+  /**
+   * Closes the uffd. The kernel drops its registrations and wakes every thread
+   * waiting on one of its faults (they then see the memory as unregistered:
+   * zeros for missing anonymous pages). The event stream ends. Idempotent.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeOnCollect.unregister(this);
+    this.#handle.close();
+    this.#registrations = [];
+    this.#queue = [];
+    this.#end();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  // ---- internals ----
+
+  #onMessages(count: number): void {
+    if (count < 0) {
+      this.#failure = systemError(count, 'read');
+      this.close();
+      return;
+    }
+    const context = {
+      resolver: this as FaultResolver,
+      pageSizeAt: (address: bigint) => this.#pageSizeAt(address),
+      threadIds: this.enabledFeatures.has('THREAD_ID'),
+      adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
+    };
+    for (let i = 0; i < count && !this.#closed; i++) {
+      const event = decode(this.#view, i, context);
+      if (event) this.#deliver(event);
+    }
+  }
+
+  #end(): void {
+    for (const waiter of this.#waiting.splice(0)) {
+      if (this.#failure) {
+        const failure = this.#failure;
+        this.#failure = undefined;
+        waiter(Promise.reject(failure) as never);
+      } else {
+        waiter({ value: undefined, done: true });
+      }
+    }
+    for (const ended of this.#ended.splice(0)) ended();
+  }
+
+  #claim(consumer: 'iterator' | 'serve'): void {
+    this.#checkOpen('userfaultfd');
+    if (this.#consumer !== 'none') {
+      throw libraryError('ERR_UFFD_BUSY', 'userfaultfd',
+        `this userfaultfd's events are already consumed by ${this.#consumer === 'serve' ? 'serve()' : 'an events() iterator'}; a uffd has one consumer for its whole life`);
+    }
+    this.#consumer = consumer;
+  }
+
+  #checkOpen(syscall: string): void {
+    if (this.#closed) throw libraryError('ERR_UFFD_CLOSED', syscall);
+  }
+
+  #range(syscall: string, address: unknown, length: unknown): [bigint, number] {
+    this.#checkOpen(syscall);
+    const start = validate.address(address, 'address');
+    const bytes = validate.size(length, 'length');
+    validate.range(syscall, start, bytes, this.#pageSizeAt(start));
+    return [start, bytes];
+  }
+
+  #pageSizeAt(address: bigint): number {
+    for (const r of this.#registrations) if (address >= r.start && address < r.end) return r.pageSize;
+    return systemPageSize();
+  }
+
+  // Drops the parts of registrations inside [start, end).
+  #forget(start: bigint, end: bigint): void {
+    const kept: Registration[] = [];
+    for (const r of this.#registrations) {
+      if (r.end <= start || r.start >= end) {
+        kept.push(r);
+        continue;
+      }
+      if (r.start < start) kept.push({ ...r, end: start });
+      if (r.end > end) kept.push({ ...r, start: end });
+    }
+    this.#registrations = kept;
+  }
+}
+
+function dontWake(options: unknown): bigint {
+  return validate.options<{ dontWake: boolean }>(options, 'options').dontWake ? MODE_DONTWAKE : 0n;
+}
+
+function targetRange(target: Target): { start: bigint; length: number; pageSize: number } {
+  if (target instanceof Mapping) {
+    if (!target.mapped) throw libraryError('ERR_UFFD_NOT_MAPPED', 'ioctl(UFFDIO_REGISTER)');
+    return { start: target.address, length: target.length, pageSize: target.pageSize };
+  }
+  if (target === null || typeof target !== 'object') throw argTypeError('target', 'a Mapping or { address, length }', target);
+  const start = validate.address(target.address, 'target.address');
+  const length = validate.size(target.length, 'target.length');
+  const pageSize = target.pageSize === undefined ? systemPageSize() : validate.size(target.pageSize, 'target.pageSize');
+  return { start, length, pageSize };
+}
+
+function unresolved(fault: Fault): UffdError {
+  return new UffdError('ERR_UFFD_UNRESOLVED',
+    `ERR_UFFD_UNRESOLVED: the handler finished without resolving the ${fault.kind} fault at 0x${fault.address.toString(16)}; call fault.copy(), fault.zero(), fault.continue() or another resolving method`);
+}
+
+let zeroPages: Uint8Array | undefined;
+
+// The failure policy. It must not throw: the handler's error is what gets reported.
+function resolveAfterFailure(fault: Fault, failure: 'fill' | 'poison'): void {
+  const attempts: (() => unknown)[] = [];
+  if (failure === 'poison') attempts.push(() => fault.poison());
+  if (fault.kind === 'minor') attempts.push(() => fault.continue());
+  if (fault.kind === 'wp') attempts.push(() => fault.unprotect());
+  attempts.push(() => fault.zero());
+  // hugetlb ranges have no ZEROPAGE: copy zeros instead.
+  attempts.push(() => {
+    if (!zeroPages || zeroPages.byteLength < fault.pageSize) zeroPages = new Uint8Array(fault.pageSize);
+    return fault.copy(zeroPages.subarray(0, fault.pageSize));
+  });
+  attempts.push(() => fault.wake());
+  for (const attempt of attempts) {
+    try {
+      attempt();
+      return;
+    } catch {
+      // Try the next way.
+    }
+  }
+}
+
+function explainApiFailure(error: unknown, requested: bigint, userModeOnly: boolean): unknown {
+  if ((error as UffdError).code !== 'EINVAL' || requested === 0n) return error;
+  let offered: bigint;
+  try {
+    offered = native.queryFeatures(userModeOnly);
+  } catch {
+    return error;
+  }
+  const missing = [...featureNames(requested & ~offered)];
+  if (missing.length === 0) return error;
+  return new UffdError('ERR_UFFD_UNSUPPORTED_FEATURE',
+    `ERR_UFFD_UNSUPPORTED_FEATURE: this kernel does not offer ${missing.join(', ')}; it offers ${[...featureNames(offered)].join(', ') || 'none'}. ` +
+    'Leave those features out, or run on a kernel that has them (npx userfaultfd probe lists what this host supports)',
+    { errno: (error as UffdError).errno, syscall: 'ioctl(UFFDIO_API)' });
+}

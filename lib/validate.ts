@@ -1,0 +1,48 @@
+// Argument checks, in one place: addresses are bigint, lengths and offsets
+// are safe non-negative integers (number or bigint), ranges are aligned to
+// the page size that governs them.
+import { argRangeError, argTypeError, invalid } from './errors';
+
+const MAX_ADDRESS = (1n << 64n) - 1n;
+
+export function address(value: unknown, name: string): bigint {
+  if (typeof value !== 'bigint') throw argTypeError(name, 'of type bigint', value);
+  if (value < 0n || value > MAX_ADDRESS) throw argRangeError(name, '>= 0n and < 2n ** 64n', value);
+  return value;
+}
+
+export function size(value: unknown, name: string): number {
+  if (typeof value === 'bigint') {
+    if (value < 0n || value > BigInt(Number.MAX_SAFE_INTEGER)) throw argRangeError(name, '>= 0 and <= 2 ** 53 - 1', value);
+    return Number(value);
+  }
+  if (typeof value !== 'number') throw argTypeError(name, 'of type number or bigint', value);
+  if (!Number.isSafeInteger(value) || value < 0) throw argRangeError(name, 'a non-negative safe integer', value);
+  return value;
+}
+
+export function isAligned(value: bigint | number, pageSize: number): boolean {
+  return BigInt(value) % BigInt(pageSize) === 0n;
+}
+
+export function hex(value: bigint | number): string {
+  return `0x${value.toString(16)}`;
+}
+
+/** Checks [start, start+length) for an ioctl: non-empty, aligned, inside the address space. */
+export function range(syscall: string, start: bigint, length: number, pageSize: number): void {
+  if (length === 0) throw invalid(syscall, 'the length is 0; give at least one page');
+  if (!isAligned(start, pageSize)) {
+    throw invalid(syscall, `address ${hex(start)} is not aligned to the page size of this range (${pageSize} bytes)`);
+  }
+  if (!isAligned(length, pageSize)) {
+    throw invalid(syscall, `length ${length} is not a multiple of the page size of this range (${pageSize} bytes)`);
+  }
+  if (start + BigInt(length) > MAX_ADDRESS) throw invalid(syscall, `the range ${hex(start)} + ${length} wraps around`);
+}
+
+export function options<T extends object>(value: unknown, name: string): Partial<T> {
+  if (value === undefined) return {};
+  if (value === null || typeof value !== 'object') throw argTypeError(name, 'an object', value);
+  return value as Partial<T>;
+}

@@ -1,0 +1,542 @@
+// The N-API binding: converts JavaScript arguments to the core's types and the
+// core's -errno results to errors built by lib/errors.ts. No policy lives here.
+// Thread: every function runs on the JavaScript thread of the environment
+// (main thread or worker) that loaded the addon.
+#include <napi.h>
+#include <uv.h>
+
+#include <cerrno>
+#include <cstring>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "fault_poller.h"
+#include "mapping_table.h"
+#include "memory.h"
+#include "uffd.h"
+
+namespace {
+
+class UffdHandle;
+
+// Per-environment state: a worker that loads the addon gets its own.
+struct AddonData {
+  Napi::FunctionReference make_error;
+  Napi::FunctionReference uffd_constructor;
+  std::set<UffdHandle*> handles;
+};
+
+AddonData* Data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
+
+// Throws the error lib/errors.ts builds for (-errno, syscall, extra fields).
+[[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall, Napi::Object extra) {
+  Napi::Value error = Data(env)->make_error.Call({Napi::Number::New(env, err), Napi::String::New(env, syscall), extra});
+  throw Napi::Error(env, error);
+}
+
+[[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall) {
+  ThrowErrno(env, err, syscall, Napi::Object::New(env));
+}
+
+[[noreturn]] void ThrowCode(Napi::Env env, const char* code, const char* syscall) {
+  Napi::Object extra = Napi::Object::New(env);
+  extra.Set("code", code);
+  ThrowErrno(env, 0, syscall, extra);
+}
+
+uint64_t U64(const Napi::CallbackInfo& info, size_t i) {
+  if (info[i].IsBigInt()) {
+    bool lossless = false;
+    uint64_t v = info[i].As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throw Napi::RangeError::New(info.Env(), "argument " + std::to_string(i) + " is out of range");
+    return v;
+  }
+  if (info[i].IsNumber()) {
+    double d = info[i].As<Napi::Number>().DoubleValue();
+    if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<uint64_t>(d))) {
+      throw Napi::RangeError::New(info.Env(), "argument " + std::to_string(i) + " is not a safe non-negative integer");
+    }
+    return static_cast<uint64_t>(d);
+  }
+  throw Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a bigint or a number");
+}
+
+int Int(const Napi::CallbackInfo& info, size_t i) {
+  if (!info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a number");
+  return info[i].As<Napi::Number>().Int32Value();
+}
+
+Napi::BigInt Big(Napi::Env env, uint64_t v) { return Napi::BigInt::New(env, v); }
+
+struct Bytes {
+  uint64_t address;
+  uint64_t length;
+};
+
+// The memory behind an ArrayBuffer or a view of one (Buffer, TypedArray,
+// DataView).
+Bytes BytesOf(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Value v = info[i];
+  napi_env env = info.Env();
+  bool detached = false;
+  if (v.IsArrayBuffer()) {
+    napi_is_detached_arraybuffer(env, v, &detached);
+    if (detached) throw Napi::TypeError::New(info.Env(), "the source ArrayBuffer is detached");
+    auto ab = v.As<Napi::ArrayBuffer>();
+    return {reinterpret_cast<uint64_t>(ab.Data()), ab.ByteLength()};
+  }
+  if (v.IsTypedArray() || v.IsDataView()) {
+    void* data = nullptr;
+    size_t length = 0;
+    napi_value buffer;
+    if (v.IsTypedArray()) {
+      napi_typedarray_type type;
+      size_t count;
+      size_t offset;
+      napi_get_typedarray_info(env, v, &type, &count, &data, &buffer, &offset);
+      length = v.As<Napi::TypedArray>().ByteLength();
+    } else {
+      size_t offset;
+      napi_get_dataview_info(env, v, &length, &data, &buffer, &offset);
+    }
+    napi_is_detached_arraybuffer(env, buffer, &detached);
+    if (detached) throw Napi::TypeError::New(info.Env(), "the source buffer is detached");
+    return {reinterpret_cast<uint64_t>(data), length};
+  }
+  throw Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be an ArrayBuffer or a view of one");
+}
+
+// Refuses, on a thread that serves faults, an access to memory that only that
+// thread could make present: the access would block it forever.
+void GuardServingThread(Napi::Env env, uint64_t address, uint64_t length, const char* syscall) {
+  if (length == 0 || !MappingTable::Get().ServedHere(address, length)) return;
+  if (memory::AllPresent(address, length) == 1) return;
+  ThrowCode(env, "ERR_UFFD_WOULD_DEADLOCK", syscall);
+}
+
+// A uffd and the poller that delivers its messages to one JavaScript callback.
+class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "UffdHandle",
+                       {
+                           InstanceMethod<&UffdHandle::JsRegister>("register"),
+                           InstanceMethod<&UffdHandle::JsUnregister>("unregister"),
+                           InstanceMethod<&UffdHandle::JsCopy>("copy"),
+                           InstanceMethod<&UffdHandle::JsZeroPage>("zeroPage"),
+                           InstanceMethod<&UffdHandle::JsContinue>("continue"),
+                           InstanceMethod<&UffdHandle::JsPoison>("poison"),
+                           InstanceMethod<&UffdHandle::JsMove>("move"),
+                           InstanceMethod<&UffdHandle::JsWake>("wake"),
+                           InstanceMethod<&UffdHandle::JsWriteProtect>("writeProtect"),
+                           InstanceMethod<&UffdHandle::JsStart>("start"),
+                           InstanceMethod<&UffdHandle::JsStop>("stop"),
+                           InstanceMethod<&UffdHandle::JsSetRef>("setRef"),
+                           InstanceMethod<&UffdHandle::JsClose>("close"),
+                           InstanceAccessor<&UffdHandle::JsFd>("fd"),
+                       });
+  }
+
+  // new UffdHandle(fd, onMessages(count), messages: ArrayBuffer): adopts fd.
+  explicit UffdHandle(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<UffdHandle>(info), async_context_(info.Env(), "userfaultfd") {
+    Napi::Env env = info.Env();
+    fd_ = Int(info, 0);
+    if (!info[1].IsFunction() || !info[2].IsArrayBuffer()) {
+      throw Napi::TypeError::New(env, "UffdHandle(fd, onMessages, messages)");
+    }
+    on_messages_ = Napi::Persistent(info[1].As<Napi::Function>());
+    messages_ = Napi::Persistent(info[2].As<Napi::ArrayBuffer>());
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    int err = 0;
+    poller_ = FaultPoller::Create(loop, fd_, this, &err);
+    if (poller_ == nullptr) ThrowErrno(env, err, "uv_poll_init");
+    Data(env)->handles.insert(this);
+  }
+
+  ~UffdHandle() override {
+    CloseNative();
+    // At environment teardown the instance data may already be gone.
+    if (AddonData* data = Data(Env())) data->handles.erase(this);
+  }
+
+  // Closing the last descriptor makes the kernel drop the registrations and
+  // wake every thread blocked on a fault of this uffd.
+  void CloseNative() {
+    if (fd_ < 0) return;
+    MappingTable::Get().RemoveServedBy(this);
+    if (poller_ != nullptr) {
+      poller_->Destroy();
+      poller_ = nullptr;
+    }
+    uffd::Close(fd_);
+    fd_ = -1;
+  }
+
+  void OnMessages(const uffd_msg* msgs, size_t n) override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    Napi::ArrayBuffer buffer = messages_.Value();
+    size_t fit = buffer.ByteLength() / sizeof(uffd_msg);
+    if (n > fit) n = fit;
+    std::memcpy(buffer.Data(), msgs, n * sizeof(uffd_msg));
+    Deliver({Napi::Number::New(env, static_cast<double>(n))});
+  }
+
+  void OnPollError(int error) override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    Deliver({Napi::Number::New(env, error)});
+  }
+
+ private:
+  // lib/uffd.ts never lets the callback throw; if it does anyway, it is an
+  // uncaught exception, as from any other callback.
+  void Deliver(const std::initializer_list<napi_value>& args) {
+    try {
+      on_messages_.MakeCallback(Value(), args, async_context_);
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(Env(), e.Value());
+    }
+  }
+
+  int Fd(const Napi::CallbackInfo& info) {
+    if (fd_ < 0) ThrowCode(info.Env(), "ERR_UFFD_CLOSED", "userfaultfd");
+    return fd_;
+  }
+
+  Napi::Value Done(Napi::Env env, int r, uint64_t done, const char* syscall) {
+    if (r < 0) {
+      Napi::Object extra = Napi::Object::New(env);
+      extra.Set("bytesDone", Napi::Number::New(env, static_cast<double>(done)));
+      ThrowErrno(env, r, syscall, extra);
+    }
+    return Napi::Number::New(env, static_cast<double>(done));
+  }
+
+  // register(start, len, mode) -> allowed ioctls (bigint)
+  Napi::Value JsRegister(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t start = U64(info, 0), len = U64(info, 1), mode = U64(info, 2);
+    uint64_t ioctls = 0;
+    int r = uffd::Register(fd, start, len, mode, &ioctls);
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_REGISTER)");
+    MappingTable::Get().AddServed(this, start, len, std::this_thread::get_id());
+    return Big(info.Env(), ioctls);
+  }
+
+  Napi::Value JsUnregister(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t start = U64(info, 0), len = U64(info, 1);
+    int r = uffd::Unregister(fd, start, len);
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_UNREGISTER)");
+    MappingTable::Get().RemoveServed(this, start, len);
+    return info.Env().Undefined();
+  }
+
+  // copy(dst, source, mode) -> bytes copied; copies source.byteLength bytes.
+  Napi::Value JsCopy(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t dst = U64(info, 0);
+    Bytes src = BytesOf(info, 1);
+    uint64_t mode = U64(info, 2);
+    // The kernel reads the source with an ordinary user access: if it is
+    // registered memory served here, that read would never be resolved.
+    GuardServingThread(info.Env(), src.address, src.length, "ioctl(UFFDIO_COPY)");
+    uint64_t done = 0;
+    int r = uffd::Copy(fd, dst, src.address, src.length, mode, &done);
+    return Done(info.Env(), r, done, "ioctl(UFFDIO_COPY)");
+  }
+
+  Napi::Value JsZeroPage(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t done = 0;
+    int r = uffd::ZeroPage(fd, U64(info, 0), U64(info, 1), U64(info, 2), &done);
+    return Done(info.Env(), r, done, "ioctl(UFFDIO_ZEROPAGE)");
+  }
+
+  Napi::Value JsContinue(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t done = 0;
+    int r = uffd::Continue(fd, U64(info, 0), U64(info, 1), U64(info, 2), &done);
+    return Done(info.Env(), r, done, "ioctl(UFFDIO_CONTINUE)");
+  }
+
+  Napi::Value JsPoison(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t done = 0;
+    int r = uffd::Poison(fd, U64(info, 0), U64(info, 1), U64(info, 2), &done);
+    return Done(info.Env(), r, done, "ioctl(UFFDIO_POISON)");
+  }
+
+  // move(dst, src, len, mode) -> bytes moved
+  Napi::Value JsMove(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t done = 0;
+    int r = uffd::Move(fd, U64(info, 0), U64(info, 1), U64(info, 2), U64(info, 3), &done);
+    return Done(info.Env(), r, done, "ioctl(UFFDIO_MOVE)");
+  }
+
+  Napi::Value JsWake(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::Wake(fd, U64(info, 0), U64(info, 1));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_WAKE)");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsWriteProtect(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::WriteProtect(fd, U64(info, 0), U64(info, 1), U64(info, 2));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_WRITEPROTECT)");
+    return info.Env().Undefined();
+  }
+
+  // While the poller runs, the poller holds the JavaScript object alive.
+  Napi::Value JsStart(const Napi::CallbackInfo& info) {
+    Fd(info);
+    if (!started_) {
+      int r = poller_->Start();
+      if (r < 0) ThrowErrno(info.Env(), r, "uv_poll_start");
+      started_ = true;
+      Ref();
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsStop(const Napi::CallbackInfo& info) {
+    StopPolling();
+    return info.Env().Undefined();
+  }
+
+  void StopPolling() {
+    if (!started_) return;
+    if (poller_ != nullptr) poller_->Stop();
+    started_ = false;
+    Unref();
+  }
+
+  Napi::Value JsSetRef(const Napi::CallbackInfo& info) {
+    Fd(info);
+    if (info[0].ToBoolean()) {
+      poller_->Ref();
+    } else {
+      poller_->Unref();
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsClose(const Napi::CallbackInfo& info) {
+    StopPolling();
+    CloseNative();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+
+  int fd_ = -1;
+  FaultPoller* poller_ = nullptr;
+  bool started_ = false;
+  Napi::FunctionReference on_messages_;
+  Napi::Reference<Napi::ArrayBuffer> messages_;
+  Napi::AsyncContext async_context_;
+
+  friend void CleanupEnv(AddonData*);
+};
+
+// Worker termination or process exit: close every uffd this environment still
+// holds, so no poller outlives its loop.
+void CleanupEnv(AddonData* data) {
+  for (UffdHandle* handle : data->handles) {
+    handle->started_ = false;
+    handle->CloseNative();
+  }
+  data->handles.clear();
+}
+
+// ---- module functions ----
+
+void CleanupEnvAndFree(Napi::Env, AddonData* data) {
+  CleanupEnv(data);
+  delete data;
+}
+
+Napi::Value SetErrorFactory(const Napi::CallbackInfo& info) {
+  Data(info.Env())->make_error = Napi::Persistent(info[0].As<Napi::Function>());
+  return info.Env().Undefined();
+}
+
+// open(userModeOnly) -> { fd, method }
+Napi::Value Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uffd::OpenReport report;
+  int fd = uffd::Open(info[0].ToBoolean(), &report);
+  if (fd < 0) {
+    Napi::Object extra = Napi::Object::New(env);
+    extra.Set("deviceErrno", Napi::Number::New(env, report.device_error));
+    ThrowErrno(env, fd, "userfaultfd", extra);
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("fd", Napi::Number::New(env, fd));
+  result.Set("method", report.method == uffd::OpenMethod::kDevice ? "device" : "syscall");
+  return result;
+}
+
+// api(fd, features) -> { offered, ioctls } (bigints)
+Napi::Value Api(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t offered = 0, ioctls = 0;
+  int r = uffd::Api(Int(info, 0), U64(info, 1), &offered, &ioctls);
+  if (r < 0) ThrowErrno(env, r, "ioctl(UFFDIO_API)");
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("offered", Big(env, offered));
+  result.Set("ioctls", Big(env, ioctls));
+  return result;
+}
+
+Napi::Value QueryFeatures(const Napi::CallbackInfo& info) {
+  uint64_t offered = 0;
+  int r = uffd::QueryFeatures(info[0].ToBoolean(), &offered);
+  if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_API)");
+  return Big(info.Env(), offered);
+}
+
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  int r = uffd::Close(Int(info, 0));
+  if (r < 0) ThrowErrno(info.Env(), r, "close");
+  return info.Env().Undefined();
+}
+
+// memfdCreate(name, size, hugePageLog2) -> [fd, pageSize]
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  int fd = memory::MemfdCreate(name.c_str(), U64(info, 1), static_cast<unsigned>(Int(info, 2)));
+  if (fd < 0) ThrowErrno(env, fd, "memfd_create");
+  long page = memory::FilePageSize(fd);
+  Napi::Array result = Napi::Array::New(env, 2);
+  result.Set(0u, Napi::Number::New(env, fd));
+  result.Set(1u, Napi::Number::New(env, static_cast<double>(page)));
+  return result;
+}
+
+Napi::Value FilePageSize(const Napi::CallbackInfo& info) {
+  long page = memory::FilePageSize(Int(info, 0));
+  if (page < 0) ThrowErrno(info.Env(), static_cast<int>(page), "fstat");
+  return Napi::Number::New(info.Env(), static_cast<double>(page));
+}
+
+Napi::Value SystemPageSize(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(memory::SystemPageSize()));
+}
+
+// mapShared(fd, offset, length) -> address
+Napi::Value MapShared(const Napi::CallbackInfo& info) {
+  uint64_t address = 0, length = U64(info, 2);
+  int r = memory::MapShared(Int(info, 0), U64(info, 1), length, &address);
+  if (r < 0) ThrowErrno(info.Env(), r, "mmap");
+  MappingTable::Get().Add(address, length);
+  return Big(info.Env(), address);
+}
+
+// mapAnonymous(length, hugePageLog2) -> address
+Napi::Value MapAnonymous(const Napi::CallbackInfo& info) {
+  uint64_t address = 0, length = U64(info, 0);
+  int r = memory::MapAnonymous(length, static_cast<unsigned>(Int(info, 1)), &address);
+  if (r < 0) ThrowErrno(info.Env(), r, "mmap");
+  MappingTable::Get().Add(address, length);
+  return Big(info.Env(), address);
+}
+
+Napi::Value Unmap(const Napi::CallbackInfo& info) {
+  uint64_t address = U64(info, 0), length = U64(info, 1);
+  int r = MappingTable::Get().Remove(address);
+  if (r == 1) r = memory::Unmap(address, length);
+  if (r < 0) ThrowErrno(info.Env(), r, "munmap");
+  return info.Env().Undefined();
+}
+
+// view(address, length) -> ArrayBuffer over the mapping, from any thread.
+Napi::Value View(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t address = U64(info, 0), length = U64(info, 1);
+  if (MappingTable::Get().ServedHere(address, length)) ThrowCode(env, "ERR_UFFD_WOULD_DEADLOCK", "view");
+  uint64_t start = MappingTable::Get().AcquireView(address, length);
+  if (start == 0) ThrowCode(env, "ERR_UFFD_NOT_MAPPED", "view");
+  return Napi::ArrayBuffer::New(
+      env, reinterpret_cast<void*>(address), length,
+      [](Napi::Env, void*, uint64_t* start) {
+        MappingTable::Get().ReleaseView(*start);
+        delete start;
+      },
+      new uint64_t(start));
+}
+
+// read(address, length) -> Buffer copy, refused where it would deadlock.
+Napi::Value Read(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t address = U64(info, 0), length = U64(info, 1);
+  uint64_t start = MappingTable::Get().AcquireView(address, length);
+  if (start == 0) ThrowCode(env, "ERR_UFFD_NOT_MAPPED", "read");
+  try {
+    GuardServingThread(env, address, length, "read");
+  } catch (...) {
+    MappingTable::Get().ReleaseView(start);
+    throw;
+  }
+  auto copy = Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<const uint8_t*>(address), length);
+  MappingTable::Get().ReleaseView(start);
+  return copy;
+}
+
+Napi::Value Constants(Napi::Env env) {
+  Napi::Object c = Napi::Object::New(env);
+  // Only the numbers lib/constants.ts checks itself against (test/constants).
+  c.Set("UFFD_API", Big(env, UFFD_API));
+  c.Set("UFFDIO_API", Big(env, UFFDIO_API));
+  c.Set("UFFDIO_REGISTER", Big(env, UFFDIO_REGISTER));
+  c.Set("UFFDIO_COPY", Big(env, UFFDIO_COPY));
+  c.Set("UFFDIO_MOVE", Big(env, UFFDIO_MOVE));
+  c.Set("UFFDIO_POISON", Big(env, UFFDIO_POISON));
+  c.Set("UFFDIO_CONTINUE", Big(env, UFFDIO_CONTINUE));
+  c.Set("USERFAULTFD_IOC_NEW", Big(env, USERFAULTFD_IOC_NEW));
+  c.Set("UFFD_FEATURE_MOVE", Big(env, UFFD_FEATURE_MOVE));
+  c.Set("UFFD_FEATURE_WP_ASYNC", Big(env, UFFD_FEATURE_WP_ASYNC));
+  c.Set("UFFD_FEATURE_POISON", Big(env, UFFD_FEATURE_POISON));
+  c.Set("UFFD_FEATURE_WP_UNPOPULATED", Big(env, UFFD_FEATURE_WP_UNPOPULATED));
+  c.Set("UFFD_EVENT_PAGEFAULT", Napi::Number::New(env, UFFD_EVENT_PAGEFAULT));
+  c.Set("UFFD_EVENT_FORK", Napi::Number::New(env, UFFD_EVENT_FORK));
+  c.Set("UFFD_EVENT_REMAP", Napi::Number::New(env, UFFD_EVENT_REMAP));
+  c.Set("UFFD_EVENT_REMOVE", Napi::Number::New(env, UFFD_EVENT_REMOVE));
+  c.Set("UFFD_EVENT_UNMAP", Napi::Number::New(env, UFFD_EVENT_UNMAP));
+  c.Set("sizeofUffdMsg", Napi::Number::New(env, sizeof(uffd_msg)));
+  c.Set("messageCapacity", Napi::Number::New(env, FaultPoller::kCapacity));
+  return c;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* data = new AddonData();
+  env.SetInstanceData<AddonData, &CleanupEnvAndFree>(data);
+  data->uffd_constructor = Napi::Persistent(UffdHandle::Define(env));
+  exports.Set("UffdHandle", data->uffd_constructor.Value());
+  exports.Set("setErrorFactory", Napi::Function::New<SetErrorFactory>(env));
+  exports.Set("open", Napi::Function::New<Open>(env));
+  exports.Set("api", Napi::Function::New<Api>(env));
+  exports.Set("queryFeatures", Napi::Function::New<QueryFeatures>(env));
+  exports.Set("closeFd", Napi::Function::New<CloseFd>(env));
+  exports.Set("memfdCreate", Napi::Function::New<MemfdCreate>(env));
+  exports.Set("filePageSize", Napi::Function::New<FilePageSize>(env));
+  exports.Set("systemPageSize", Napi::Function::New<SystemPageSize>(env));
+  exports.Set("mapShared", Napi::Function::New<MapShared>(env));
+  exports.Set("mapAnonymous", Napi::Function::New<MapAnonymous>(env));
+  exports.Set("unmap", Napi::Function::New<Unmap>(env));
+  exports.Set("view", Napi::Function::New<View>(env));
+  exports.Set("read", Napi::Function::New<Read>(env));
+  exports.Set("constants", Constants(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(userfaultfd, Init)

@@ -1,0 +1,106 @@
+#include "memory.h"
+
+#include <cerrno>
+#include <fcntl.h>
+#include <linux/memfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef MFD_HUGE_SHIFT
+#define MFD_HUGE_SHIFT 26
+#endif
+#ifndef MAP_HUGE_SHIFT
+#define MAP_HUGE_SHIFT 26
+#endif
+
+namespace memory {
+namespace {
+
+int Errno() { return -errno; }
+
+unsigned HugeFlags(unsigned huge_page_log2, unsigned shift) {
+  // log2 1 means the default huge page size: no size bits.
+  if (huge_page_log2 <= 1) return 0;
+  return huge_page_log2 << shift;
+}
+
+}  // namespace
+
+int MemfdCreate(const char* name, uint64_t size, unsigned huge_page_log2) {
+  unsigned flags = MFD_CLOEXEC;
+  if (huge_page_log2 != 0) flags |= MFD_HUGETLB | HugeFlags(huge_page_log2, MFD_HUGE_SHIFT);
+  int fd = static_cast<int>(syscall(SYS_memfd_create, name, flags));
+  if (fd < 0) return Errno();
+  if (ftruncate(fd, static_cast<off_t>(size)) < 0) {
+    int err = Errno();
+    close(fd);
+    return err;
+  }
+  return fd;
+}
+
+long FilePageSize(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) < 0) return Errno();
+  return st.st_blksize;
+}
+
+long SystemPageSize() { return sysconf(_SC_PAGESIZE); }
+
+int MapShared(int fd, uint64_t offset, uint64_t length, uint64_t* address) {
+  void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
+  if (p == MAP_FAILED) return Errno();
+  *address = reinterpret_cast<uint64_t>(p);
+  return 0;
+}
+
+int MapAnonymous(uint64_t length, unsigned huge_page_log2, uint64_t* address) {
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  if (huge_page_log2 != 0) flags |= MAP_HUGETLB | static_cast<int>(HugeFlags(huge_page_log2, MAP_HUGE_SHIFT));
+  void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (p == MAP_FAILED) return Errno();
+  *address = reinterpret_cast<uint64_t>(p);
+  return 0;
+}
+
+int Unmap(uint64_t address, uint64_t length) {
+  return munmap(reinterpret_cast<void*>(address), length) < 0 ? Errno() : 0;
+}
+
+int Detach(uint64_t address, uint64_t length) {
+  void* p = mmap(reinterpret_cast<void*>(address), length, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? Errno() : 0;
+}
+
+int AllPresent(uint64_t address, uint64_t length) {
+  // pagemap is indexed by base page whatever the mapping's page size.
+  long base = SystemPageSize();
+  int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno();
+  uint64_t first = address / static_cast<uint64_t>(base);
+  uint64_t count = (length + static_cast<uint64_t>(base) - 1) / static_cast<uint64_t>(base);
+  uint64_t entries[512];
+  int result = 1;
+  for (uint64_t i = 0; i < count && result == 1;) {
+    uint64_t n = count - i < 512 ? count - i : 512;
+    ssize_t got = pread(fd, entries, n * sizeof(uint64_t), static_cast<off_t>((first + i) * sizeof(uint64_t)));
+    if (got < static_cast<ssize_t>(n * sizeof(uint64_t))) {
+      result = got < 0 ? Errno() : -EIO;
+      break;
+    }
+    for (uint64_t j = 0; j < n; j++) {
+      if (!(entries[j] >> 63)) {  // bit 63: page present
+        result = 0;
+        break;
+      }
+    }
+    i += n;
+  }
+  close(fd);
+  return result;
+}
+
+}  // namespace memory

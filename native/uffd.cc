@@ -1,0 +1,189 @@
+#include "uffd.h"
+
+#include <cerrno>
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace uffd {
+namespace {
+
+int Errno() { return -errno; }
+
+int IoctlRetryingEintr(int fd, unsigned long request, void* arg) {
+  int r;
+  do {
+    r = ioctl(fd, request, arg);
+  } while (r < 0 && errno == EINTR);
+  return r < 0 ? Errno() : r;
+}
+
+// Runs one resolving ioctl until the whole range is done or it fails without
+// progress. `issue` sets the remaining range in the argument, calls the ioctl,
+// and returns {result, count the kernel wrote back}. The kernel reports a
+// partial resolution as -EAGAIN with a positive count, and an error with no
+// progress as a negative count.
+template <typename Issue>
+int ResolveAll(uint64_t len, uint64_t* done, Issue issue) {
+  *done = 0;
+  while (*done < len) {
+    int64_t progress = 0;
+    int r = issue(*done, len - *done, &progress);
+    if (r == 0) {
+      *done = len;
+      return 0;
+    }
+    if (progress <= 0) return r;
+    *done += static_cast<uint64_t>(progress);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int Open(bool user_mode_only, OpenReport* report) {
+  int flags = O_CLOEXEC | O_NONBLOCK | (user_mode_only ? UFFD_USER_MODE_ONLY : 0);
+  *report = OpenReport{};
+  int fd = static_cast<int>(syscall(SYS_userfaultfd, flags));
+  if (fd >= 0) return fd;
+  report->syscall_error = Errno();
+  // The device exists since Linux 6.1 so that access can be granted by file
+  // permissions instead of vm.unprivileged_userfaultfd.
+  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+  if (dev < 0) {
+    report->device_error = Errno();
+    return report->syscall_error;
+  }
+  fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+  if (fd < 0) report->device_error = Errno();
+  close(dev);
+  if (fd < 0) return report->syscall_error;
+  report->method = OpenMethod::kDevice;
+  return fd;
+}
+
+int Api(int fd, uint64_t features, uint64_t* offered, uint64_t* ioctls) {
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = features;
+  int r = IoctlRetryingEintr(fd, UFFDIO_API, &api);
+  if (r < 0) return r;
+  *offered = api.features;
+  *ioctls = api.ioctls;
+  return 0;
+}
+
+int QueryFeatures(bool user_mode_only, uint64_t* offered) {
+  OpenReport report;
+  int fd = Open(user_mode_only, &report);
+  if (fd < 0) return fd;
+  uint64_t ioctls = 0;
+  int r = Api(fd, 0, offered, &ioctls);
+  close(fd);
+  return r;
+}
+
+int Register(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t* ioctls) {
+  uffdio_register reg{};
+  reg.range.start = start;
+  reg.range.len = len;
+  reg.mode = mode;
+  int r = IoctlRetryingEintr(fd, UFFDIO_REGISTER, &reg);
+  if (r < 0) return r;
+  *ioctls = reg.ioctls;
+  return 0;
+}
+
+int Unregister(int fd, uint64_t start, uint64_t len) {
+  uffdio_range range{start, len};
+  return IoctlRetryingEintr(fd, UFFDIO_UNREGISTER, &range);
+}
+
+int Wake(int fd, uint64_t start, uint64_t len) {
+  uffdio_range range{start, len};
+  return IoctlRetryingEintr(fd, UFFDIO_WAKE, &range);
+}
+
+int WriteProtect(int fd, uint64_t start, uint64_t len, uint64_t mode) {
+  uffdio_writeprotect wp{};
+  wp.range.start = start;
+  wp.range.len = len;
+  wp.mode = mode;
+  return IoctlRetryingEintr(fd, UFFDIO_WRITEPROTECT, &wp);
+}
+
+int Copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, uint64_t* done) {
+  return ResolveAll(len, done, [&](uint64_t off, uint64_t rest, int64_t* progress) {
+    uffdio_copy arg{};
+    arg.dst = dst + off;
+    arg.src = src + off;
+    arg.len = rest;
+    arg.mode = mode;
+    int r = IoctlRetryingEintr(fd, UFFDIO_COPY, &arg);
+    *progress = arg.copy;
+    return r;
+  });
+}
+
+int ZeroPage(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t* done) {
+  return ResolveAll(len, done, [&](uint64_t off, uint64_t rest, int64_t* progress) {
+    uffdio_zeropage arg{};
+    arg.range.start = start + off;
+    arg.range.len = rest;
+    arg.mode = mode;
+    int r = IoctlRetryingEintr(fd, UFFDIO_ZEROPAGE, &arg);
+    *progress = arg.zeropage;
+    return r;
+  });
+}
+
+int Continue(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t* done) {
+  return ResolveAll(len, done, [&](uint64_t off, uint64_t rest, int64_t* progress) {
+    uffdio_continue arg{};
+    arg.range.start = start + off;
+    arg.range.len = rest;
+    arg.mode = mode;
+    int r = IoctlRetryingEintr(fd, UFFDIO_CONTINUE, &arg);
+    *progress = arg.mapped;
+    return r;
+  });
+}
+
+int Poison(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t* done) {
+  return ResolveAll(len, done, [&](uint64_t off, uint64_t rest, int64_t* progress) {
+    uffdio_poison arg{};
+    arg.range.start = start + off;
+    arg.range.len = rest;
+    arg.mode = mode;
+    int r = IoctlRetryingEintr(fd, UFFDIO_POISON, &arg);
+    *progress = arg.updated;
+    return r;
+  });
+}
+
+int Move(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, uint64_t* done) {
+  return ResolveAll(len, done, [&](uint64_t off, uint64_t rest, int64_t* progress) {
+    uffdio_move arg{};
+    arg.dst = dst + off;
+    arg.src = src + off;
+    arg.len = rest;
+    arg.mode = mode;
+    int r = IoctlRetryingEintr(fd, UFFDIO_MOVE, &arg);
+    *progress = arg.move;
+    return r;
+  });
+}
+
+long ReadMessages(int fd, uffd_msg* msgs, size_t max) {
+  ssize_t n;
+  do {
+    n = read(fd, msgs, max * sizeof(uffd_msg));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return Errno();
+  // The kernel only ever returns whole messages.
+  return static_cast<long>(n / static_cast<ssize_t>(sizeof(uffd_msg)));
+}
+
+int Close(int fd) { return close(fd) < 0 ? Errno() : 0; }
+
+}  // namespace uffd
