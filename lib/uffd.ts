@@ -186,6 +186,7 @@ export class Userfaultfd implements FaultResolver {
     if (!ArrayBuffer.isView(data) && !(data instanceof ArrayBuffer)) {
       throw argTypeError('data', 'an ArrayBuffer, a TypedArray, a DataView or a Buffer', data);
     }
+    if (data.byteLength === 0 && isDetached(data)) throw argValueError('data', 'is detached (transferred or destroyed); pass a live buffer');
     validate.range(syscall, address, data.byteLength, this.#pageSizeAt(address));
     const opts = validate.options<{ dontWake: boolean; writeProtect: boolean }>(options, 'options');
     const mode = (opts.dontWake ? MODE_DONTWAKE : 0n) | (opts.writeProtect ? COPY_MODE_WP : 0n);
@@ -423,6 +424,15 @@ export class Userfaultfd implements FaultResolver {
       if (r.end > end) kept.push({ ...r, start: end });
     }
     this.#registrations = kept;
+  }
+}
+
+function isDetached(data: ArrayBufferView | ArrayBuffer): boolean {
+  try {
+    new Uint8Array(ArrayBuffer.isView(data) ? data.buffer : data);
+    return false;
+  } catch {
+    return true;
   }
 }
 

@@ -1,0 +1,48 @@
+import { describe, expect, it } from 'vitest';
+import { FEATURES, Userfaultfd } from '../dist/index.js';
+
+describe('Userfaultfd.open()', () => {
+  it('opens a uffd and reports the features the kernel offers and those enabled', () => {
+    const uffd = Userfaultfd.open({ features: ['THREAD_ID', 'EXACT_ADDRESS'] });
+    try {
+      expect(uffd.fd).toBeGreaterThan(2);
+      expect(['syscall', 'device']).toContain(uffd.openedWith);
+      expect(uffd.offeredFeatures.has('MISSING_SHMEM')).toBe(true);
+      expect([...uffd.enabledFeatures].sort()).toEqual(['EXACT_ADDRESS', 'THREAD_ID']);
+      // The offered set is what UFFDIO_API answered: every name is a known feature.
+      for (const name of uffd.offeredFeatures) expect(Object.keys(FEATURES)).toContain(name);
+    } finally {
+      uffd.close();
+    }
+  });
+
+  it('enables no feature unless asked (SIGBUS in particular)', () => {
+    const uffd = Userfaultfd.open();
+    expect(uffd.enabledFeatures.size).toBe(0);
+    uffd.close();
+  });
+
+  it('opens in user-mode-only mode', () => {
+    const uffd = Userfaultfd.open({ userModeOnly: true });
+    expect(uffd.fd).toBeGreaterThan(2);
+    uffd.close();
+  });
+
+  it('rejects an unknown feature name before touching the kernel', () => {
+    expect(() => Userfaultfd.open({ features: ['NOT_A_FEATURE' as never] })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }),
+    );
+  });
+
+  it('makes every method throw ERR_UFFD_CLOSED after close(), which is idempotent', () => {
+    const uffd = Userfaultfd.open();
+    uffd.close();
+    uffd.close();
+    expect(uffd.closed).toBe(true);
+    const closed = expect.objectContaining({ code: 'ERR_UFFD_CLOSED', syscall: 'ioctl(UFFDIO_WAKE)' });
+    expect(() => uffd.wake(0n, 4096)).toThrow(closed);
+    expect(() => uffd.register({ address: 0n, length: 4096 })).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
+    expect(() => uffd.copy(0n, new Uint8Array(4096))).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
+    expect(() => uffd.events()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
+  });
+});

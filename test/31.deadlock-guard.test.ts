@@ -1,0 +1,60 @@
+// The serving thread must never touch registered memory that only it can make
+// present. The library refuses the obvious ways to do so.
+import { afterEach, describe, expect, it } from 'vitest';
+import { Mapping, Userfaultfd, attachView } from '../dist/index.js';
+import { PAGE, touch } from './helpers';
+
+const cleanup: (() => void)[] = [];
+afterEach(() => {
+  for (const fn of cleanup.splice(0).reverse()) fn();
+});
+
+function setup(pages: number) {
+  const mapping = Mapping.anonymous(pages * PAGE);
+  const uffd = Userfaultfd.open();
+  cleanup.push(() => mapping.unmap(), () => uffd.close());
+  uffd.register(mapping);
+  return { mapping, uffd };
+}
+
+const deadlock = expect.objectContaining({ code: 'ERR_UFFD_WOULD_DEADLOCK', message: expect.stringContaining('worker thread') });
+
+describe('deadlock guard', () => {
+  it('refuses a view of registered memory on the thread that serves it', () => {
+    const { mapping } = setup(2);
+    expect(() => mapping.view()).toThrow(deadlock);
+    expect(() => attachView(mapping.address + BigInt(PAGE), PAGE)).toThrow(deadlock);
+  });
+
+  it('lets the serving thread read pages once they are present, and refuses while one is missing', () => {
+    const { mapping, uffd } = setup(2);
+    uffd.copy(mapping.address, new Uint8Array(PAGE).fill(4));
+    expect(mapping.read(0, PAGE)[0]).toBe(4);
+    expect(() => mapping.read()).toThrow(deadlock);
+  });
+
+  it('refuses a copy whose source is registered memory that is missing and served here', () => {
+    const source = Mapping.anonymous(PAGE);
+    const target = Mapping.anonymous(PAGE);
+    const uffd = Userfaultfd.open();
+    cleanup.push(() => source.unmap(), () => target.unmap(), () => uffd.close());
+    // A view taken before registration, then used as a copy source: the
+    // kernel would fault on it inside the ioctl, on this very thread.
+    const view = source.view();
+    uffd.register(source);
+    uffd.register(target);
+    expect(() => uffd.copy(target.address, view)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_WOULD_DEADLOCK', syscall: 'ioctl(UFFDIO_COPY)' }));
+    // Once the source page is present, it is an ordinary copy.
+    uffd.copy(source.address, new Uint8Array(PAGE).fill(6));
+    expect(uffd.copy(target.address, view)).toBe(PAGE);
+    expect(target.read()[0]).toBe(6);
+  });
+
+  it('allows views again once the range is unregistered, and a worker may always attach', async () => {
+    const { mapping, uffd } = setup(1);
+    void uffd.serve((fault) => void fault.copy(new Uint8Array(PAGE).fill(2)));
+    expect((await touch({ address: mapping.address, length: PAGE }).result).sum).toBe(2);
+    uffd.unregister(mapping);
+    expect(mapping.view()[0]).toBe(2);
+  });
+});

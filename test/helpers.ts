@@ -1,0 +1,70 @@
+// Test helpers: faulting peers and page patterns. Every fault in the tests is
+// a real fault, raised by a worker thread or a child process on real memory.
+import fs from 'node:fs';
+import path from 'node:path';
+import { Worker } from 'node:worker_threads';
+
+import { systemPageSize } from '../dist/index.js';
+
+export const PAGE = systemPageSize();
+
+export interface TouchResult {
+  ok: boolean;
+  mismatches: number;
+  firstMismatch: number;
+  sum: number;
+  touched: number;
+}
+
+export interface TouchOptions {
+  address: bigint;
+  length: number;
+  pageSize?: number;
+  order?: number[];
+  write?: boolean;
+  expected?: SharedArrayBuffer;
+}
+
+/** Starts a worker that touches the range (see fixtures/toucher.cjs) and resolves with its report. */
+export function touch(options: TouchOptions): { worker: Worker; result: Promise<TouchResult> } {
+  const worker = new Worker(path.join(__dirname, 'fixtures', 'toucher.cjs'), {
+    workerData: { pageSize: PAGE, ...options },
+  });
+  const result = new Promise<TouchResult>((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
+    worker.once('exit', (code) => reject(new Error(`toucher exited with ${code} before reporting`)));
+  });
+  return { worker, result };
+}
+
+/** A SharedArrayBuffer whose every byte depends on its offset and the seed, so misplaced pages show. */
+export function pattern(length: number, seed = 1): SharedArrayBuffer {
+  const shared = new SharedArrayBuffer(length);
+  const bytes = new Uint8Array(shared);
+  const words = new Uint32Array(shared, 0, length >>> 2);
+  for (let i = 0; i < words.length; i++) words[i] = Math.imul(i + 1, 2654435761) ^ seed;
+  for (let i = words.length * 4; i < length; i++) bytes[i] = i ^ seed;
+  return shared;
+}
+
+/** Fisher-Yates with a seeded generator, so failures reproduce. */
+export function shuffled(count: number, seed = 42): number[] {
+  const order = Array.from({ length: count }, (_, i) => i);
+  let state = seed >>> 0;
+  for (let i = count - 1; i > 0; i--) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    const j = state % (i + 1);
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  return order;
+}
+
+/** Where the kernel has a thread waiting (as root: the function name). */
+export function wchan(tid: number): string {
+  return fs.readFileSync(`/proc/self/task/${tid}/wchan`, 'utf8');
+}
+
+export function pageOf(shared: SharedArrayBuffer, offset: number, length = PAGE): Uint8Array {
+  return new Uint8Array(shared, offset, length);
+}
