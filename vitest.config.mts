@@ -7,5 +7,7 @@ export default defineConfig({
     pool: 'forks',
     testTimeout: 30_000,
     hookTimeout: 30_000,
+    // Lifetime tests collect garbage on purpose.
+    execArgv: ['--expose-gc'],
   },
 });

@@ -32,7 +32,7 @@ export interface Native {
   systemPageSize(): number;
   mapShared(fd: number, offset: number, length: number): bigint;
   mapAnonymous(length: number, hugePageLog2: number): bigint;
-  unmap(address: bigint, length: number): void;
+  unmap(address: bigint, length: number, detach: boolean): void;
   view(address: bigint, length: number): ArrayBuffer;
   read(address: bigint, length: number): Buffer;
   constants: Record<string, bigint | number>;

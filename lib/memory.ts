@@ -33,7 +33,7 @@ function hugePageLog2(hugePages: unknown): number {
 }
 
 const unmapOnCollect = new FinalizationRegistry<{ address: bigint; length: number }>(({ address, length }) => {
-  native.unmap(address, length);
+  native.unmap(address, length, false);
 });
 const closeOnCollect = new FinalizationRegistry<number>((fd) => native.closeFd(fd));
 
@@ -95,7 +95,7 @@ export class Mapping {
     if (!this.#mapped) return;
     this.#mapped = false;
     unmapOnCollect.unregister(this);
-    native.unmap(this.address, this.length);
+    native.unmap(this.address, this.length, true);
   }
 
   #slice(offset: unknown, length: unknown): [bigint, number] {

@@ -70,10 +70,9 @@ export interface ServeOptions {
   failure?: 'fill' | 'poison';
 }
 
-const closeOnCollect = new FinalizationRegistry<UffdHandle>((handle) => handle.close());
-
 export class Userfaultfd implements FaultResolver {
   readonly #handle: UffdHandle;
+  readonly #callback: (count: number) => void;
   readonly #messages = new ArrayBuffer(MSG_SIZE * MESSAGE_CAPACITY);
   readonly #view = new DataView(this.#messages);
   #closed = false;
@@ -97,8 +96,10 @@ export class Userfaultfd implements FaultResolver {
     this.openedWith = openedWith;
     this.offeredFeatures = featureNames(offered);
     this.enabledFeatures = featureNames(enabled);
-    this.#handle = new native.UffdHandle(fd, (count) => this.#onMessages(count), this.#messages);
-    closeOnCollect.register(this, this.#handle, this);
+    // The handle holds this callback weakly until the stream starts; a
+    // Userfaultfd nobody holds is collected and its handle closes the fd.
+    this.#callback = (count: number) => this.#onMessages(count);
+    this.#handle = new native.UffdHandle(fd, this.#callback, this.#messages);
   }
 
   /**
@@ -342,7 +343,6 @@ export class Userfaultfd implements FaultResolver {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    closeOnCollect.unregister(this);
     this.#handle.close();
     this.#registrations = [];
     this.#queue = [];

@@ -146,7 +146,10 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
     if (!info[1].IsFunction() || !info[2].IsArrayBuffer()) {
       throw Napi::TypeError::New(env, "UffdHandle(fd, onMessages, messages)");
     }
-    on_messages_ = Napi::Persistent(info[1].As<Napi::Function>());
+    // Weak until started: the callback's closure holds the JavaScript object
+    // that holds this handle, and a strong reference would make that cycle a
+    // root that is never collected.
+    on_messages_ = Napi::Weak(info[1].As<Napi::Function>());
     messages_ = Napi::Persistent(info[2].As<Napi::ArrayBuffer>());
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env, &loop);
@@ -195,6 +198,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
   // lib/uffd.ts never lets the callback throw; if it does anyway, it is an
   // uncaught exception, as from any other callback.
   void Deliver(const std::initializer_list<napi_value>& args) {
+    if (on_messages_.IsEmpty() || on_messages_.Value().IsEmpty()) return;
     try {
       on_messages_.MakeCallback(Value(), args, async_context_);
     } catch (const Napi::Error& e) {
@@ -301,6 +305,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
       if (r < 0) ThrowErrno(info.Env(), r, "uv_poll_start");
       started_ = true;
       Ref();
+      on_messages_.Ref();
     }
     return info.Env().Undefined();
   }
@@ -315,6 +320,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
     if (poller_ != nullptr) poller_->Stop();
     started_ = false;
     Unref();
+    on_messages_.Unref();
   }
 
   Napi::Value JsSetRef(const Napi::CallbackInfo& info) {
@@ -449,9 +455,11 @@ Napi::Value MapAnonymous(const Napi::CallbackInfo& info) {
   return Big(info.Env(), address);
 }
 
+// unmap(address, length, detach): detach (an explicit unmap) gives views still
+// out zeros at once; otherwise (garbage collection) they keep the memory.
 Napi::Value Unmap(const Napi::CallbackInfo& info) {
   uint64_t address = U64(info, 0), length = U64(info, 1);
-  int r = MappingTable::Get().Remove(address);
+  int r = MappingTable::Get().Remove(address, info[2].ToBoolean());
   if (r == 1) r = memory::Unmap(address, length);
   if (r < 0) ThrowErrno(info.Env(), r, "munmap");
   return info.Env().Undefined();

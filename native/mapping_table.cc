@@ -15,7 +15,7 @@ void MappingTable::Add(uint64_t start, uint64_t length) {
   mappings_.push_back({start, length, 0, false});
 }
 
-int MappingTable::Remove(uint64_t start) {
+int MappingTable::Remove(uint64_t start, bool detach) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = std::find_if(mappings_.begin(), mappings_.end(),
                          [&](const Mapping& m) { return m.start == start && !m.removed; });
@@ -24,9 +24,11 @@ int MappingTable::Remove(uint64_t start) {
     mappings_.erase(it);
     return 1;
   }
-  // A worker still holds a view: give it zeros instead of a dangling pointer.
-  int r = memory::Detach(it->start, it->length);
-  if (r < 0) return r;
+  // A view is still out: never leave it a dangling pointer.
+  if (detach) {
+    int r = memory::Detach(it->start, it->length);
+    if (r < 0) return r;
+  }
   it->removed = true;
   return 0;
 }

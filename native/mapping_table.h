@@ -16,10 +16,11 @@ class MappingTable {
 
   void Add(uint64_t start, uint64_t length);
 
-  // Ends a mapping. Returns true when the caller must munmap it now; false
-  // when views are still out, in which case it has been detached (see
-  // memory::Detach) and the last view's release unmaps it. -errno on failure.
-  int Remove(uint64_t start);
+  // Ends a mapping. Returns 1 when the caller must munmap it now; 0 when
+  // views are still out, in which case the last view's release unmaps it, and
+  // with `detach` the memory has been replaced by zeros already (see
+  // memory::Detach). -errno on failure.
+  int Remove(uint64_t start, bool detach);
 
   // Takes a reference on the mapping that holds [address, address+length), for
   // a view. Returns the mapping's start, or 0 when no live mapping holds it.
