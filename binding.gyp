@@ -6,10 +6,12 @@
         ["OS!='linux'", {"type": "none"}, {
           "sources": [
             "native/binding.cc",
-            "native/fault_poller.cc",
+            "native/fault_stream.cc",
+            "native/fd_watch.cc",
             "native/mapping_table.cc",
             "native/memory.cc",
-            "native/uffd.cc"
+            "native/uffd.cc",
+            "native/unix_socket.cc"
           ],
           "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
           "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

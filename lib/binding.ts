@@ -20,7 +20,21 @@ export interface UffdHandle {
   close(): void;
 }
 
+export interface WatchHandle {
+  start(): void;
+  stop(): void;
+  close(): void;
+}
+
 export interface Native {
+  WatchHandle: new (fd: number, onReady: (status: number, readable: boolean, hangup: boolean) => void) => WatchHandle;
+  socketListen(path: string, backlog: number): number;
+  socketAccept(fd: number): number;
+  socketConnect(path: string): number;
+  socketSend(fd: number, data: ArrayBufferView, fds: number[]): number;
+  socketReceive(fd: number, maxBytes: number, maxFds: number): { data: Buffer; fds: number[]; fdsTruncated: boolean } | null;
+  socketPeer(fd: number): { pid: number; uid: number; gid: number };
+  descriptorKind(fd: number): string;
   UffdHandle: new (fd: number, onMessages: (count: number) => void, messages: ArrayBuffer) => UffdHandle;
   setErrorFactory(make: (errno: number, syscall: string, extra: Record<string, unknown>) => Error): void;
   open(userModeOnly: boolean): { fd: number; method: 'syscall' | 'device' };
@@ -34,6 +48,8 @@ export interface Native {
   mapAnonymous(length: number, hugePageLog2: number): bigint;
   unmap(address: bigint, length: number, detach: boolean): void;
   view(address: bigint, length: number): ArrayBuffer;
+  discard(address: bigint, length: number, remove: boolean): void;
+  scanWritten(pid: number, start: bigint, length: number, rearm: boolean): BigUint64Array;
   read(address: bigint, length: number): Buffer;
   constants: Record<string, bigint | number>;
 }

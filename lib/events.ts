@@ -13,6 +13,7 @@ export interface FaultResolver {
   zeroPage(address: bigint, length: number): number;
   continue(address: bigint, length: number, options?: { writeProtect?: boolean }): number;
   poison(address: bigint, length: number): number;
+  move(dst: bigint, src: bigint, length: number): number;
   writeProtect(address: bigint, length: number, enable: boolean): void;
   wake(address: bigint, length: number): void;
 }
@@ -69,6 +70,11 @@ export class Fault {
   /** UFFDIO_CONTINUE: map the page that is already in the page cache (MINOR faults). */
   continue(options?: { writeProtect?: boolean }): Outcome {
     return this.#resolve(() => this.#resolver.continue(this.pageAddress, this.pageSize, options));
+  }
+
+  /** UFFDIO_MOVE: moves the anonymous page at src (in the faulting process) to the faulting page. */
+  move(src: bigint): Outcome {
+    return this.#resolve(() => this.#resolver.move(this.pageAddress, src, this.pageSize));
   }
 
   /** UFFDIO_POISON: the faulting thread, and any later access, gets SIGBUS. */

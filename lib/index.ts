@@ -1,10 +1,12 @@
 // userfaultfd for Node.js: the public API.
 export { Userfaultfd } from './uffd';
-export type { OpenOptions, RegisterModes, Registration, Target, ServeOptions, Event, NonFaultEvent } from './uffd';
+export type { OpenOptions, RegisterModes, Registration, Target, ServeOptions, Event, NonFaultEvent, AdoptedRange } from './uffd';
 export { Fault } from './events';
 export type { FaultKind, Outcome, ForkEvent, RemapEvent, RemoveEvent, UnmapEvent } from './events';
-export { Memfd, Mapping, attachView, systemPageSize, defaultHugePageSize } from './memory';
+export { Memfd, Mapping, attachView, scanWritten, systemPageSize, defaultHugePageSize } from './memory';
 export type { HugePages } from './memory';
 export { UffdError } from './errors';
 export { FEATURES, IOCTLS } from './constants';
 export type { Feature, Ioctl } from './constants';
+export { UnixServer, UnixConnection, descriptorKind } from './unix-socket';
+export type { Message, ReceiveOptions } from './unix-socket';

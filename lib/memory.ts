@@ -90,6 +90,21 @@ export class Mapping {
     return native.read(start, bytes);
   }
 
+  /**
+   * Gives [offset, offset+length) back to the kernel: MADV_DONTNEED for
+   * anonymous memory, MADV_REMOVE for shared memory (the file's pages are freed
+   * too). The next access faults as missing. With UFFD_FEATURE_EVENT_REMOVE the
+   * uffd's reader gets a 'remove' event, and this call waits until it has read
+   * it, so it is refused on the thread that serves this memory.
+   */
+  discard(offset: number = 0, length?: number): void {
+    const [start, bytes] = this.#slice(offset, length);
+    if (!validate.isAligned(start, this.pageSize) || !validate.isAligned(bytes, this.pageSize)) {
+      throw invalid('madvise', `offset and length must be multiples of the page size (${this.pageSize} bytes)`);
+    }
+    native.discard(start, bytes, this.kind === 'shared');
+  }
+
   /** Unmaps now. A view another thread still holds reads zeros from then on, until it is collected. */
   unmap(): void {
     if (!this.#mapped) return;
@@ -117,6 +132,25 @@ export class Mapping {
  */
 export function attachView(address: bigint, length: number | bigint): Uint8Array {
   return new Uint8Array(native.view(validate.address(address, 'address'), validate.size(length, 'length')));
+}
+
+/**
+ * The pages of [address, address+length) written since they were
+ * write-protected, for a range registered in WP mode on a uffd with the
+ * WP_ASYNC feature (PAGEMAP_SCAN, Linux 6.7): the dirty pages, for live
+ * migration. With rearm (the default) they are write-protected again in the
+ * same walk, so the next scan reports only later writes. pid: another process
+ * whose memory this is (default: this one).
+ */
+export function scanWritten(address: bigint, length: number | bigint, options?: { rearm?: boolean; pid?: number }): { start: bigint; end: bigint }[] {
+  const start = validate.address(address, 'address');
+  const bytes = validate.size(length, 'length');
+  const opts = validate.options<{ rearm: boolean; pid: number }>(options, 'options');
+  const pid = opts.pid === undefined ? 0 : validate.size(opts.pid, 'options.pid');
+  const flat = native.scanWritten(pid, start, bytes, opts.rearm ?? true);
+  const ranges: { start: bigint; end: bigint }[] = [];
+  for (let i = 0; i < flat.length; i += 2) ranges.push({ start: flat[i]!, end: flat[i + 1]! });
+  return ranges;
 }
 
 export class Memfd {

@@ -54,6 +54,14 @@ export interface Registration {
   readonly ioctls: ReadonlySet<Ioctl>;
 }
 
+/** A range another process registered on an adopted uffd. */
+export interface AdoptedRange {
+  address: bigint;
+  length: number | bigint;
+  pageSize?: number;
+  modes?: RegisterModes;
+}
+
 export type Event = UffdEvent<Userfaultfd>;
 export type NonFaultEvent = ForkEvent<Userfaultfd> | RemapEvent | RemoveEvent | UnmapEvent;
 
@@ -129,12 +137,26 @@ export class Userfaultfd implements FaultResolver {
 
   /**
    * Adopts a uffd descriptor that has had its UFFDIO_API handshake already,
-   * for example one received from another process. The object owns it from now on.
+   * for example one received from another process. The object owns it from
+   * now on. features: those the other side enabled (THREAD_ID changes how
+   * events decode). ranges: what the other side registered, so that faults
+   * know their page size (default: this system's page size).
    */
-  static fromFd(fd: number, options?: { features?: Feature[] }): Userfaultfd {
+  static fromFd(fd: number, options?: { features?: Feature[]; ranges?: AdoptedRange[] }): Userfaultfd {
     if (!Number.isInteger(fd) || fd < 0) throw argTypeError('fd', 'a file descriptor (non-negative integer)', fd);
-    const features = validate.options<{ features: Feature[] }>(options, 'options').features ?? [];
-    return new Userfaultfd(fd, 'adopted', 0n, featureBits(features));
+    const opts = validate.options<{ features: Feature[]; ranges: AdoptedRange[] }>(options, 'options');
+    const uffd = new Userfaultfd(fd, 'adopted', 0n, featureBits(opts.features ?? []));
+    for (const range of opts.ranges ?? []) {
+      const start = validate.address(range.address, 'range.address');
+      const length = validate.size(range.length, 'range.length');
+      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.size(range.pageSize, 'range.pageSize');
+      validate.range('userfaultfd', start, length, pageSize);
+      uffd.#registrations.push({
+        start, end: start + BigInt(length), pageSize, ioctls: new Set(),
+        modes: { missing: range.modes?.missing ?? true, minor: range.modes?.minor ?? false, wp: range.modes?.wp ?? false },
+      });
+    }
+    return uffd;
   }
 
   get fd(): number {

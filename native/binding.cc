@@ -11,10 +11,12 @@
 #include <string>
 #include <thread>
 
-#include "fault_poller.h"
+#include "fault_stream.h"
+#include "fd_watch.h"
 #include "mapping_table.h"
 #include "memory.h"
 #include "uffd.h"
+#include "unix_socket.h"
 
 namespace {
 
@@ -69,6 +71,11 @@ int Int(const Napi::CallbackInfo& info, size_t i) {
 
 Napi::BigInt Big(Napi::Env env, uint64_t v) { return Napi::BigInt::New(env, v); }
 
+Napi::Function FunctionArg(const Napi::CallbackInfo& info, size_t i) {
+  if (!info[i].IsFunction()) throw Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a function");
+  return info[i].As<Napi::Function>();
+}
+
 struct Bytes {
   uint64_t address;
   uint64_t length;
@@ -115,8 +122,33 @@ void GuardServingThread(Napi::Env env, uint64_t address, uint64_t length, const 
   ThrowCode(env, "ERR_UFFD_WOULD_DEADLOCK", syscall);
 }
 
-// A uffd and the poller that delivers its messages to one JavaScript callback.
-class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink {
+// A JavaScript callback that native events call. Weak while idle: the
+// callback's closure holds the JavaScript object that holds the native handle,
+// and a strong reference would make that cycle a root never collected. Held
+// strongly while events can arrive.
+class JsCallback {
+ public:
+  JsCallback(Napi::Env env, Napi::Function fn) : fn_(Napi::Weak(fn)), context_(env, "userfaultfd") {}
+  void Hold() { fn_.Ref(); }
+  void Release() { fn_.Unref(); }
+  // An exception the callback throws becomes an uncaught exception, as from
+  // any other callback.
+  void Call(Napi::Object recv, const std::initializer_list<napi_value>& args) {
+    if (fn_.IsEmpty() || fn_.Value().IsEmpty()) return;
+    try {
+      fn_.MakeCallback(recv, args, context_);
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(recv.Env(), e.Value());
+    }
+  }
+
+ private:
+  Napi::FunctionReference fn_;
+  Napi::AsyncContext context_;
+};
+
+// A uffd and the stream that delivers its messages to one JavaScript callback.
+class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "UffdHandle",
@@ -140,23 +172,20 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
 
   // new UffdHandle(fd, onMessages(count), messages: ArrayBuffer): adopts fd.
   explicit UffdHandle(const Napi::CallbackInfo& info)
-      : Napi::ObjectWrap<UffdHandle>(info), async_context_(info.Env(), "userfaultfd") {
+      : Napi::ObjectWrap<UffdHandle>(info), on_messages_(info.Env(), FunctionArg(info, 1)) {
     Napi::Env env = info.Env();
     fd_ = Int(info, 0);
-    if (!info[1].IsFunction() || !info[2].IsArrayBuffer()) {
-      throw Napi::TypeError::New(env, "UffdHandle(fd, onMessages, messages)");
-    }
-    // Weak until started: the callback's closure holds the JavaScript object
-    // that holds this handle, and a strong reference would make that cycle a
-    // root that is never collected.
-    on_messages_ = Napi::Weak(info[1].As<Napi::Function>());
+    if (!info[2].IsArrayBuffer()) throw Napi::TypeError::New(env, "UffdHandle(fd, onMessages, messages)");
     messages_ = Napi::Persistent(info[2].As<Napi::ArrayBuffer>());
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env, &loop);
     int err = 0;
-    poller_ = FaultPoller::Create(loop, fd_, this, &err);
-    if (poller_ == nullptr) ThrowErrno(env, err, "uv_poll_init");
+    stream_ = FaultStream::Create(loop, fd_, this, &err);
+    if (stream_ == nullptr) ThrowErrno(env, err, "uv_poll_init");
     Data(env)->handles.insert(this);
+    // Only this thread's loop can read this object's events: its registered
+    // ranges are served here until it is closed (see GuardServingThread).
+    MappingTable::Get().ServeOn(this, std::this_thread::get_id());
   }
 
   ~UffdHandle() override {
@@ -169,10 +198,10 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
   // wake every thread blocked on a fault of this uffd.
   void CloseNative() {
     if (fd_ < 0) return;
-    MappingTable::Get().RemoveServedBy(this);
-    if (poller_ != nullptr) {
-      poller_->Destroy();
-      poller_ = nullptr;
+    MappingTable::Get().Forget(this);
+    if (stream_ != nullptr) {
+      stream_->Destroy();
+      stream_ = nullptr;
     }
     uffd::Close(fd_);
     fd_ = -1;
@@ -185,26 +214,16 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
     size_t fit = buffer.ByteLength() / sizeof(uffd_msg);
     if (n > fit) n = fit;
     std::memcpy(buffer.Data(), msgs, n * sizeof(uffd_msg));
-    Deliver({Napi::Number::New(env, static_cast<double>(n))});
+    on_messages_.Call(Value(), {Napi::Number::New(env, static_cast<double>(n))});
   }
 
-  void OnPollError(int error) override {
+  void OnStreamError(int error) override {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
-    Deliver({Napi::Number::New(env, error)});
+    on_messages_.Call(Value(), {Napi::Number::New(env, error)});
   }
 
  private:
-  // lib/uffd.ts never lets the callback throw; if it does anyway, it is an
-  // uncaught exception, as from any other callback.
-  void Deliver(const std::initializer_list<napi_value>& args) {
-    if (on_messages_.IsEmpty() || on_messages_.Value().IsEmpty()) return;
-    try {
-      on_messages_.MakeCallback(Value(), args, async_context_);
-    } catch (const Napi::Error& e) {
-      napi_fatal_exception(Env(), e.Value());
-    }
-  }
 
   int Fd(const Napi::CallbackInfo& info) {
     if (fd_ < 0) ThrowCode(info.Env(), "ERR_UFFD_CLOSED", "userfaultfd");
@@ -227,7 +246,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
     uint64_t ioctls = 0;
     int r = uffd::Register(fd, start, len, mode, &ioctls);
     if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_REGISTER)");
-    MappingTable::Get().AddServed(this, start, len, std::this_thread::get_id());
+    MappingTable::Get().AddRegistration(this, start, len);
     return Big(info.Env(), ioctls);
   }
 
@@ -236,7 +255,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
     uint64_t start = U64(info, 0), len = U64(info, 1);
     int r = uffd::Unregister(fd, start, len);
     if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_UNREGISTER)");
-    MappingTable::Get().RemoveServed(this, start, len);
+    MappingTable::Get().RemoveRegistration(this, start, len);
     return info.Env().Undefined();
   }
 
@@ -297,15 +316,15 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
     return info.Env().Undefined();
   }
 
-  // While the poller runs, the poller holds the JavaScript object alive.
+  // While the stream runs, it holds the JavaScript object alive.
   Napi::Value JsStart(const Napi::CallbackInfo& info) {
     Fd(info);
     if (!started_) {
-      int r = poller_->Start();
+      int r = stream_->Start();
       if (r < 0) ThrowErrno(info.Env(), r, "uv_poll_start");
       started_ = true;
       Ref();
-      on_messages_.Ref();
+      on_messages_.Hold();
     }
     return info.Env().Undefined();
   }
@@ -317,18 +336,18 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
 
   void StopPolling() {
     if (!started_) return;
-    if (poller_ != nullptr) poller_->Stop();
+    if (stream_ != nullptr) stream_->Stop();
     started_ = false;
     Unref();
-    on_messages_.Unref();
+    on_messages_.Release();
   }
 
   Napi::Value JsSetRef(const Napi::CallbackInfo& info) {
     Fd(info);
     if (info[0].ToBoolean()) {
-      poller_->Ref();
+      stream_->Ref();
     } else {
-      poller_->Unref();
+      stream_->Unref();
     }
     return info.Env().Undefined();
   }
@@ -342,17 +361,92 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultPoller::Sink
   Napi::Value JsFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
 
   int fd_ = -1;
-  FaultPoller* poller_ = nullptr;
+  FaultStream* stream_ = nullptr;
   bool started_ = false;
-  Napi::FunctionReference on_messages_;
+  JsCallback on_messages_;
   Napi::Reference<Napi::ArrayBuffer> messages_;
-  Napi::AsyncContext async_context_;
 
   friend void CleanupEnv(AddonData*);
 };
 
+// Readiness of any descriptor (a Unix socket) for JavaScript:
+// new WatchHandle(fd, onReady(status, readable, hangup)). It never closes fd.
+class WatchHandle : public Napi::ObjectWrap<WatchHandle>, public FdWatch::Sink {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "WatchHandle",
+                       {
+                           InstanceMethod<&WatchHandle::JsStart>("start"),
+                           InstanceMethod<&WatchHandle::JsStop>("stop"),
+                           InstanceMethod<&WatchHandle::JsClose>("close"),
+                       });
+  }
+
+  explicit WatchHandle(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<WatchHandle>(info), on_ready_(info.Env(), FunctionArg(info, 1)) {
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(info.Env(), &loop);
+    int err = 0;
+    watch_ = FdWatch::Create(loop, Int(info, 0), this, &err);
+    if (watch_ == nullptr) ThrowErrno(info.Env(), err, "uv_poll_init");
+  }
+
+  ~WatchHandle() override { Destroy(); }
+
+  void OnReady(int status, int events) override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    if (status < 0) Stop();
+    on_ready_.Call(Value(), {Napi::Number::New(env, status), Napi::Boolean::New(env, events & UV_READABLE),
+                             Napi::Boolean::New(env, events & UV_DISCONNECT)});
+  }
+
+ private:
+  Napi::Value JsStart(const Napi::CallbackInfo& info) {
+    if (watch_ == nullptr) ThrowCode(info.Env(), "ERR_UFFD_CLOSED", "uv_poll_start");
+    if (!held_) {
+      int r = watch_->Start(UV_READABLE | UV_DISCONNECT);
+      if (r < 0) ThrowErrno(info.Env(), r, "uv_poll_start");
+      held_ = true;
+      Ref();
+      on_ready_.Hold();
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsStop(const Napi::CallbackInfo& info) {
+    Stop();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsClose(const Napi::CallbackInfo& info) {
+    Stop();
+    Destroy();
+    return info.Env().Undefined();
+  }
+
+  // While started, the watch holds the JavaScript object and its callback.
+  void Stop() {
+    if (!held_) return;
+    if (watch_ != nullptr) watch_->Stop();
+    held_ = false;
+    Unref();
+    on_ready_.Release();
+  }
+
+  void Destroy() {
+    if (watch_ == nullptr) return;
+    watch_->Destroy();
+    watch_ = nullptr;
+  }
+
+  FdWatch* watch_ = nullptr;
+  bool held_ = false;
+  JsCallback on_ready_;
+};
+
 // Worker termination or process exit: close every uffd this environment still
-// holds, so no poller outlives its loop.
+// holds, so no stream outlives its loop.
 void CleanupEnv(AddonData* data) {
   for (UffdHandle* handle : data->handles) {
     handle->started_ = false;
@@ -465,6 +559,31 @@ Napi::Value Unmap(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// discard(address, length, remove)
+Napi::Value Discard(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t address = U64(info, 0), length = U64(info, 1);
+  // With EVENT_REMOVE, madvise waits until the serving thread reads the event.
+  if (MappingTable::Get().ServedHere(address, length)) ThrowCode(env, "ERR_UFFD_WOULD_DEADLOCK", "madvise");
+  int r = memory::Discard(address, length, info[2].ToBoolean());
+  if (r < 0) ThrowErrno(env, r, "madvise");
+  return env.Undefined();
+}
+
+// scanWritten(pid, start, length, rearm) -> BigUint64Array [start0, end0, start1, end1, ...]
+Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<memory::Range> ranges;
+  int r = memory::ScanWritten(Int(info, 0), U64(info, 1), U64(info, 2), info[3].ToBoolean(), &ranges);
+  if (r < 0) ThrowErrno(env, r, "ioctl(PAGEMAP_SCAN)");
+  auto out = Napi::BigUint64Array::New(env, ranges.size() * 2);
+  for (size_t i = 0; i < ranges.size(); i++) {
+    out[2 * i] = ranges[i].start;
+    out[2 * i + 1] = ranges[i].end;
+  }
+  return out;
+}
+
 // view(address, length) -> ArrayBuffer over the mapping, from any thread.
 Napi::Value View(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -498,6 +617,77 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
   return copy;
 }
 
+// ---- Unix sockets that carry descriptors ----
+
+std::string StringArg(const Napi::CallbackInfo& info, size_t i) {
+  if (!info[i].IsString()) throw Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + " must be a string");
+  return info[i].As<Napi::String>().Utf8Value();
+}
+
+Napi::Value SocketListen(const Napi::CallbackInfo& info) {
+  int fd = unix_socket::Listen(StringArg(info, 0), Int(info, 1));
+  if (fd < 0) ThrowErrno(info.Env(), fd, "listen");
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// accept(listener) -> fd, or -1 when no connection is pending
+Napi::Value SocketAccept(const Napi::CallbackInfo& info) {
+  int fd = unix_socket::Accept(Int(info, 0));
+  if (fd == -EAGAIN) return Napi::Number::New(info.Env(), -1);
+  if (fd < 0) ThrowErrno(info.Env(), fd, "accept");
+  return Napi::Number::New(info.Env(), fd);
+}
+
+Napi::Value SocketConnect(const Napi::CallbackInfo& info) {
+  int fd = unix_socket::Connect(StringArg(info, 0));
+  if (fd < 0) ThrowErrno(info.Env(), fd, "connect");
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// send(fd, data, fds[]) -> bytes sent
+Napi::Value SocketSend(const Napi::CallbackInfo& info) {
+  Bytes data = BytesOf(info, 1);
+  std::vector<int> fds;
+  Napi::Array list = info[2].As<Napi::Array>();
+  for (uint32_t i = 0; i < list.Length(); i++) fds.push_back(list.Get(i).As<Napi::Number>().Int32Value());
+  long n = unix_socket::Send(Int(info, 0), reinterpret_cast<const void*>(data.address), data.length, fds);
+  if (n < 0) ThrowErrno(info.Env(), static_cast<int>(n), "sendmsg");
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
+}
+
+// receive(fd, maxBytes, maxFds) -> { data: Buffer, fds: number[], fdsTruncated }
+// (data empty: end of stream), or null when nothing is there yet.
+Napi::Value SocketReceive(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  unix_socket::Received received;
+  long n = unix_socket::Receive(Int(info, 0), U64(info, 1), U64(info, 2), &received);
+  if (n == -EAGAIN) return env.Null();
+  if (n < 0) ThrowErrno(env, static_cast<int>(n), "recvmsg");
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("data", Napi::Buffer<char>::Copy(env, received.data.data(), received.data.size()));
+  Napi::Array fds = Napi::Array::New(env, received.fds.size());
+  for (size_t i = 0; i < received.fds.size(); i++) fds.Set(static_cast<uint32_t>(i), Napi::Number::New(env, received.fds[i]));
+  result.Set("fds", fds);
+  result.Set("fdsTruncated", Napi::Boolean::New(env, received.fds_truncated));
+  return result;
+}
+
+Napi::Value SocketPeer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  unix_socket::Credentials cred{};
+  int r = unix_socket::PeerCredentials(Int(info, 0), &cred);
+  if (r < 0) ThrowErrno(env, r, "getsockopt(SO_PEERCRED)");
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("pid", Napi::Number::New(env, cred.pid));
+  result.Set("uid", Napi::Number::New(env, cred.uid));
+  result.Set("gid", Napi::Number::New(env, cred.gid));
+  return result;
+}
+
+Napi::Value DescriptorKind(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), unix_socket::DescriptorKind(Int(info, 0)));
+}
+
 Napi::Value Constants(Napi::Env env) {
   Napi::Object c = Napi::Object::New(env);
   // Only the numbers lib/constants.ts checks itself against (test/constants).
@@ -519,7 +709,7 @@ Napi::Value Constants(Napi::Env env) {
   c.Set("UFFD_EVENT_REMOVE", Napi::Number::New(env, UFFD_EVENT_REMOVE));
   c.Set("UFFD_EVENT_UNMAP", Napi::Number::New(env, UFFD_EVENT_UNMAP));
   c.Set("sizeofUffdMsg", Napi::Number::New(env, sizeof(uffd_msg)));
-  c.Set("messageCapacity", Napi::Number::New(env, FaultPoller::kCapacity));
+  c.Set("messageCapacity", Napi::Number::New(env, FaultStream::kCapacity));
   return c;
 }
 
@@ -540,7 +730,17 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mapAnonymous", Napi::Function::New<MapAnonymous>(env));
   exports.Set("unmap", Napi::Function::New<Unmap>(env));
   exports.Set("view", Napi::Function::New<View>(env));
+  exports.Set("discard", Napi::Function::New<Discard>(env));
+  exports.Set("scanWritten", Napi::Function::New<ScanWritten>(env));
   exports.Set("read", Napi::Function::New<Read>(env));
+  exports.Set("WatchHandle", WatchHandle::Define(env));
+  exports.Set("socketListen", Napi::Function::New<SocketListen>(env));
+  exports.Set("socketAccept", Napi::Function::New<SocketAccept>(env));
+  exports.Set("socketConnect", Napi::Function::New<SocketConnect>(env));
+  exports.Set("socketSend", Napi::Function::New<SocketSend>(env));
+  exports.Set("socketReceive", Napi::Function::New<SocketReceive>(env));
+  exports.Set("socketPeer", Napi::Function::New<SocketPeer>(env));
+  exports.Set("descriptorKind", Napi::Function::New<DescriptorKind>(env));
   exports.Set("constants", Constants(env));
   return exports;
 }

@@ -61,39 +61,55 @@ void MappingTable::ReleaseView(uint64_t start) {
   }
 }
 
-void MappingTable::AddServed(const void* owner, uint64_t start, uint64_t length, std::thread::id thread) {
+void MappingTable::AddRegistration(const void* owner, uint64_t start, uint64_t length) {
   std::lock_guard<std::mutex> lock(mutex_);
-  served_.push_back({owner, start, length, thread});
+  registrations_.push_back({owner, start, length});
 }
 
-void MappingTable::RemoveServed(const void* owner, uint64_t start, uint64_t length) {
+void MappingTable::RemoveRegistration(const void* owner, uint64_t start, uint64_t length) {
   std::lock_guard<std::mutex> lock(mutex_);
-  std::vector<Served> kept;
+  std::vector<Registration> kept;
   uint64_t end = start + length;
-  for (const Served& s : served_) {
-    uint64_t s_end = s.start + s.length;
-    if (s.owner != owner || s_end <= start || s.start >= end) {
-      kept.push_back(s);
+  for (const Registration& r : registrations_) {
+    uint64_t r_end = r.start + r.length;
+    if (r.owner != owner || r_end <= start || r.start >= end) {
+      kept.push_back(r);
       continue;
     }
     // Unregistering part of a range leaves the parts outside it registered.
-    if (s.start < start) kept.push_back({owner, s.start, start - s.start, s.thread});
-    if (s_end > end) kept.push_back({owner, end, s_end - end, s.thread});
+    if (r.start < start) kept.push_back({owner, r.start, start - r.start});
+    if (r_end > end) kept.push_back({owner, end, r_end - end});
   }
-  served_.swap(kept);
+  registrations_.swap(kept);
 }
 
-void MappingTable::RemoveServedBy(const void* owner) {
+void MappingTable::ServeOn(const void* owner, std::thread::id thread) {
   std::lock_guard<std::mutex> lock(mutex_);
-  served_.erase(std::remove_if(served_.begin(), served_.end(), [&](const Served& s) { return s.owner == owner; }),
-                served_.end());
+  servers_.push_back({owner, thread});
+}
+
+void MappingTable::StopServing(const void* owner) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  servers_.erase(std::remove_if(servers_.begin(), servers_.end(), [&](const Server& s) { return s.owner == owner; }),
+                 servers_.end());
+}
+
+void MappingTable::Forget(const void* owner) {
+  StopServing(owner);
+  std::lock_guard<std::mutex> lock(mutex_);
+  registrations_.erase(std::remove_if(registrations_.begin(), registrations_.end(),
+                                      [&](const Registration& r) { return r.owner == owner; }),
+                       registrations_.end());
 }
 
 bool MappingTable::ServedHere(uint64_t address, uint64_t length) {
   std::lock_guard<std::mutex> lock(mutex_);
   std::thread::id self = std::this_thread::get_id();
-  for (const Served& s : served_) {
-    if (s.thread == self && address < s.start + s.length && s.start < address + length) return true;
+  for (const Server& server : servers_) {
+    if (server.thread != self) continue;
+    for (const Registration& r : registrations_) {
+      if (r.owner == server.owner && address < r.start + r.length && r.start < address + length) return true;
+    }
   }
   return false;
 }

@@ -28,11 +28,15 @@ class MappingTable {
   // Drops a view reference; unmaps a removed mapping with its last view.
   void ReleaseView(uint64_t start);
 
-  // Ranges registered with a uffd whose faults are served on `thread`.
-  // `owner` identifies the uffd, so that closing it drops its ranges.
-  void AddServed(const void* owner, uint64_t start, uint64_t length, std::thread::id thread);
-  void RemoveServed(const void* owner, uint64_t start, uint64_t length);
-  void RemoveServedBy(const void* owner);
+  // Ranges registered with a uffd (`owner` identifies it), and the thread its
+  // faults are served on once its event stream starts. A uffd registered here
+  // and served by another process serves nothing on any thread of this one.
+  void AddRegistration(const void* owner, uint64_t start, uint64_t length);
+  void RemoveRegistration(const void* owner, uint64_t start, uint64_t length);
+  void ServeOn(const void* owner, std::thread::id thread);
+  void StopServing(const void* owner);
+  // Drops everything known about the uffd (it is closed).
+  void Forget(const void* owner);
   // Whether [address, address+length) overlaps a range whose faults are
   // served on the calling thread.
   bool ServedHere(uint64_t address, uint64_t length);
@@ -44,13 +48,17 @@ class MappingTable {
     unsigned views;
     bool removed;
   };
-  struct Served {
+  struct Registration {
     const void* owner;
     uint64_t start;
     uint64_t length;
+  };
+  struct Server {
+    const void* owner;
     std::thread::id thread;
   };
   std::mutex mutex_;
   std::vector<Mapping> mappings_;
-  std::vector<Served> served_;
+  std::vector<Registration> registrations_;
+  std::vector<Server> servers_;
 };

@@ -8,6 +8,38 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+
+#include <string>
+
+// PAGEMAP_SCAN arrived in Linux 6.7, after the oldest headers this builds with.
+#ifndef PAGEMAP_SCAN
+#define PAGE_IS_WRITTEN (1 << 1)
+#define PM_SCAN_WP_MATCHING (1 << 0)
+#define PM_SCAN_CHECK_WPASYNC (1 << 1)
+struct page_region {
+  __u64 start;
+  __u64 end;
+  __u64 categories;
+};
+struct pm_scan_arg {
+  __u64 size;
+  __u64 flags;
+  __u64 start;
+  __u64 end;
+  __u64 walk_end;
+  __u64 vec;
+  __u64 vec_len;
+  __u64 max_pages;
+  __u64 category_inverted;
+  __u64 category_mask;
+  __u64 category_anyof_mask;
+  __u64 return_mask;
+};
+#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+#endif
+
 #ifndef MFD_HUGE_SHIFT
 #define MFD_HUGE_SHIFT 26
 #endif
@@ -98,6 +130,53 @@ int AllPresent(uint64_t address, uint64_t length) {
       }
     }
     i += n;
+  }
+  close(fd);
+  return result;
+}
+
+int Discard(uint64_t address, uint64_t length, bool remove) {
+  int r;
+  do {
+    r = madvise(reinterpret_cast<void*>(address), length, remove ? MADV_REMOVE : MADV_DONTNEED);
+  } while (r < 0 && errno == EINTR);
+  return r < 0 ? Errno() : 0;
+}
+
+int ScanWritten(int pid, uint64_t start, uint64_t length, bool rearm, std::vector<Range>* ranges) {
+  std::string path = pid == 0 ? "/proc/self/pagemap" : "/proc/" + std::to_string(pid) + "/pagemap";
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Errno();
+  page_region regions[256];
+  uint64_t end = start + length;
+  int result = 0;
+  while (start < end) {
+    pm_scan_arg arg{};
+    arg.size = sizeof(arg);
+    arg.flags = rearm ? (PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC) : 0;
+    arg.start = start;
+    arg.end = end;
+    arg.vec = reinterpret_cast<uint64_t>(regions);
+    arg.vec_len = sizeof(regions) / sizeof(regions[0]);
+    arg.category_mask = PAGE_IS_WRITTEN;
+    arg.return_mask = PAGE_IS_WRITTEN;
+    int n = ioctl(fd, PAGEMAP_SCAN, &arg);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      result = Errno();
+      break;
+    }
+    for (int i = 0; i < n; i++) {
+      // The kernel merges adjacent pages into one region, across calls too.
+      if (!ranges->empty() && ranges->back().end == regions[i].start) {
+        ranges->back().end = regions[i].end;
+      } else {
+        ranges->push_back({regions[i].start, regions[i].end});
+      }
+    }
+    // The walk stops early when the output vector is full.
+    if (arg.walk_end <= start) break;
+    start = arg.walk_end;
   }
   close(fd);
   return result;

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace memory {
 
@@ -38,5 +39,21 @@ int Detach(uint64_t address, uint64_t length);
 // (pagemap's present bit): a read of a page that is not may block on
 // userfaultfd. Returns 1 if all are present, 0 if not, -errno on failure.
 int AllPresent(uint64_t address, uint64_t length);
+
+// madvise: MADV_DONTNEED (private memory: the pages are gone, a later access
+// faults as missing) or MADV_REMOVE (shared memory: the file's pages are freed
+// too). With UFFD_FEATURE_EVENT_REMOVE this blocks until the uffd's reader has
+// read the REMOVE event.
+int Discard(uint64_t address, uint64_t length, bool remove);
+
+// PAGEMAP_SCAN (Linux 6.7) of process pid (0: this one) for pages written
+// since they were write-protected under UFFD_FEATURE_WP_ASYNC. With rearm,
+// the written pages are write-protected again in the same walk, so the next
+// scan reports only later writes. Appends [start, end) ranges to *ranges.
+struct Range {
+  uint64_t start;
+  uint64_t end;
+};
+int ScanWritten(int pid, uint64_t start, uint64_t length, bool rearm, std::vector<Range>* ranges);
 
 }  // namespace memory

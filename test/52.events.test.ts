@@ -1,0 +1,135 @@
+// Non-cooperative events (FORK, REMAP, REMOVE, UNMAP) and the event-shaping
+// features (EXACT_ADDRESS, THREAD_ID), each caused for real by a peer process.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Mapping, UnixServer, Userfaultfd, descriptorKind, type Event, type Fault } from '../dist/index.js';
+import { PAGE, touch } from './helpers';
+import { fixture } from './native-fixtures';
+import { startPeer, type Peer } from './peer';
+
+const cleanup: (() => void)[] = [];
+afterEach(() => {
+  for (const fn of cleanup.splice(0).reverse()) fn();
+});
+
+async function peer(spec: Parameters<typeof startPeer>[0]): Promise<Peer> {
+  const started = await startPeer(spec);
+  cleanup.push(() => started.close());
+  return started;
+}
+
+describe('non-cooperative events', () => {
+  it('FORK: the child\'s uffd arrives as a new, usable Userfaultfd', async () => {
+    const p = await peer({ pages: 2, features: ['EVENT_FORK'], script: [{ read: [0] }, { spawn: true }] });
+    const events: Event[] = [];
+    void p.uffd.serve((fault) => void fault.copy(Buffer.alloc(fault.pageSize, 4)), {
+      onEvent: (event) => {
+        events.push(event);
+        if (event.type === 'fork') {
+          expect(descriptorKind(event.uffd.fd)).toBe('userfaultfd');
+          expect(event.uffd.enabledFeatures.has('EVENT_FORK')).toBe(true);
+          // The child execs at once; its uffd still works until then.
+          event.uffd.wake(p.address, p.pageSize);
+          event.uffd.close();
+        }
+      },
+    });
+    const { code, report } = await p.go();
+    expect(code).toBe(0);
+    expect(report?.sums).toEqual([4]);
+    expect(events.map((e) => e.type)).toEqual(['fork']);
+  });
+
+  it('REMOVE: madvise(MADV_DONTNEED) of served pages; faulting on them again is served again', async () => {
+    const p = await peer({ pages: 4, features: ['EVENT_REMOVE'], script: [{ read: 'all' }, { discard: [1, 2] }, { read: 'all' }] });
+    const events: Event[] = [];
+    let served = 0;
+    void p.uffd.serve((fault) => {
+      served++;
+      fault.copy(Buffer.alloc(fault.pageSize, served <= 4 ? 1 : 2));
+    }, { onEvent: (event) => events.push(event) });
+    const { report } = await p.go();
+    const page = (i: number): bigint => p.address + BigInt(i * p.pageSize);
+    expect(events).toEqual([{ type: 'remove', start: page(1), end: page(2) }, { type: 'remove', start: page(2), end: page(3) }]);
+    expect(report?.sums).toEqual([4, 1 + 2 + 2 + 1]);
+  });
+
+  it('UNMAP: munmap of registered memory', async () => {
+    const p = await peer({ pages: 3, features: ['EVENT_UNMAP'], script: [{ unmap: true }] });
+    const events: Event[] = [];
+    void p.uffd.serve(() => {}, { onEvent: (event) => events.push(event) });
+    expect((await p.go()).code).toBe(0);
+    expect(events).toEqual([{ type: 'unmap', start: p.address, end: p.address + BigInt(3 * p.pageSize) }]);
+  });
+
+  it('REMAP: mremap of registered memory, then a fault at the new address', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-remap-'));
+    const socketPath = path.join(dir, 's');
+    const server = UnixServer.listen(socketPath);
+    cleanup.push(() => server.close(), () => fs.rmSync(dir, { recursive: true, force: true }));
+    const child = spawn(fixture('remap_peer'), [socketPath, '2'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    const connection = (await server.accept())!;
+    cleanup.push(() => connection.close());
+    const message = (await connection.receive())!;
+    const info = JSON.parse(message.data.toString()) as { address: string; newAddress: string; length: number };
+    const uffd = Userfaultfd.fromFd(message.fds[0]!, { features: ['EVENT_REMAP'] });
+    cleanup.push(() => uffd.close());
+    const events: Event[] = [];
+    const faults: Fault[] = [];
+    void uffd.serve((fault) => {
+      faults.push(fault);
+      fault.copy(Buffer.alloc(fault.pageSize, 9));
+    }, { onEvent: (event) => events.push(event) });
+    connection.send('g');
+    expect(await exited).toBe(0);
+    expect(JSON.parse(out)).toEqual({ byte: 9 });
+    expect(events).toEqual([{ type: 'remap', from: BigInt(info.address), to: BigInt(info.newAddress), length: info.length }]);
+    expect(faults.map((f) => f.pageAddress)).toEqual([BigInt(info.newAddress)]);
+  });
+});
+
+describe('event-shaping features', () => {
+  it('EXACT_ADDRESS reports the faulting byte, not the page', async () => {
+    const mapping = Mapping.anonymous(2 * PAGE);
+    const uffd = Userfaultfd.open({ features: ['EXACT_ADDRESS'] });
+    cleanup.push(() => mapping.unmap(), () => uffd.close());
+    uffd.register(mapping);
+    const faults: Fault[] = [];
+    void uffd.serve((fault) => {
+      faults.push(fault);
+      fault.zero();
+    });
+    // The toucher reads byte 0 of each page: use a view that starts mid-page.
+    await touch({ address: mapping.address + 100n, length: PAGE, pageSize: PAGE }).result;
+    expect(faults[0]!.address).toBe(mapping.address + 100n);
+    expect(faults[0]!.pageAddress).toBe(mapping.address);
+  });
+
+  it('THREAD_ID reports the faulting thread; without it there is none', async () => {
+    for (const features of [['THREAD_ID'], []] as const) {
+      const mapping = Mapping.anonymous(PAGE);
+      const uffd = Userfaultfd.open({ features: [...features] });
+      uffd.register(mapping);
+      let tid: number | undefined = -1;
+      void uffd.serve((fault) => {
+        tid = fault.tid;
+        fault.zero();
+      });
+      await touch({ address: mapping.address, length: PAGE }).result;
+      if (features.length) {
+        expect(tid).toBeGreaterThan(process.pid);
+      } else {
+        expect(tid).toBeUndefined();
+      }
+      uffd.close();
+      mapping.unmap();
+    }
+  });
+});
+
