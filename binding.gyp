@@ -8,6 +8,7 @@
             "native/binding.cc",
             "native/fault_stream.cc",
             "native/fd_watch.cc",
+            "native/kvm.cc",
             "native/mapping_table.cc",
             "native/memory.cc",
             "native/uffd.cc",

@@ -43,6 +43,7 @@ export interface Native {
   closeFd(fd: number): void;
   memfdCreate(name: string, size: number, hugePageLog2: number): [number, number];
   filePageSize(fd: number): number;
+  createGuestMemfd(size: number, flags: bigint): [number, number, number];
   systemPageSize(): number;
   mapShared(fd: number, offset: number, length: number): bigint;
   mapAnonymous(length: number, hugePageLog2: number): bigint;

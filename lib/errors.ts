@@ -30,6 +30,12 @@ const ERRNO = {
 // man 2 ioctl_userfaultfd and mm/userfaultfd.c.
 function hint(code: string, syscall: string, extra: Record<string, unknown>): string {
   const ioctl = syscall.startsWith('ioctl(') ? syscall.slice(6, -1) : '';
+  if (syscall === 'open(/dev/kvm)') {
+    return code === 'ENOENT' ? 'this host has no /dev/kvm (no KVM here, or it was not passed into the container)' : 'no access to /dev/kvm (add this user to the kvm group)';
+  }
+  if (syscall === 'ioctl(KVM_CREATE_GUEST_MEMFD)') {
+    return 'this kernel cannot create a guest_memfd with GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED (needs Linux 6.18 or newer with KVM_CAP_GUEST_MEMFD_FLAGS)';
+  }
   if (syscall === 'userfaultfd') {
     const device = typeof extra.deviceErrno === 'number' && extra.deviceErrno !== 0
       ? util.getSystemErrorName(extra.deviceErrno) : 'not tried';

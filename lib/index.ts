@@ -4,9 +4,11 @@ export type { OpenOptions, RegisterModes, Registration, Target, ServeOptions, Ev
 export { Fault } from './events';
 export type { FaultKind, Outcome, ForkEvent, RemapEvent, RemoveEvent, UnmapEvent } from './events';
 export { Memfd, Mapping, attachView, scanWritten, systemPageSize, defaultHugePageSize } from './memory';
-export type { HugePages } from './memory';
+export type { HugePages, Backing } from './memory';
 export { UffdError } from './errors';
 export { FEATURES, IOCTLS } from './constants';
 export type { Feature, Ioctl } from './constants';
 export { UnixServer, UnixConnection, descriptorKind } from './unix-socket';
 export type { Message, ReceiveOptions } from './unix-socket';
+export { probe, formatProbe } from './probe';
+export type { ProbeReport, MemoryType, Mode } from './probe';

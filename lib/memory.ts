@@ -9,6 +9,9 @@ import { native } from './binding';
 import { argValueError, invalid, libraryError } from './errors';
 import * as validate from './validate';
 
+const GUEST_MEMFD_FLAG_MMAP = 1n << 0n;
+const GUEST_MEMFD_FLAG_INIT_SHARED = 1n << 1n;
+
 /** false: ordinary pages. true: the system's default huge page size. A number: that huge page size in bytes. */
 export type HugePages = boolean | number;
 
@@ -37,20 +40,26 @@ const unmapOnCollect = new FinalizationRegistry<{ address: bigint; length: numbe
 });
 const closeOnCollect = new FinalizationRegistry<number>((fd) => native.closeFd(fd));
 
+/** What memory is behind a mapping. */
+export type Backing = 'anonymous' | 'memfd' | 'hugetlbfs' | 'guest_memfd';
+
 export class Mapping {
   readonly address: bigint;
   readonly length: number;
   /** The page size that governs alignment in this mapping (a huge page size for hugetlb memory). */
   readonly pageSize: number;
+  /** 'anonymous': private anonymous memory; 'shared': a shared mapping of a memfd or guest_memfd. */
   readonly kind: 'anonymous' | 'shared';
+  readonly backing: Backing;
   #mapped = true;
 
   /** @internal Use Mapping.anonymous() or Memfd.map(). */
-  constructor(address: bigint, length: number, pageSize: number, kind: 'anonymous' | 'shared') {
+  constructor(address: bigint, length: number, pageSize: number, backing: Backing) {
     this.address = address;
     this.length = length;
     this.pageSize = pageSize;
-    this.kind = kind;
+    this.kind = backing === 'anonymous' ? 'anonymous' : 'shared';
+    this.backing = backing;
     unmapOnCollect.register(this, { address, length }, this);
   }
 
@@ -153,19 +162,25 @@ export function scanWritten(address: bigint, length: number | bigint, options?: 
   return ranges;
 }
 
+/**
+ * A memory file to map shared: a memfd (shmem, or hugetlbfs with huge pages),
+ * or a KVM guest_memfd.
+ */
 export class Memfd {
   readonly fd: number;
   readonly size: number;
   /** The file's page size: the huge page size on hugetlbfs. */
   readonly pageSize: number;
   readonly name: string;
+  readonly backing: Exclude<Backing, 'anonymous'>;
   #open = true;
 
-  private constructor(fd: number, size: number, pageSize: number, name: string) {
+  private constructor(fd: number, size: number, pageSize: number, name: string, backing: Exclude<Backing, 'anonymous'>) {
     this.fd = fd;
     this.size = size;
     this.pageSize = pageSize;
     this.name = name;
+    this.backing = backing;
     closeOnCollect.register(this, fd, this);
   }
 
@@ -175,8 +190,24 @@ export class Memfd {
     const opts = validate.options<{ name: string; hugePages: HugePages }>(options, 'options');
     const name = opts.name ?? 'userfaultfd';
     if (typeof name !== 'string' || name.length > 249) throw argValueError('options.name', 'must be a string of at most 249 bytes');
-    const [fd, pageSize] = native.memfdCreate(name, bytes, hugePageLog2(opts.hugePages));
-    return new Memfd(fd, bytes, pageSize, name);
+    const log2 = hugePageLog2(opts.hugePages);
+    const [fd, pageSize] = native.memfdCreate(name, bytes, log2);
+    return new Memfd(fd, bytes, pageSize, name, log2 === 0 ? 'memfd' : 'hugetlbfs');
+  }
+
+  /**
+   * A KVM guest_memfd of `size` bytes on a new VM (/dev/kvm), created with
+   * GUEST_MEMFD_FLAG_MMAP and GUEST_MEMFD_FLAG_INIT_SHARED so that this process
+   * can map, read and write it (the only kind userfaultfd can register).
+   */
+  static createGuestMemfd(size: number | bigint): Memfd {
+    const bytes = validate.size(size, 'size');
+    const pageSize = systemPageSize();
+    if (bytes === 0 || !validate.isAligned(bytes, pageSize)) {
+      throw invalid('ioctl(KVM_CREATE_GUEST_MEMFD)', `size ${bytes} must be a non-zero multiple of the page size (${pageSize} bytes)`);
+    }
+    const [fd] = native.createGuestMemfd(bytes, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED);
+    return new Memfd(fd, bytes, pageSize, 'guest_memfd', 'guest_memfd');
   }
 
   /** Maps [offset, offset+length) of the file shared and read-write. */
@@ -191,7 +222,7 @@ export class Memfd {
     if (offset > this.size || length > this.size - offset) {
       throw invalid('mmap', `[${offset}, ${offset + length}) is outside the memfd's ${this.size} bytes`);
     }
-    return new Mapping(native.mapShared(this.fd, offset, length), length, this.pageSize, 'shared');
+    return new Mapping(native.mapShared(this.fd, offset, length), length, this.pageSize, this.backing);
   }
 
   /** Closes the descriptor; mappings made from it stay valid. */

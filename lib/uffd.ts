@@ -179,7 +179,13 @@ export class Userfaultfd implements FaultResolver {
     const bits = (m.missing ? REGISTER_MODE.MISSING : 0n) | (m.minor ? REGISTER_MODE.MINOR : 0n) | (m.wp ? REGISTER_MODE.WP : 0n);
     if (bits === 0n) throw invalid('ioctl(UFFDIO_REGISTER)', 'no mode given: set missing, minor or wp');
     validate.range('ioctl(UFFDIO_REGISTER)', start, length, pageSize);
-    const ioctls = ioctlNames(this.#handle.register(start, BigInt(length), bits));
+    let mask: bigint;
+    try {
+      mask = this.#handle.register(start, BigInt(length), bits);
+    } catch (error) {
+      throw explainRegisterFailure(error, target);
+    }
+    const ioctls = ioctlNames(mask);
     this.#forget(start, start + BigInt(length));
     this.#registrations.push({
       start, end: start + BigInt(length), pageSize, ioctls,
@@ -502,6 +508,17 @@ function resolveAfterFailure(fault: Fault, failure: 'fill' | 'poison'): void {
       // Try the next way.
     }
   }
+}
+
+// The kernel answers EINVAL for every range it cannot register; for a
+// guest_memfd the reason is known and worth saying precisely.
+function explainRegisterFailure(error: unknown, target: Target): unknown {
+  if (!(target instanceof Mapping) || target.backing !== 'guest_memfd' || (error as UffdError).code !== 'EINVAL') return error;
+  return new UffdError('EINVAL',
+    'EINVAL: invalid argument, ioctl(UFFDIO_REGISTER) — the running kernel lacks userfaultfd support for guest_memfd ' +
+    '(the KVM half of the "mm, kvm: allow uffd support in guest_memfd" series; Linux 6.18, 7.2 and 7.3 lack it). ' +
+    'Serve this memory another way, or run a kernel with that support',
+    { errno: (error as UffdError).errno, syscall: 'ioctl(UFFDIO_REGISTER)' });
 }
 
 function explainApiFailure(error: unknown, requested: bigint, userModeOnly: boolean): unknown {

@@ -13,6 +13,7 @@
 
 #include "fault_stream.h"
 #include "fd_watch.h"
+#include "kvm.h"
 #include "mapping_table.h"
 #include "memory.h"
 #include "uffd.h"
@@ -521,6 +522,23 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// createGuestMemfd(size, flags) -> [fd, pageSize, supportedFlags]
+Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  kvm::GuestMemfdResult result;
+  int r = kvm::CreateGuestMemfd(U64(info, 0), U64(info, 1), &result);
+  if (r < 0) {
+    Napi::Object extra = Napi::Object::New(env);
+    extra.Set("supportedFlags", Napi::Number::New(env, static_cast<double>(result.supported_flags)));
+    ThrowErrno(env, r, result.step, extra);
+  }
+  Napi::Array out = Napi::Array::New(env, 3);
+  out.Set(0u, Napi::Number::New(env, result.fd));
+  out.Set(1u, Napi::Number::New(env, static_cast<double>(memory::SystemPageSize())));
+  out.Set(2u, Napi::Number::New(env, static_cast<double>(result.supported_flags)));
+  return out;
+}
+
 Napi::Value FilePageSize(const Napi::CallbackInfo& info) {
   long page = memory::FilePageSize(Int(info, 0));
   if (page < 0) ThrowErrno(info.Env(), static_cast<int>(page), "fstat");
@@ -698,6 +716,14 @@ Napi::Value Constants(Napi::Env env) {
   c.Set("UFFDIO_MOVE", Big(env, UFFDIO_MOVE));
   c.Set("UFFDIO_POISON", Big(env, UFFDIO_POISON));
   c.Set("UFFDIO_CONTINUE", Big(env, UFFDIO_CONTINUE));
+  c.Set("UFFDIO_ZEROPAGE", Big(env, UFFDIO_ZEROPAGE));
+  c.Set("UFFDIO_WAKE", Big(env, UFFDIO_WAKE));
+  c.Set("UFFDIO_UNREGISTER", Big(env, UFFDIO_UNREGISTER));
+  c.Set("UFFDIO_WRITEPROTECT", Big(env, UFFDIO_WRITEPROTECT));
+  c.Set("UFFDIO_CONTINUE_MODE_WP", Big(env, UFFDIO_CONTINUE_MODE_WP));
+  c.Set("UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES", Big(env, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES));
+  c.Set("sizeofUffdioMove", Napi::Number::New(env, sizeof(uffdio_move)));
+  c.Set("sizeofUffdioPoison", Napi::Number::New(env, sizeof(uffdio_poison)));
   c.Set("USERFAULTFD_IOC_NEW", Big(env, USERFAULTFD_IOC_NEW));
   c.Set("UFFD_FEATURE_MOVE", Big(env, UFFD_FEATURE_MOVE));
   c.Set("UFFD_FEATURE_WP_ASYNC", Big(env, UFFD_FEATURE_WP_ASYNC));
@@ -708,6 +734,14 @@ Napi::Value Constants(Napi::Env env) {
   c.Set("UFFD_EVENT_REMAP", Napi::Number::New(env, UFFD_EVENT_REMAP));
   c.Set("UFFD_EVENT_REMOVE", Napi::Number::New(env, UFFD_EVENT_REMOVE));
   c.Set("UFFD_EVENT_UNMAP", Napi::Number::New(env, UFFD_EVENT_UNMAP));
+  c.Set("KVM_CREATE_VM", Big(env, KVM_CREATE_VM));
+  c.Set("KVM_CHECK_EXTENSION", Big(env, KVM_CHECK_EXTENSION));
+  c.Set("KVM_CREATE_GUEST_MEMFD", Big(env, KVM_CREATE_GUEST_MEMFD));
+  c.Set("KVM_SET_USER_MEMORY_REGION2", Big(env, KVM_SET_USER_MEMORY_REGION2));
+  c.Set("sizeofKvmCreateGuestMemfd", Napi::Number::New(env, sizeof(kvm_create_guest_memfd)));
+  c.Set("sizeofKvmUserspaceMemoryRegion2", Napi::Number::New(env, sizeof(kvm_userspace_memory_region2)));
+  c.Set("GUEST_MEMFD_FLAG_MMAP", Big(env, GUEST_MEMFD_FLAG_MMAP));
+  c.Set("GUEST_MEMFD_FLAG_INIT_SHARED", Big(env, GUEST_MEMFD_FLAG_INIT_SHARED));
   c.Set("sizeofUffdMsg", Napi::Number::New(env, sizeof(uffd_msg)));
   c.Set("messageCapacity", Napi::Number::New(env, FaultStream::kCapacity));
   return c;
@@ -724,6 +758,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("queryFeatures", Napi::Function::New<QueryFeatures>(env));
   exports.Set("closeFd", Napi::Function::New<CloseFd>(env));
   exports.Set("memfdCreate", Napi::Function::New<MemfdCreate>(env));
+  exports.Set("createGuestMemfd", Napi::Function::New<CreateGuestMemfd>(env));
   exports.Set("filePageSize", Napi::Function::New<FilePageSize>(env));
   exports.Set("systemPageSize", Napi::Function::New<SystemPageSize>(env));
   exports.Set("mapShared", Napi::Function::New<MapShared>(env));

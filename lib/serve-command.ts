@@ -1,0 +1,1 @@
+export async function serveCommand(_args: string[]): Promise<number> { return 2; }
