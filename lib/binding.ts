@@ -45,7 +45,7 @@ export interface Native {
   filePageSize(fd: number): number;
   createGuestMemfd(size: number, flags: bigint): [number, number, number];
   systemPageSize(): number;
-  mapShared(fd: number, offset: number, length: number): bigint;
+  mapShared(fd: number, offset: number, length: number, readOnly: boolean): bigint;
   mapAnonymous(length: number, hugePageLog2: number): bigint;
   unmap(address: bigint, length: number, detach: boolean): void;
   view(address: bigint, length: number): ArrayBuffer;

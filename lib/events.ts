@@ -36,10 +36,12 @@ export class Fault {
   readonly pageSize: number;
   /** The faulting thread's id, with the THREAD_ID feature. */
   readonly tid: number | undefined;
+  /** performance.now() when the batch holding this fault was read from the kernel. */
+  readonly receivedAt: number;
   #resolver: FaultResolver;
   #resolved = false;
 
-  constructor(resolver: FaultResolver, kind: FaultKind, write: boolean, address: bigint, pageSize: number, tid: number | undefined) {
+  constructor(resolver: FaultResolver, kind: FaultKind, write: boolean, address: bigint, pageSize: number, tid: number | undefined, receivedAt: number) {
     this.#resolver = resolver;
     this.kind = kind;
     this.write = write;
@@ -47,6 +49,7 @@ export class Fault {
     this.pageSize = pageSize;
     this.pageAddress = address - (address % BigInt(pageSize));
     this.tid = tid;
+    this.receivedAt = receivedAt;
   }
 
   /** Whether one of the resolving methods has succeeded (or found the page there). */
@@ -137,6 +140,7 @@ export interface DecodeContext<U> {
   resolver: FaultResolver;
   pageSizeAt(address: bigint): number;
   threadIds: boolean;
+  receivedAt: number;
   adopt(fd: number): U;
 }
 
@@ -152,7 +156,7 @@ export function decode<U>(view: DataView, index: number, context: DecodeContext<
       const address = u64(8);
       const kind: FaultKind = flags & PAGEFAULT_FLAG.WP ? 'wp' : flags & PAGEFAULT_FLAG.MINOR ? 'minor' : 'missing';
       const tid = context.threadIds ? view.getUint32(arg + 16, LITTLE_ENDIAN) : undefined;
-      return new Fault(context.resolver, kind, (flags & PAGEFAULT_FLAG.WRITE) !== 0n, address, context.pageSizeAt(address), tid);
+      return new Fault(context.resolver, kind, (flags & PAGEFAULT_FLAG.WRITE) !== 0n, address, context.pageSizeAt(address), tid, context.receivedAt);
     }
     case EVENT.FORK:
       return { type: 'fork', uffd: context.adopt(view.getUint32(arg, LITTLE_ENDIAN)) };

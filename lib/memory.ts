@@ -41,7 +41,7 @@ const unmapOnCollect = new FinalizationRegistry<{ address: bigint; length: numbe
 const closeOnCollect = new FinalizationRegistry<number>((fd) => native.closeFd(fd));
 
 /** What memory is behind a mapping. */
-export type Backing = 'anonymous' | 'memfd' | 'hugetlbfs' | 'guest_memfd';
+export type Backing = 'anonymous' | 'memfd' | 'hugetlbfs' | 'guest_memfd' | 'file';
 
 export class Mapping {
   readonly address: bigint;
@@ -51,6 +51,7 @@ export class Mapping {
   /** 'anonymous': private anonymous memory; 'shared': a shared mapping of a memfd or guest_memfd. */
   readonly kind: 'anonymous' | 'shared';
   readonly backing: Backing;
+  readonly readOnly: boolean;
   #mapped = true;
 
   /** @internal Use Mapping.anonymous() or Memfd.map(). */
@@ -60,6 +61,7 @@ export class Mapping {
     this.pageSize = pageSize;
     this.kind = backing === 'anonymous' ? 'anonymous' : 'shared';
     this.backing = backing;
+    this.readOnly = backing === 'file';
     unmapOnCollect.register(this, { address, length }, this);
   }
 
@@ -72,6 +74,29 @@ export class Mapping {
       throw invalid('mmap', `length ${bytes} must be a non-zero multiple of the page size (${pageSize} bytes)`);
     }
     return new Mapping(native.mapAnonymous(bytes, log2), bytes, pageSize, 'anonymous');
+  }
+
+  /**
+   * A read-only shared mapping of a file (or [offset, offset+length) of it):
+   * a page source, such as a snapshot's memory file. Its pages come from the
+   * page cache on first access.
+   */
+  static file(path: string, options?: { offset?: number; length?: number }): Mapping {
+    if (typeof path !== 'string') throw argValueError('path', 'must be a string');
+    const opts = validate.options<{ offset: number; length: number }>(options, 'options');
+    const fd = fs.openSync(path, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const offset = validate.size(opts.offset ?? 0, 'options.offset');
+      const length = opts.length === undefined ? size - offset : validate.size(opts.length, 'options.length');
+      const pageSize = systemPageSize();
+      if (!validate.isAligned(offset, pageSize) || length <= 0 || offset + length > size) {
+        throw invalid('mmap', `[${offset}, ${offset + length}) must be a non-empty range of the ${size}-byte file, starting at a page boundary`);
+      }
+      return new Mapping(native.mapShared(fd, offset, length, true), length, pageSize, 'file');
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 
   get mapped(): boolean {
@@ -172,10 +197,10 @@ export class Memfd {
   /** The file's page size: the huge page size on hugetlbfs. */
   readonly pageSize: number;
   readonly name: string;
-  readonly backing: Exclude<Backing, 'anonymous'>;
+  readonly backing: 'memfd' | 'hugetlbfs' | 'guest_memfd';
   #open = true;
 
-  private constructor(fd: number, size: number, pageSize: number, name: string, backing: Exclude<Backing, 'anonymous'>) {
+  private constructor(fd: number, size: number, pageSize: number, name: string, backing: 'memfd' | 'hugetlbfs' | 'guest_memfd') {
     this.fd = fd;
     this.size = size;
     this.pageSize = pageSize;
@@ -222,7 +247,7 @@ export class Memfd {
     if (offset > this.size || length > this.size - offset) {
       throw invalid('mmap', `[${offset}, ${offset + length}) is outside the memfd's ${this.size} bytes`);
     }
-    return new Mapping(native.mapShared(this.fd, offset, length), length, this.pageSize, this.backing);
+    return new Mapping(native.mapShared(this.fd, offset, length, false), length, this.pageSize, this.backing);
   }
 
   /** Closes the descriptor; mappings made from it stay valid. */

@@ -7,6 +7,7 @@
 // registered memory that is not yet present: it would block in the kernel
 // waiting for a resolution only it can make. Faults come from other threads
 // (workers using attachView), native threads, or other processes.
+import { performance } from 'node:perf_hooks';
 import { native, type UffdHandle } from './binding';
 import {
   COPY_MODE_WP, CONTINUE_MODE_WP, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
@@ -87,7 +88,7 @@ export class Userfaultfd implements FaultResolver {
   #registrations: Registration[] = [];
   /** Who reads the events: at most one consumer, for the uffd's whole life. */
   #consumer: 'none' | 'iterator' | 'serve' = 'none';
-  #deliver: (event: Event) => void = () => {};
+  #deliver: (batch: Event[]) => void = () => {};
   #queue: Event[] = [];
   #waiting: ((result: IteratorResult<Event>) => void)[] = [];
   #failure: UffdError | undefined;
@@ -273,10 +274,12 @@ export class Userfaultfd implements FaultResolver {
    */
   events(): AsyncIterableIterator<Event> {
     this.#claim('iterator');
-    this.#deliver = (event) => {
-      const waiter = this.#waiting.shift();
-      if (waiter) waiter({ value: event, done: false });
-      else this.#queue.push(event);
+    this.#deliver = (batch) => {
+      for (const event of batch) {
+        const waiter = this.#waiting.shift();
+        if (waiter) waiter({ value: event, done: false });
+        else this.#queue.push(event);
+      }
     };
     this.#handle.start();
     const iterator: AsyncIterableIterator<Event> = {
@@ -309,7 +312,11 @@ export class Userfaultfd implements FaultResolver {
    * (without waiting for earlier handlers: faults from several threads are
    * served concurrently). The handler resolves the fault (fault.copy(),
    * fault.zero(), fault.continue(), ...), synchronously or later. A fault it
-   * fails on is resolved by options.failure. Resolves when the uffd is closed.
+   * fails on is resolved by options.failure. Within each batch read from the
+   * kernel, non-fault events reach options.onEvent before any fault is
+   * handled, and a resolution refused with EAGAIN (the address space is
+   * changing and its event is not read yet) is handed to the handler again
+   * after the next batch's events. Resolves when the uffd is closed.
    */
   serve(handler: (fault: Fault) => void | Promise<void>, options?: ServeOptions): Promise<void> {
     if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
@@ -322,27 +329,39 @@ export class Userfaultfd implements FaultResolver {
       if (!fault.resolved) resolveAfterFailure(fault, failure);
       report(error, fault);
     };
-    this.#deliver = (event) => {
-      if (event.type !== 'pagefault') {
-        if (opts.onEvent) opts.onEvent(event);
-        else if (event.type === 'fork') event.uffd.close();
-        return;
-      }
+    // A resolution refused with EAGAIN (an event is queued that this side
+    // has not read yet) is tried again after the next batch's events.
+    let retry: Fault[] = [];
+    const dispatch = (fault: Fault): void => {
+      const failed = (error: unknown): void => {
+        if ((error as UffdError).code === 'EAGAIN' && !fault.resolved) retry.push(fault);
+        else fail(error, fault);
+      };
       let result: void | Promise<void>;
       try {
-        result = handler(event);
+        result = handler(fault);
       } catch (error) {
-        fail(error, event);
+        failed(error);
         return;
       }
       if (result && typeof (result as Promise<void>).then === 'function') {
-        (result as Promise<void>).then(
-          () => { if (!event.resolved) fail(unresolved(event), event); },
-          (error: unknown) => fail(error, event),
-        );
-      } else if (!event.resolved) {
-        fail(unresolved(event), event);
+        (result as Promise<void>).then(() => { if (!fault.resolved) fail(unresolved(fault), fault); }, failed);
+      } else if (!fault.resolved) {
+        fail(unresolved(fault), fault);
       }
+    };
+    this.#deliver = (batch) => {
+      // Events first: a fault read in the same batch as a REMOVE of its page
+      // must be served after the removal is known, or stale data lands there.
+      for (const event of batch) {
+        if (event.type === 'pagefault') continue;
+        if (opts.onEvent) opts.onEvent(event);
+        else if (event.type === 'fork') event.uffd.close();
+      }
+      const again = retry;
+      retry = [];
+      for (const fault of again) if (!this.#closed) dispatch(fault);
+      for (const event of batch) if (event.type === 'pagefault' && !this.#closed) dispatch(event);
     };
     this.#handle.start();
     return new Promise<void>((resolve, reject) => {
@@ -393,12 +412,15 @@ export class Userfaultfd implements FaultResolver {
       resolver: this as FaultResolver,
       pageSizeAt: (address: bigint) => this.#pageSizeAt(address),
       threadIds: this.enabledFeatures.has('THREAD_ID'),
+      receivedAt: performance.now(),
       adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
     };
-    for (let i = 0; i < count && !this.#closed; i++) {
+    const batch: Event[] = [];
+    for (let i = 0; i < count; i++) {
       const event = decode(this.#view, i, context);
-      if (event) this.#deliver(event);
+      if (event) batch.push(event);
     }
+    this.#deliver(batch);
   }
 
   #end(): void {

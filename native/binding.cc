@@ -549,10 +549,11 @@ Napi::Value SystemPageSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(memory::SystemPageSize()));
 }
 
-// mapShared(fd, offset, length) -> address
+// mapShared(fd, offset, length, readOnly) -> address
 Napi::Value MapShared(const Napi::CallbackInfo& info) {
   uint64_t address = 0, length = U64(info, 2);
-  int r = memory::MapShared(Int(info, 0), U64(info, 1), length, &address);
+  int r = info[3].ToBoolean() ? memory::MapReadOnly(Int(info, 0), U64(info, 1), length, &address)
+                              : memory::MapShared(Int(info, 0), U64(info, 1), length, &address);
   if (r < 0) ThrowErrno(info.Env(), r, "mmap");
   MappingTable::Get().Add(address, length);
   return Big(info.Env(), address);

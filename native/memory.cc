@@ -88,6 +88,13 @@ int MapShared(int fd, uint64_t offset, uint64_t length, uint64_t* address) {
   return 0;
 }
 
+int MapReadOnly(int fd, uint64_t offset, uint64_t length, uint64_t* address) {
+  void* p = mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(offset));
+  if (p == MAP_FAILED) return Errno();
+  *address = reinterpret_cast<uint64_t>(p);
+  return 0;
+}
+
 int MapAnonymous(uint64_t length, unsigned huge_page_log2, uint64_t* address) {
   int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
   if (huge_page_log2 != 0) flags |= MAP_HUGETLB | static_cast<int>(HugeFlags(huge_page_log2, MAP_HUGE_SHIFT));

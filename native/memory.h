@@ -24,6 +24,10 @@ long SystemPageSize();
 // through *address.
 int MapShared(int fd, uint64_t offset, uint64_t length, uint64_t* address);
 
+// Maps fd [offset, offset+length) read-only: a page source, such as a
+// snapshot's memory file.
+int MapReadOnly(int fd, uint64_t offset, uint64_t length, uint64_t* address);
+
 // An anonymous private read-write mapping, with huge pages when huge_page_log2
 // is non-zero (see MemfdCreate).
 int MapAnonymous(uint64_t length, unsigned huge_page_log2, uint64_t* address);
