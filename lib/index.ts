@@ -12,3 +12,5 @@ export { UnixServer, UnixConnection, descriptorKind } from './unix-socket';
 export type { Message, ReceiveOptions } from './unix-socket';
 export { probe, formatProbe } from './probe';
 export type { ProbeReport, MemoryType, Mode } from './probe';
+export { FilePageSource } from './page-source';
+export type { PageSource, FetchOptions } from './page-source';

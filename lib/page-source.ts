@@ -1,0 +1,62 @@
+// Where the bytes of a memory image come from when faults ask for them: a
+// local file (a snapshot's memory file), a cache filled from the network (an
+// HTTP object, a post-copy source), or anything else that can put an image's
+// bytes into local memory. Every handler in this library (the Firecracker
+// `serve`, the post-copy client, the native fast path) reads pages through
+// this one interface, so any source works with any of them.
+//
+// The contract: `bytes` is the image in local memory, valid where `present`
+// says so. A handler serves a page straight from `bytes` when it is present,
+// and otherwise awaits `fetch` first. `present` holds one byte per `pageSize`
+// page of the image (non-zero: there); a source writes it with Atomics.store
+// after the page's bytes, so a native thread that reads the flag and then the
+// bytes never sees a torn page. A source with everything local from the start
+// has `present === null`.
+import { Mapping, systemPageSize } from './memory';
+
+export interface FetchOptions {
+  /** A thread is blocked on this range: fetch it ahead of any background work. */
+  urgent?: boolean;
+}
+
+export interface PageSource {
+  /** The image's length in bytes. */
+  readonly size: number;
+  /** The granularity of `present` (the system page size for every source here). */
+  readonly pageSize: number;
+  /** The image in local memory; bytes of pages not yet present are unspecified. */
+  readonly bytes: Uint8Array;
+  /** One flag per page, non-zero once the page's bytes are in `bytes`; null when all are. */
+  readonly present: Uint8Array | null;
+  /**
+   * Makes [offset, offset + length) present (offset and length page-aligned,
+   * inside the image). Resolves once every page of it is; rejects with a
+   * UffdError when the source cannot deliver (after its own retries).
+   */
+  fetch(offset: number, length: number, options?: FetchOptions): Promise<void>;
+  /** Releases the source's memory and connections. */
+  close(): void;
+}
+
+/** A memory file mapped read-only: every page is present from the start (the page cache supplies it). */
+export class FilePageSource implements PageSource {
+  readonly size: number;
+  readonly pageSize = systemPageSize();
+  readonly bytes: Uint8Array;
+  readonly present = null;
+  readonly #mapping: Mapping;
+
+  constructor(path: string) {
+    this.#mapping = Mapping.file(path);
+    this.size = this.#mapping.length;
+    this.bytes = this.#mapping.view();
+  }
+
+  fetch(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  close(): void {
+    this.#mapping.unmap();
+  }
+}
