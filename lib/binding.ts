@@ -14,6 +14,8 @@ export interface UffdHandle {
   move(dst: bigint, src: bigint, length: bigint, mode: bigint): number;
   wake(start: bigint, length: bigint): void;
   writeProtect(start: bigint, length: bigint, mode: bigint): void;
+  rwProtect(start: bigint, length: bigint, mode: bigint): void;
+  setMode(enable: bigint, disable: bigint): void;
   start(): void;
   stop(): void;
   setRef(ref: boolean): void;

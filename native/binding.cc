@@ -163,6 +163,8 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
                            InstanceMethod<&UffdHandle::JsMove>("move"),
                            InstanceMethod<&UffdHandle::JsWake>("wake"),
                            InstanceMethod<&UffdHandle::JsWriteProtect>("writeProtect"),
+                           InstanceMethod<&UffdHandle::JsRwProtect>("rwProtect"),
+                           InstanceMethod<&UffdHandle::JsSetMode>("setMode"),
                            InstanceMethod<&UffdHandle::JsStart>("start"),
                            InstanceMethod<&UffdHandle::JsStop>("stop"),
                            InstanceMethod<&UffdHandle::JsSetRef>("setRef"),
@@ -314,6 +316,20 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     int fd = Fd(info);
     int r = uffd::WriteProtect(fd, U64(info, 0), U64(info, 1), U64(info, 2));
     if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_WRITEPROTECT)");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsRwProtect(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::RwProtect(fd, U64(info, 0), U64(info, 1), U64(info, 2));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_RWPROTECT)");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsSetMode(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::SetMode(fd, U64(info, 0), U64(info, 1));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_SET_MODE)");
     return info.Env().Undefined();
   }
 
@@ -730,6 +746,16 @@ Napi::Value Constants(Napi::Env env) {
   c.Set("UFFD_FEATURE_WP_ASYNC", Big(env, UFFD_FEATURE_WP_ASYNC));
   c.Set("UFFD_FEATURE_POISON", Big(env, UFFD_FEATURE_POISON));
   c.Set("UFFD_FEATURE_WP_UNPOPULATED", Big(env, UFFD_FEATURE_WP_UNPOPULATED));
+  c.Set("UFFD_FEATURE_RWP", Big(env, UFFD_FEATURE_RWP));
+  c.Set("UFFD_FEATURE_RWP_ASYNC", Big(env, UFFD_FEATURE_RWP_ASYNC));
+  c.Set("UFFDIO_RWPROTECT", Big(env, UFFDIO_RWPROTECT));
+  c.Set("UFFDIO_SET_MODE", Big(env, UFFDIO_SET_MODE));
+  c.Set("UFFDIO_REGISTER_MODE_RWP", Big(env, UFFDIO_REGISTER_MODE_RWP));
+  c.Set("UFFDIO_RWPROTECT_MODE_RWP", Big(env, UFFDIO_RWPROTECT_MODE_RWP));
+  c.Set("UFFDIO_RWPROTECT_MODE_DONTWAKE", Big(env, UFFDIO_RWPROTECT_MODE_DONTWAKE));
+  c.Set("UFFD_PAGEFAULT_FLAG_RWP", Big(env, UFFD_PAGEFAULT_FLAG_RWP));
+  c.Set("sizeofUffdioRwprotect", Napi::Number::New(env, sizeof(uffdio_rwprotect)));
+  c.Set("sizeofUffdioSetMode", Napi::Number::New(env, sizeof(uffdio_set_mode)));
   c.Set("UFFD_EVENT_PAGEFAULT", Napi::Number::New(env, UFFD_EVENT_PAGEFAULT));
   c.Set("UFFD_EVENT_FORK", Napi::Number::New(env, UFFD_EVENT_FORK));
   c.Set("UFFD_EVENT_REMAP", Napi::Number::New(env, UFFD_EVENT_REMAP));
