@@ -53,6 +53,7 @@ export interface Native {
   view(address: bigint, length: number): ArrayBuffer;
   discard(address: bigint, length: number, remove: boolean): void;
   scanWritten(pid: number, start: bigint, length: number, rearm: boolean): BigUint64Array;
+  scanAccessed(pid: number, start: bigint, length: number): BigUint64Array;
   read(address: bigint, length: number): Buffer;
   constants: Record<string, bigint | number>;
 }

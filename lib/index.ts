@@ -3,7 +3,7 @@ export { Userfaultfd } from './uffd';
 export type { OpenOptions, RegisterModes, Registration, Target, ServeOptions, Event, NonFaultEvent, AdoptedRange } from './uffd';
 export { Fault } from './events';
 export type { FaultKind, Outcome, ForkEvent, RemapEvent, RemoveEvent, UnmapEvent } from './events';
-export { Memfd, Mapping, attachView, scanWritten, systemPageSize, defaultHugePageSize } from './memory';
+export { Memfd, Mapping, attachView, scanWritten, scanAccessed, systemPageSize, defaultHugePageSize } from './memory';
 export type { HugePages, Backing } from './memory';
 export { UffdError } from './errors';
 export { FEATURES, IOCTLS } from './constants';

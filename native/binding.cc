@@ -605,11 +605,9 @@ Napi::Value Discard(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// scanWritten(pid, start, length, rearm) -> BigUint64Array [start0, end0, start1, end1, ...]
-Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::vector<memory::Range> ranges;
-  int r = memory::ScanWritten(Int(info, 0), U64(info, 1), U64(info, 2), info[3].ToBoolean(), &ranges);
+// scanWritten(pid, start, length, rearm) and scanAccessed(pid, start, length)
+// -> BigUint64Array [start0, end0, start1, end1, ...]
+Napi::Value RangesOut(Napi::Env env, int r, const std::vector<memory::Range>& ranges) {
   if (r < 0) ThrowErrno(env, r, "ioctl(PAGEMAP_SCAN)");
   auto out = Napi::BigUint64Array::New(env, ranges.size() * 2);
   for (size_t i = 0; i < ranges.size(); i++) {
@@ -617,6 +615,18 @@ Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
     out[2 * i + 1] = ranges[i].end;
   }
   return out;
+}
+
+Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
+  std::vector<memory::Range> ranges;
+  int r = memory::ScanWritten(Int(info, 0), U64(info, 1), U64(info, 2), info[3].ToBoolean(), &ranges);
+  return RangesOut(info.Env(), r, ranges);
+}
+
+Napi::Value ScanAccessed(const Napi::CallbackInfo& info) {
+  std::vector<memory::Range> ranges;
+  int r = memory::ScanAccessed(Int(info, 0), U64(info, 1), U64(info, 2), &ranges);
+  return RangesOut(info.Env(), r, ranges);
 }
 
 // view(address, length) -> ArrayBuffer over the mapping, from any thread.
@@ -794,6 +804,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("view", Napi::Function::New<View>(env));
   exports.Set("discard", Napi::Function::New<Discard>(env));
   exports.Set("scanWritten", Napi::Function::New<ScanWritten>(env));
+  exports.Set("scanAccessed", Napi::Function::New<ScanAccessed>(env));
   exports.Set("read", Napi::Function::New<Read>(env));
   exports.Set("WatchHandle", WatchHandle::Define(env));
   exports.Set("socketListen", Napi::Function::New<SocketListen>(env));

@@ -33,9 +33,9 @@ set -euo pipefail
 KERNELS="debian-6.1:bookworm debian-6.12:trixie host debian-7.2:sid debian-7.3:experimental"
 # Test files that exercise the kernel (the rest check argument handling and
 # library logic, which no kernel changes).
-TEST_FILES="test/01.open.test.ts test/10.resolve.test.ts test/11.races-and-wake.test.ts \
+TEST_FILES=${UFFD_KERNEL_TESTS:-"test/01.open.test.ts test/10.resolve.test.ts test/11.races-and-wake.test.ts \
 test/50.write-protect.test.ts test/51.poison-move-sigbus.test.ts test/52.events.test.ts \
-test/53.hugetlb.test.ts test/55.probe-and-constants.test.ts test/56.matrix.test.ts test/57.rwp.test.ts"
+test/53.hugetlb.test.ts test/55.probe-and-constants.test.ts test/56.matrix.test.ts test/57.rwp.test.ts"}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${UFFD_KERNELS_CACHE:-$HOME/.cache/userfaultfd-kernels}
@@ -221,14 +221,28 @@ ensure_initramfs() {   # -> INITRD
 	say "initramfs for $KVER: modules $(tr '\n' ' ' < "$st/modules.list")"
 }
 
+# ---------------------------------------------------------------- the newest uapi header
+# The constants test compiles against it (test/55): Linux 7.3's userfaultfd.h
+# from the newest suite's linux-libc-dev.
+UAPI_SUITE=experimental
+ensure_uapi() {   # -> UAPI_INCLUDE
+	local d=$CACHE/uapi/$UAPI_SUITE
+	UAPI_INCLUDE=$d/usr/include
+	[ -f "$UAPI_INCLUDE/linux/userfaultfd.h" ] && return 0
+	ensure_suite "$UAPI_SUITE"
+	rm -rf "$d" "$CACHE/debs/uapi"; mkdir -p "$d" "$CACHE/debs/uapi"
+	(cd "$CACHE/debs/uapi" && download "$UAPI_SUITE" linux-libc-dev)
+	dpkg-deb -x "$(ls "$CACHE/debs/uapi/"linux-libc-dev_*.deb | head -1)" "$d"
+}
+
 # ---------------------------------------------------------------- one kernel
 # What runs inside the guest (and on the host for "host"): the probe, then the
 # kernel-facing test files, results into $1.
 guest_command() {   # outdir -> a bash script on stdout
 	cat <<CMD
 #!/bin/bash
-export PATH=$(printf %q "$PATH") HOME=/root LANG=C.UTF-8 CI=1
-cd $(printf %q "$ROOT") || exit 126
+export PATH=$(printf %q "$PATH") HOME=/root LANG=C.UTF-8 CI=1 UFFD_UAPI_INCLUDE=$(printf %q "$UAPI_INCLUDE")
+cd $(printf %q "$SNAPSHOT") || exit 126
 uname -r > $(printf %q "$1")/uname.txt
 getconf PAGESIZE > $(printf %q "$1")/pagesize.txt
 node dist/cli.js probe --json > $(printf %q "$1")/probe.json 2> $(printf %q "$1")/probe.err
@@ -286,6 +300,7 @@ run_kernel() {   # id suite
 cd "$ROOT"
 if [ "${1:-}" = --prepare ]; then   # download and unpack every kernel, build the initramfs images; run nothing
 	ensure_busybox
+	ensure_uapi
 	for spec in $KERNELS; do
 		[ "${spec#*:}" = "$spec" ] && continue
 		ensure_kernel "${spec#*:}"; ensure_initramfs; say "${spec%%:*}: $KVER ($PKGVER) ready"
@@ -300,6 +315,14 @@ for c in test/fixtures/*.c; do
 	n=$(basename "$c" .c)
 	[ build/fixtures/"$n" -nt "$c" ] || cc -O2 -Wall -Wextra -pthread -o build/fixtures/"$n" "$c"
 done
+ensure_uapi
+# The guests read a snapshot of what they run, so that work on the tree
+# (a rebuild, say) cannot change what a run half-way through sees.
+SNAPSHOT=$CACHE/snapshot
+rm -rf "$SNAPSHOT"; mkdir -p "$SNAPSHOT"
+cp -a dist build test package.json vitest.config.mts tsconfig.json "$SNAPSHOT/"
+rm -rf "$SNAPSHOT/test/kernels"
+ln -s "$ROOT/node_modules" "$SNAPSHOT/node_modules"
 wanted=("$@")
 for spec in $KERNELS; do
 	id=${spec%%:*} suite=${spec#*:}

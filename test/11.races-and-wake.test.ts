@@ -2,7 +2,7 @@
 // and what closing or unregistering does to a thread waiting on a fault.
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Userfaultfd, type Fault } from '../dist/index.js';
-import { PAGE, pattern, touch, wchan } from './helpers';
+import { PAGE, asleepInFault, pattern, touch, wchan } from './helpers';
 
 const cleanup: (() => void)[] = [];
 afterEach(() => {
@@ -82,6 +82,7 @@ describe('DONTWAKE and WAKE', () => {
     const peer = touch({ address: mapping.address, length: PAGE });
     const { fault } = await firstFault(uffd);
     expect(fault.tid).toBeGreaterThan(0);
+    await asleepInFault(fault.tid!);
     uffd.copy(fault.pageAddress, new Uint8Array(PAGE).fill(8), { dontWake: true });
     // The page is there, but the thread still sleeps in the kernel's fault handler.
     expect(wchan(fault.tid!)).toBe('handle_userfault');

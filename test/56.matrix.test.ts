@@ -9,7 +9,7 @@ import {
   Mapping, Memfd, Userfaultfd, probe, scanWritten, unavailable,
   type Fault, type Feature, type MemoryType, type Requirement,
 } from '../dist/index.js';
-import { PAGE, pattern, touch, wchan } from './helpers';
+import { PAGE, asleepInFault, pattern, touch, wchan } from './helpers';
 import { reserveHugePages } from './hugepages';
 import { startPeer } from './peer';
 
@@ -77,15 +77,6 @@ function cell(name: string, need: (type: Tested) => Requirement, body: (type: Te
 // Minor faults need a page cache filled through another mapping: a private
 // anonymous hugetlb mapping registers in minor mode but has none to fill.
 const PAGE_CACHE_TYPES: Tested[] = ['anonymous', 'shmem', 'hugetlb'];
-
-/** Resolves once thread `tid` sleeps in the kernel's userfault handler (bounded: 10 s). */
-async function asleepInFault(tid: number): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (wchan(tid) !== 'handle_userfault') {
-    if (Date.now() > deadline) throw new Error(`thread ${tid} never slept in handle_userfault (wchan ${wchan(tid)})`);
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
 
 /** The memory's bytes, read on this thread once it is unregistered (no access of it can block then). */
 function contents(uffd: Userfaultfd, m: Memory): Uint8Array {
@@ -206,8 +197,6 @@ cell('DONTWAKE, then WAKE', () => ({ modes: ['missing'], ioctls: ['COPY', 'WAKE'
   const toucher = touch({ address: m.mapping.address, length: m.mapping.length, pageSize: m.pageSize, expected: source });
   const { value: fault } = await uffd.events().next();
   if (!fault || fault.type !== 'pagefault') throw new Error('expected a page fault');
-  // The message is queued before the thread sleeps: wait for the sleep, or
-  // the copy may land first and the thread never sleep at all.
   await asleepInFault(fault.tid!);
   uffd.copy(fault.pageAddress, new Uint8Array(source), { dontWake: true });
   // The page is in place, but the thread sleeps in the kernel until WAKE.

@@ -65,6 +65,19 @@ export function wchan(tid: number): string {
   return fs.readFileSync(`/proc/self/task/${tid}/wchan`, 'utf8');
 }
 
+/**
+ * Resolves once thread `tid` sleeps in the kernel's userfault handler. A fault
+ * message is queued before its thread goes to sleep, so a resolution that
+ * must find it asleep (DONTWAKE tests) waits for this first. Bounded: 10 s.
+ */
+export async function asleepInFault(tid: number): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (wchan(tid) !== 'handle_userfault') {
+    if (Date.now() > deadline) throw new Error(`thread ${tid} never slept in handle_userfault (wchan ${wchan(tid)})`);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
 export function pageOf(shared: SharedArrayBuffer, offset: number, length = PAGE): Uint8Array {
   return new Uint8Array(shared, offset, length);
 }
