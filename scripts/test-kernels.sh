@@ -31,9 +31,10 @@ set -euo pipefail
 
 # id:suite. The kernel is the suite's linux-image-<arch> meta package's image.
 KERNELS="debian-6.1:bookworm debian-6.12:trixie host debian-7.2:sid debian-7.3:experimental"
-# Test files that exercise the kernel (the rest check argument handling and
-# library logic, which no kernel changes).
-TEST_FILES=${UFFD_KERNEL_TESTS:-"test/01.open.test.ts test/10.resolve.test.ts test/11.races-and-wake.test.ts \
+# Test files that exercise the kernel's userfaultfd features (the rest check
+# argument handling and library logic, or serve many pages, which is slow under
+# emulation and changes with no kernel).
+TEST_FILES=${UFFD_KERNEL_TESTS:-"test/01.open.test.ts \
 test/50.write-protect.test.ts test/51.poison-move-sigbus.test.ts test/52.events.test.ts \
 test/53.hugetlb.test.ts test/55.probe-and-constants.test.ts test/56.matrix.test.ts test/57.rwp.test.ts"}
 
@@ -246,7 +247,7 @@ cd $(printf %q "$SNAPSHOT") || exit 126
 uname -r > $(printf %q "$1")/uname.txt
 getconf PAGESIZE > $(printf %q "$1")/pagesize.txt
 node dist/cli.js probe --json > $(printf %q "$1")/probe.json 2> $(printf %q "$1")/probe.err
-node_modules/.bin/vitest run --reporter=json --outputFile=$(printf %q "$1")/vitest.json --reporter=default \
+node_modules/.bin/vitest run --reporter=json --outputFile=$(printf %q "$1")/vitest.json --reporter=verbose \
 	--testTimeout=180000 --hookTimeout=180000 $TEST_FILES > $(printf %q "$1")/vitest.log 2>&1
 CMD
 }

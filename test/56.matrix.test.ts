@@ -41,8 +41,11 @@ interface Memory {
   fill?: (data: Uint8Array) => void;
 }
 
-function memory(type: Tested, pages: number): Memory {
+// One huge page per cell is enough to show the mode works on hugetlb, and keeps
+// the matrix fast under software emulation (npm run test:kernels).
+function memory(type: Tested, smallPages: number, hugePagesCount = 1): Memory {
   const pageSize = pageSizeOf(type);
+  const pages = type.startsWith('hugetlb') ? hugePagesCount : smallPages;
   const length = pages * pageSize;
   const hugePages = type.startsWith('hugetlb') ? pageSize : false;
   if (type === 'anonymous' || type === 'hugetlb_anonymous') {
@@ -256,7 +259,7 @@ cell('WP_UNPOPULATED', (type) => ({ modes: ['wp'], ioctls: ['WRITEPROTECT'], fea
 
 cell('WP_ASYNC dirty tracking (PAGEMAP_SCAN)', (type) => ({ modes: ['wp'], ioctls: ['WRITEPROTECT'], features: ['WP_ASYNC', 'WP_UNPOPULATED', WP_FEATURE[type]] }), async (type) => {
   const pages = type.startsWith('hugetlb') ? 4 : 64;
-  const m = memory(type, pages);
+  const m = memory(type, pages, pages);
   const uffd = open(['WP_ASYNC', 'WP_UNPOPULATED', WP_FEATURE[type]]);
   uffd.register(m.mapping, { wp: true });
   uffd.writeProtect(m.mapping.address, m.mapping.length, true);
