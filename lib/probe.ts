@@ -240,7 +240,7 @@ export function formatProbe(report: ProbeReport): string {
     ...Object.entries(report.features).map(([name, ok]) => `  ${name.padEnd(26)} ${ok ? 'yes' : 'no'}`),
     ...(report.unknownFeatureBits !== '0x0' ? [`  (unknown to this library: ${report.unknownFeatureBits})`] : []),
     '',
-    'memory       mode     result',
+    'memory            mode     result',
   ];
   for (const [type, entry] of Object.entries(report.memory)) {
     for (const [mode, result] of Object.entries(entry.modes)) {
