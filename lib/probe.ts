@@ -41,6 +41,12 @@ export interface ProbeReport {
      * moves only between private anonymous mappings.
      */
     move: Outcome;
+    /**
+     * UFFDIO_CONTINUE with MODE_WP (Linux 6.3), tried for real on a page-cache
+     * page of this memory: no feature bit announces it, and older kernels
+     * answer EINVAL.
+     */
+    continueWp: Outcome;
   }>;
 }
 
@@ -122,6 +128,35 @@ function tryMove(target: Mapping, userModeOnly: boolean): Outcome {
   }
 }
 
+// A page put in the page cache through one mapping, continued write-protected
+// in another (registered minor + wp).
+function tryContinueWp(pageSize: number, huge: boolean, features: Feature[], userModeOnly: boolean): Outcome {
+  let memfd: Memfd | undefined;
+  const mappings: Mapping[] = [];
+  try {
+    memfd = Memfd.create(pageSize, { hugePages: huge ? pageSize : false });
+    const filler = memfd.map();
+    mappings.push(filler);
+    filler.view()[0] = 1;
+    const target = memfd.map();
+    mappings.push(target);
+    return attempt(() => {
+      const uffd = Userfaultfd.open({ features, userModeOnly });
+      try {
+        uffd.register(target, { minor: true, wp: true });
+        uffd.continue(target.address, pageSize, { writeProtect: true });
+      } finally {
+        uffd.close();
+      }
+    });
+  } catch (error) {
+    return { ok: false, error: describeError(error) };
+  } finally {
+    for (const mapping of mappings) mapping.unmap();
+    memfd?.close();
+  }
+}
+
 export function probe(): ProbeReport {
   const pageSize = systemPageSize();
   const huge = hugePages();
@@ -169,8 +204,13 @@ export function probe(): ProbeReport {
         : !features.MOVE ? { ok: false as const, error: 'the kernel does not offer UFFD_FEATURE_MOVE' }
           : !modes.missing.ioctls!.includes('MOVE') ? { ok: false as const, error: 'UFFDIO_MOVE is not among the ioctls of a missing-mode range' }
             : tryMove(made.mapping, !syscall.ok);
+    const continueWp = !made.mapping ? { ok: false as const, error: made.error! }
+      : !modes.minor.ok ? modes.minor
+        : !modes.wp.ok ? modes.wp
+          : type === 'shmem' || type === 'hugetlb' ? tryContinueWp(made.mapping.pageSize, type === 'hugetlb', wanted, !syscall.ok)
+            : { ok: false as const, error: type === 'hugetlb_anonymous' ? 'a private anonymous mapping has no page cache to continue from' : 'not tried on this memory type' };
     made.release();
-    memory[type] = { available: made.mapping ? { ok: true } : { ok: false, error: made.error! }, modes, move };
+    memory[type] = { available: made.mapping ? { ok: true } : { ok: false, error: made.error! }, modes, move, continueWp };
   }
   return {
     kernel: { release: os.release(), machine: os.machine() },
@@ -195,6 +235,8 @@ export interface Requirement {
   modes?: Mode[];
   ioctls?: Ioctl[];
   features?: Feature[];
+  /** UFFDIO_CONTINUE with MODE_WP, which no feature bit announces. */
+  continueWriteProtect?: boolean;
 }
 
 /**
@@ -221,6 +263,7 @@ export function unavailable(report: ProbeReport, need: Requirement): string | un
     return `${need.memory} memory registered in ${modes.join('+')} mode does not allow ${missing.map((name) => `UFFDIO_${name}`).join(', ')} (allowed: ${[...allowed].sort().join(' ')})`;
   }
   if (need.ioctls?.includes('MOVE') && !entry.move.ok) return `UFFDIO_MOVE into ${need.memory} memory fails: ${entry.move.error}`;
+  if (need.continueWriteProtect && !entry.continueWp.ok) return `UFFDIO_CONTINUE with MODE_WP on ${need.memory} memory fails: ${entry.continueWp.error}`;
   return undefined;
 }
 
@@ -247,6 +290,7 @@ export function formatProbe(report: ProbeReport): string {
       lines.push(`  ${type.padEnd(17)} ${mode.padEnd(8)} ${result.ok ? `yes: ${result.ioctls!.join(' ')}` : `no: ${result.error}`}`);
     }
     lines.push(`  ${type.padEnd(17)} ${'move'.padEnd(8)} ${mark(entry.move)}`);
+    lines.push(`  ${type.padEnd(17)} ${'cont+wp'.padEnd(8)} ${mark(entry.continueWp)}`);
   }
   return lines.join('\n');
 }

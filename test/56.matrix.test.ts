@@ -175,7 +175,7 @@ cell('COPY with MODE_WP', (type) => ({ modes: ['missing', 'wp'], ioctls: ['COPY'
   expect(Buffer.compare(contents(uffd, m), written(source, m.pageSize))).toBe(0);
 });
 
-cell('CONTINUE with MODE_WP', (type) => ({ modes: ['minor', 'wp'], ioctls: ['CONTINUE', 'WRITEPROTECT'], features: [WP_FEATURE[type]] }), async (type) => {
+cell('CONTINUE with MODE_WP', (type) => ({ modes: ['minor', 'wp'], ioctls: ['CONTINUE', 'WRITEPROTECT'], features: [WP_FEATURE[type]], continueWriteProtect: true }), async (type) => {
   const m = memory(type, 2);
   const source = pattern(m.mapping.length, 79);
   m.fill!(new Uint8Array(source));
