@@ -2,7 +2,7 @@
 // Turns the results of scripts/test-kernels.sh (test/kernels/results/<id>/:
 // run.json, uname.txt, pagesize.txt, probe.json, vitest.json) into the kernel
 // matrix: markdown on stdout, or, with --write FILE, between the
-// kernel-matrix markers of FILE. --command says which command produced it.
+// kernel-matrix markers of FILE.
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -98,15 +98,14 @@ function outcome(r) {
 }
 
 const lines = [];
-const dates = runs.map((r) => r.run.date).sort();
-const command = option('--command') ?? 'npm run test:kernels';
-lines.push(`Produced by \`${command}\` on this project's development machine (x86-64, 2 cores, no KVM: every kernel but the machine's own runs under qemu's software emulation, with the machine's userland), ${dates.length ? `runs of ${dates[0].slice(0, 10)}${dates.at(-1).slice(0, 10) !== dates[0].slice(0, 10) ? ` to ${dates.at(-1).slice(0, 10)}` : ''}` : 'no runs yet'}. Each kernel's run is bounded (\`UFFD_KERNEL_TIMEOUT\`, default 900 s); its raw results (with timings, which vary from run to run and are left out here) are in \`test/kernels/results/<kernel>/\`.`);
+const commands = [...new Set(runs.map((r) => r.run.command ?? 'npm run test:kernels'))];
+lines.push(`Produced by ${commands.map((c) => `\`${c}\``).join(' and ')} on this project's development machine (x86-64, 2 cores, no KVM: every kernel but the machine's own runs under qemu's software emulation, with the machine's userland), written by the script itself. Each kernel's run is bounded (\`UFFD_KERNEL_TIMEOUT\`); its raw results (with timings, which vary from run to run and are left out here) are in \`test/kernels/results/<kernel>/\`.`);
 lines.push('');
-lines.push('| kernel | Debian package | how it ran | page size | tests |');
-lines.push('|---|---|---|---|---|');
+lines.push('| kernel | Debian package | how it ran | run (UTC) | page size | tests |');
+lines.push('|---|---|---|---|---|---|');
 for (const r of runs) {
   const pkg = r.run.package ? `${r.run.package} ${r.run.packageVersion} (${r.run.suite})` : 'this machine\'s own kernel';
-  lines.push(`| ${label(r)} | ${pkg} | ${r.run.qemu ? 'qemu-system-x86_64 (TCG)' : 'directly on the host'} | ${r.pageSize} | ${outcome(r)} |`);
+  lines.push(`| ${label(r)} | ${pkg} | ${r.run.qemu ? 'qemu-system-x86_64 (TCG)' : 'directly on the host'} | ${r.run.date.slice(0, 16).replace('T', ' ')} | ${r.pageSize} | ${outcome(r)} |`);
 }
 lines.push('');
 lines.push('**Features the probe found** (`npx userfaultfd probe --json` inside each kernel; yes = `UFFDIO_API` offers it):');
