@@ -90,6 +90,7 @@ const LIBRARY: Record<string, string> = {
   ERR_UFFD_WOULD_DEADLOCK:
     'the thread that serves this userfaultfd would touch registered memory that is not present yet, and only this thread can make it present: it would block forever. Touch registered memory from a worker thread (attachView) or another process, never from the thread that serves its faults',
   ERR_UFFD_TIMEOUT: 'timed out',
+  ERR_UFFD_UNSERVABLE: 'a page fault could not be served',
   ERR_UFFD_NOT_MAPPED: 'no live mapping made by this library holds this range (unmapped already, or never made by Memfd.map / Mapping.anonymous)',
 };
 

@@ -16,6 +16,7 @@
 #include "kvm.h"
 #include "mapping_table.h"
 #include "memory.h"
+#include "pidfd.h"
 #include "uffd.h"
 #include "unix_socket.h"
 
@@ -703,6 +704,20 @@ Napi::Value SocketPeer(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// pidfdOpen(pid) -> fd
+Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
+  int fd = pidfd::Open(Int(info, 0));
+  if (fd < 0) ThrowErrno(info.Env(), fd, "pidfd_open");
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// pidfdSignal(fd, signal)
+Napi::Value PidfdSignal(const Napi::CallbackInfo& info) {
+  int r = pidfd::SendSignal(Int(info, 0), Int(info, 1));
+  if (r < 0) ThrowErrno(info.Env(), r, "pidfd_send_signal");
+  return info.Env().Undefined();
+}
+
 Napi::Value DescriptorKind(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), unix_socket::DescriptorKind(Int(info, 0)));
 }
@@ -777,6 +792,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("socketReceive", Napi::Function::New<SocketReceive>(env));
   exports.Set("socketPeer", Napi::Function::New<SocketPeer>(env));
   exports.Set("descriptorKind", Napi::Function::New<DescriptorKind>(env));
+  exports.Set("pidfdOpen", Napi::Function::New<PidfdOpen>(env));
+  exports.Set("pidfdSignal", Napi::Function::New<PidfdSignal>(env));
   exports.Set("constants", Constants(env));
   return exports;
 }
