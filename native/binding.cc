@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <set>
 #include <string>
@@ -758,6 +759,12 @@ Napi::Value Constants(Napi::Env env) {
   c.Set("sizeofKvmUserspaceMemoryRegion2", Napi::Number::New(env, sizeof(kvm_userspace_memory_region2)));
   c.Set("GUEST_MEMFD_FLAG_MMAP", Big(env, GUEST_MEMFD_FLAG_MMAP));
   c.Set("GUEST_MEMFD_FLAG_INIT_SHARED", Big(env, GUEST_MEMFD_FLAG_INIT_SHARED));
+  c.Set("KVM_MEM_GUEST_MEMFD", Big(env, KVM_MEM_GUEST_MEMFD));
+  c.Set("KVM_CAP_GUEST_MEMFD", Big(env, KVM_CAP_GUEST_MEMFD));
+  c.Set("KVM_CAP_GUEST_MEMFD_FLAGS", Big(env, KVM_CAP_GUEST_MEMFD_FLAGS));
+  c.Set("offsetofKvmCreateGuestMemfdFlags", Napi::Number::New(env, offsetof(kvm_create_guest_memfd, flags)));
+  c.Set("offsetofKvmRegion2GuestMemfdOffset", Napi::Number::New(env, offsetof(kvm_userspace_memory_region2, guest_memfd_offset)));
+  c.Set("offsetofKvmRegion2GuestMemfd", Napi::Number::New(env, offsetof(kvm_userspace_memory_region2, guest_memfd)));
   c.Set("sizeofUffdMsg", Napi::Number::New(env, sizeof(uffd_msg)));
   c.Set("messageCapacity", Napi::Number::New(env, FaultStream::kCapacity));
   return c;
