@@ -84,8 +84,16 @@ function makeMemory(type: MemoryType, huge: ProbeReport['hugePages']): { mapping
     const mapping = memfd.map();
     return { mapping, release: () => (mapping.unmap(), memfd.close()) };
   } catch (error) {
-    return { release() {}, error: describeError(error) };
+    return { release() {}, error: type === 'guest_memfd' ? describeGuestMemfdError(error) : describeError(error) };
   }
+}
+
+// Which step kept a guest_memfd from being made, in words.
+function describeGuestMemfdError(error: unknown): string {
+  const e = error as UffdError;
+  if (e.syscall === 'open(/dev/kvm)') return e.code === 'ENOENT' ? 'no /dev/kvm on this host (ENOENT)' : `no access to /dev/kvm (${e.code})`;
+  if (e.syscall === 'ioctl(KVM_CREATE_GUEST_MEMFD)') return `this kernel's KVM cannot create a mappable guest_memfd (${e.code}, ioctl(KVM_CREATE_GUEST_MEMFD))`;
+  return describeError(error);
 }
 
 export function probe(): ProbeReport {
