@@ -2,7 +2,7 @@
 // Firecracker peer in another, progress on stdout, and the exit status.
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { scratch, startFcPeer, type Scratch } from './fc-helpers';
 
 const cli = path.join(__dirname, '..', 'dist', 'cli.js');
@@ -22,7 +22,7 @@ interface Command {
 }
 
 const started: ChildProcess[] = [];
-afterEach(() => started.splice(0).forEach((child) => child.exitCode === null && child.kill('SIGKILL')));
+afterAll(() => started.splice(0).forEach((child) => child.exitCode === null && child.kill('SIGKILL')));
 
 function command(args: string[]): Command {
   const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -118,6 +118,10 @@ describe('userfaultfd serve', () => {
     expect(serve.stderr()).toMatch(/no peer connected within 0.2 s/);
   });
 
+});
+
+// Each runs its own short-lived command; they run side by side.
+describe.concurrent('userfaultfd serve with bad arguments', () => {
   for (const [args, message] of [
     [['serve', '--mem-file', '/nonexistent'], /--socket PATH is required/],
     [['serve', '--socket', '/tmp/x.sock'], /--mem-file FILE is required/],
@@ -127,7 +131,7 @@ describe('userfaultfd serve', () => {
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--on-failure', 'ignore'], /--on-failure must be kill or sigbus/],
     [['serve', '--socket', '/nonexistent/dir/x.sock', '--mem-file', '__MEM__'], /cannot listen on --socket \/nonexistent\/dir\/x.sock: ENOENT/],
   ] as [string[], RegExp][]) {
-    it(`exits 2 with a clear message on bad arguments: ${args.slice(1).join(' ')}`, async () => {
+    it(`exits 2 with a clear message: ${args.slice(1).join(' ')}`, async () => {
       const serve = command(args.map((a) => (a === '__MEM__' ? s.memFile : a)));
       expect(await serve.exited).toBe(2);
       expect(serve.stderr()).toMatch(message);
