@@ -54,6 +54,8 @@ export interface SessionStats {
   removes: number;
   /** Resolutions that found the page already there (several faults on one page, or the push first). */
   eexist: number;
+  /** Resolutions refused with EAGAIN (a REMOVE was queued and unread) and retried. */
+  eagain: number;
   /** Per fault: from its message being read to its resolution. */
   readonly latency: LatencyHistogram;
 }
@@ -105,7 +107,7 @@ export class FirecrackerSession {
   readonly pid: number;
   readonly regions: readonly GuestRegion[];
   readonly stats: SessionStats = {
-    faults: 0, pagesOnDemand: 0, zeroPages: 0, pagesPushed: 0, bytes: 0, removes: 0, eexist: 0, latency: new LatencyHistogram(),
+    faults: 0, pagesOnDemand: 0, zeroPages: 0, pagesPushed: 0, bytes: 0, removes: 0, eexist: 0, eagain: 0, latency: new LatencyHistogram(),
   };
   /** Settles once the session has ended and freed its uffd, connection and process handle. Never rejects. */
   readonly done: Promise<SessionResult>;
@@ -264,7 +266,10 @@ export class FirecrackerSession {
     } catch (error) {
       const code = codeOf(error);
       // A REMOVE is queued and unread: serve() reads it, then hands the fault back.
-      if (code === 'EAGAIN') throw error;
+      if (code === 'EAGAIN') {
+        this.stats.eagain++;
+        throw error;
+      }
       if (code === 'ESRCH') {
         this.#peerGone(error);
         return;

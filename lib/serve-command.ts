@@ -88,7 +88,7 @@ function summary(result: SessionResult): Record<string, unknown> {
   return {
     pid: result.pid, end: result.end, error: result.error?.message,
     faults: stats.faults, pagesOnDemand: stats.pagesOnDemand, pagesPushed: stats.pagesPushed, zeroPages: stats.zeroPages,
-    bytes: stats.bytes, removes: stats.removes, eexist: stats.eexist, pagesMissing: result.pagesMissing,
+    bytes: stats.bytes, removes: stats.removes, eexist: stats.eexist, eagain: stats.eagain, pagesMissing: result.pagesMissing,
     p50us: stats.latency.percentile(50), p99us: stats.latency.percentile(99), maxus: stats.latency.maxUs,
   };
 }

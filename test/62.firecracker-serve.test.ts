@@ -113,6 +113,23 @@ describe('serving a Firecracker peer', () => {
     expect(result.stats.zeroPages).toBe(32);
   });
 
+  it('stays right while REMOVE events race with faults: resolutions refused with EAGAIN are retried, removed pages always read as zeros', async () => {
+    const { nextSession } = serve(new FilePageSource(s.memFile));
+    // Two threads touch the first region while a third keeps removing and retouching the second.
+    const peer = startFcPeer(peerArgs('--regions', '2M,256K', '--threads', '2', '--churn'));
+    const session = await nextSession();
+    const { code, report } = await peer.exited;
+    expect(report).toMatchObject({ ok: true, mismatches: 0, churnedNonZero: 0 });
+    expect(code).toBe(0);
+    const result = await session.done;
+    expect(result.error).toBeUndefined();
+    const churned = report!.churned!;
+    expect(churned).toBeGreaterThan(0);
+    expect(result.stats.removes).toBe(churned);
+    expect(result.stats.zeroPages).toBe(churned);
+    expect(result.stats.pagesOnDemand).toBe(pagesIn(2 * MiB));
+  });
+
   const huge = reserveHugePages(4);
   afterAll(() => huge.restore());
   if (huge.skipReason) console.warn(`skipping the 2 MiB hugetlb test: ${huge.skipReason}`);

@@ -35,6 +35,8 @@ export interface PeerReport {
   malformed?: string;
   closedByHandler?: boolean;
   paused?: number;
+  churned?: number;
+  churnedNonZero?: number;
 }
 
 export interface RunningPeer {
