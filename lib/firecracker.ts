@@ -224,6 +224,11 @@ export class FirecrackerSession {
       this.#unservable(fault, unservable(`a fault at 0x${fault.address.toString(16)} lies outside every region the peer announced`));
       return;
     }
+    if (fault.kind === 'wp') {
+      // Firecracker never registers write-protect; waking would only repeat the fault.
+      this.#unservable(fault, unservable(`a write-protect fault at 0x${fault.address.toString(16)}: this handler serves MISSING and MINOR faults only`));
+      return;
+    }
     return this.#serve(fault, where);
   }
 
