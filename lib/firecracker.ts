@@ -15,7 +15,7 @@
 import os from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { native, type WatchHandle } from './binding';
-import { UffdError } from './errors';
+import { UffdError, argTypeError, argValueError } from './errors';
 import type { Fault } from './events';
 import { receiveHandshake, type GuestRegion, type Handshake } from './firecracker-handshake';
 import { LatencyHistogram } from './latency';
@@ -479,8 +479,14 @@ export class FirecrackerServer {
 
   /** Listens on path (a stale socket file there is replaced). */
   static listen(path: string, options: ServerOptions): FirecrackerServer {
-    if (options === null || typeof options !== 'object' || !options.source) {
-      throw new TypeError('FirecrackerServer.listen(path, options): options.source must be a PageSource (new FilePageSource(memFile))');
+    if (typeof path !== 'string') throw argTypeError('path', 'of type string', path);
+    if (options === null || typeof options !== 'object') throw argTypeError('options', 'an object', options);
+    const source = options.source as Partial<PageSource> | undefined;
+    if (!source || !(source.bytes instanceof Uint8Array) || typeof source.fetch !== 'function' || !Number.isSafeInteger(source.size)) {
+      throw argTypeError('options.source', 'a PageSource (new FilePageSource(memFile), for one)', source);
+    }
+    if (options.failure !== undefined && options.failure !== 'kill' && options.failure !== 'sigbus') {
+      throw argValueError('options.failure', `must be 'kill' or 'sigbus'. Received ${String(options.failure)}`);
     }
     return new FirecrackerServer(path, options);
   }

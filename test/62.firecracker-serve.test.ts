@@ -2,6 +2,7 @@
 // (fixtures/fc_peer.c) creates its own uffd and memory, sends the uffd and its
 // region list in Firecracker's exact format, touches every page in random
 // order from its own threads, and checks every byte against the memory file.
+import fs from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   FilePageSource, FirecrackerServer, systemPageSize, type FirecrackerSession, type PageSource, type SessionOptions,
@@ -60,6 +61,16 @@ const peerArgs = (...extra: string[]): string[] => ['--socket', s.socket, '--mem
 const pagesIn = (...sizes: number[]): number => sizes.reduce((n, size) => n + size / PAGE, 0);
 
 describe('serving a Firecracker peer', () => {
+  it('listen() refuses bad arguments with Node-style errors and creates no socket', () => {
+    const path = `${s.dir}/never.sock`;
+    expect(() => FirecrackerServer.listen(path, {} as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE', message: expect.stringMatching(/options.source/) }));
+    const source = new FilePageSource(s.memFile);
+    expect(() => FirecrackerServer.listen(path, { source, failure: 'ignore' as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
+    expect(() => FirecrackerServer.listen(42 as never, { source })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    source.close();
+    expect(fs.existsSync(path)).toBe(false);
+  });
+
   it('resolves MISSING faults with COPY: every page of several regions with gaps, touched in random order by two threads, matches the memory file', async () => {
     const { nextSession } = serve(new FilePageSource(s.memFile));
     const peer = startFcPeer(peerArgs('--regions', '2M,1M,512K', '--threads', '2', '--order', 'random', '--seed', '11'));
