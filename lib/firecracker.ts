@@ -62,10 +62,12 @@ export interface SessionStats {
 
 /**
  * Why a session ended: 'exited' (the peer process is gone), 'hangup' (its
- * connection closed and its process could not be watched), 'failed' (a fault
+ * connection closed and its process could not be watched), 'served' (it hung
+ * up, every page is present or removed, and its ranges were unregistered: the
+ * kernel answers the rest), 'failed' (a fault
  * could not be served; see the failure policy), 'closed' (close() was called).
  */
-export type SessionEnd = 'exited' | 'hangup' | 'failed' | 'closed';
+export type SessionEnd = 'exited' | 'hangup' | 'served' | 'failed' | 'closed';
 
 export interface SessionResult {
   pid: number;
@@ -124,6 +126,8 @@ export class FirecrackerSession {
   #resolveDone!: (result: SessionResult) => void;
   #pushing = false;
   #pending = 0;
+  #missing: number;
+  #hungUp = false;
 
   constructor(connection: UnixConnection, handshake: Handshake, source: PageSource, options: SessionOptions = {}) {
     this.#connection = connection;
@@ -132,6 +136,7 @@ export class FirecrackerSession {
     this.#source = source;
     this.#options = options;
     this.#states = handshake.regions.map((r) => new Uint8Array(r.size / r.pageSize));
+    this.#missing = this.#states.reduce((n, state) => n + state.length, 0);
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
     // Firecracker enables exactly EVENT_REMOVE on the uffd it sends (no
     // THREAD_ID, so messages decode without it).
@@ -157,6 +162,11 @@ export class FirecrackerSession {
   /** Faults received whose resolution is still waiting for the source. */
   get pendingFaults(): number {
     return this.#pending;
+  }
+
+  /** Whether the peer has closed its end of the socket (Firecracker before v1.12 does so right after the handshake). */
+  get peerHungUp(): boolean {
+    return this.#hungUp;
   }
 
   get ended(): boolean {
@@ -192,7 +202,12 @@ export class FirecrackerSession {
       if (!message) break;
       for (const fd of message.fds) native.closeFd(fd);
     }
-    if (this.#pidfd < 0) this.#finish('hangup');
+    if (this.#pidfd < 0) {
+      this.#finish('hangup');
+      return;
+    }
+    this.#hungUp = true;
+    this.#maybeServed();
   }
 
   #locate(address: bigint): Location | undefined {
@@ -257,14 +272,14 @@ export class FirecrackerSession {
       } else if (fault.kind === 'minor') {
         outcome = fault.continue();
         if (outcome === 'done') this.stats.pagesOnDemand++;
-        state[page] = PRESENT;
+        this.#mark(index, page, page + 1, PRESENT);
       } else {
         outcome = fault.copy(this.#source.bytes.subarray(at, at + region.pageSize));
         if (outcome === 'done') {
           this.stats.pagesOnDemand++;
           this.stats.bytes += region.pageSize;
         }
-        state[page] = PRESENT;
+        this.#mark(index, page, page + 1, PRESENT);
       }
       if (outcome === 'exists') this.stats.eexist++;
       this.stats.latency.record((performance.now() - fault.receivedAt) * 1000);
@@ -283,11 +298,13 @@ export class FirecrackerSession {
       return;
     }
     if (this.#options.prefetch && !this.#pushing) this.#startPush();
+    this.#maybeServed();
   }
 
   #onRemove(start: bigint, end: bigint): void {
     this.stats.removes++;
     this.#forget(start, end, true);
+    this.#maybeServed();
   }
 
   // Marks [start, end) removed. Huge-page ranges are unregistered (as
@@ -301,7 +318,7 @@ export class FirecrackerSession {
       const page = BigInt(region.pageSize);
       const from = ((start > region.base ? start : region.base) - region.base) / page;
       const to = ((end < regionEnd ? end : regionEnd) - region.base + page - 1n) / page;
-      this.#states[index]!.fill(REMOVED, Number(from), Number(to));
+      this.#mark(index, Number(from), Number(to), REMOVED);
       if (unregisterHuge && region.pageSize !== systemPageSize()) {
         try {
           this.#uffd.unregister({ address: region.base + from * page, length: (to - from) * page, pageSize: region.pageSize });
@@ -353,10 +370,10 @@ export class FirecrackerSession {
           page += done;
           const code = codeOf(error);
           if (code === 'EEXIST') {
-            state[page] = PRESENT; // A fault got there first.
+            this.#mark(index, page, page + 1, PRESENT); // A fault got there first.
             this.stats.eexist++;
           } else if (code === 'ENOENT') {
-            state[page] = REMOVED; // Unregistered: the kernel serves it now.
+            this.#mark(index, page, page + 1, REMOVED); // Unregistered: the kernel serves it now.
           } else if (code === 'ESRCH') {
             this.#peerGone(error);
             return;
@@ -370,11 +387,35 @@ export class FirecrackerSession {
     void step();
   }
 
+  #mark(index: number, from: number, to: number, value: number): void {
+    const state = this.#states[index]!;
+    for (let page = from; page < to; page++) {
+      if (state[page] === MISSING && value !== MISSING) this.#missing--;
+      state[page] = value;
+    }
+  }
+
+  // Firecracker before v1.12 hangs up right after the handshake and runs on.
+  // Once it has, and every page is present or removed, nothing is left for
+  // this handler to do: unregister every region, so that the kernel answers
+  // whatever comes next by itself (a removed page faults in as zeros), and end.
+  #maybeServed(): void {
+    if (!this.#hungUp || this.#missing > 0 || this.#pending > 0 || this.#end !== undefined) return;
+    try {
+      for (const region of this.regions) this.#uffd.unregister({ address: region.base, length: region.size, pageSize: region.pageSize });
+    } catch (error) {
+      if (codeOf(error) === 'ESRCH') this.#peerGone(error);
+      return; // Keep serving: whatever stayed registered still faults here.
+    }
+    this.#finish('served');
+  }
+
   #pushed(index: number, from: number, to: number): void {
     if (to <= from) return;
-    this.#states[index]!.fill(PRESENT, from, to);
+    this.#mark(index, from, to, PRESENT);
     this.stats.pagesPushed += to - from;
     this.stats.bytes += (to - from) * this.regions[index]!.pageSize;
+    this.#maybeServed();
   }
 
   #peerGone(cause: unknown): void {
@@ -423,9 +464,7 @@ export class FirecrackerSession {
     if (end === 'exited' && this.#pending > 0) {
       this.#error ??= new UffdError('ESRCH', `ESRCH: the peer (pid ${this.pid}) exited with ${this.#pending} fault(s) still waiting for the source`, { errno: -3 });
     }
-    let missing = 0;
-    for (const state of this.#states) for (const s of state) if (s === MISSING) missing++;
-    this.#resolveDone({ pid: this.pid, end, stats: this.stats, pagesMissing: missing, ...(this.#error ? { error: this.#error } : {}) });
+    this.#resolveDone({ pid: this.pid, end, stats: this.stats, pagesMissing: this.#missing, ...(this.#error ? { error: this.#error } : {}) });
   }
 }
 

@@ -159,14 +159,39 @@ describe('serving a Firecracker peer', () => {
     expect(result.stats.bytes).toBe(6 * MiB);
   });
 
-  it('keeps serving a peer that closes its socket right after the handshake (Firecracker before v1.12) until the process exits', async () => {
+  it('keeps serving a peer that closes its socket right after the handshake (Firecracker before v1.12) while pages are missing, until the process exits', async () => {
     const { nextSession } = serve(new FilePageSource(s.memFile));
-    const peer = startFcPeer(peerArgs('--regions', '1M', '--close-socket', '--threads', '2'));
+    const peer = startFcPeer(peerArgs('--regions', '1M', '--close-socket', '--pause-after', '64'));
     const session = await nextSession();
-    expect((await peer.exited).report).toMatchObject({ ok: true });
+    await peer.line((r) => r.paused === 64);
+    await vi.waitFor(() => expect(session.peerHungUp).toBe(true), { timeout: 10_000, interval: 5 });
+    expect(session.ended).toBe(false);
+    peer.child.kill('SIGKILL');
     const result = await session.done;
-    expect(result).toMatchObject({ end: 'exited', pagesMissing: 0 });
+    expect(result).toMatchObject({ end: 'exited', pagesMissing: pagesIn(MiB) - 64 });
     expect(result.error).toBeUndefined();
+  });
+
+  it('ends a hung-up peer\'s session once every page is present, unregistering its ranges so that the kernel answers the rest', async () => {
+    const { nextSession } = serve(new FilePageSource(s.memFile), { prefetch: true });
+    const peer = startFcPeer(peerArgs('--regions', '1M,1M', '--close-socket', '--pause-after', '16'));
+    const session = await nextSession();
+    const result = await session.done;
+    expect(result).toMatchObject({ end: 'served', pagesMissing: 0 });
+    expect(result.error).toBeUndefined();
+    expect(result.stats.pagesPushed + result.stats.pagesOnDemand).toBe(pagesIn(2 * MiB));
+    expect(peer.child.exitCode).toBeNull(); // The peer runs on, served.
+    peer.child.kill('SIGKILL');
+  });
+
+  it('after a hung-up peer\'s session has ended served, its pages stay right and removed pages read as zeros (the kernel\'s doing)', async () => {
+    const { nextSession } = serve(new FilePageSource(s.memFile), { prefetch: true });
+    // --remove runs after every page was touched: by then the ranges may be unregistered.
+    const peer = startFcPeer(peerArgs('--regions', '1M', '--close-socket', '--remove', '8'));
+    const session = await nextSession();
+    const { report } = await peer.exited;
+    expect(report).toMatchObject({ ok: true, mismatches: 0, removed: 8, removedZero: 8 });
+    expect(['served', 'exited']).toContain((await session.done).end);
   });
 });
 

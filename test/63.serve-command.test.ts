@@ -93,6 +93,16 @@ describe('userfaultfd serve', () => {
     expect(end.pagesPushed + end.pagesOnDemand).toBeLessThanOrEqual(1024);
   });
 
+  it('exits 0 once a peer that hung up (Firecracker before v1.12) has every page, while it runs on', async () => {
+    const serve = command(serveArgs('--prefetch'));
+    await serve.line(/^listening on /);
+    const peer = startFcPeer(peerArgs('--regions', '2M', '--close-socket', '--pause-after', '16'));
+    expect(await serve.exited).toBe(0);
+    expect(serve.stdout()).toMatch(new RegExp(`^peer ${peer.child.pid} served: faults \\d+`, 'm'));
+    expect(peer.child.exitCode).toBeNull();
+    peer.child.kill('SIGKILL');
+  });
+
   it('refuses a malformed handshake with a message on stderr, then serves the next peer and exits 0', async () => {
     const serve = command(serveArgs());
     await serve.line(/^listening on /);
