@@ -123,6 +123,38 @@ describe('parseHandshake', () => {
   });
 });
 
+describe('hostile input', () => {
+  it('thousands of random corruptions of a valid message are each accepted or refused with ERR_UFFD_BAD_HANDSHAKE, never anything else', () => {
+    const valid = `[{"base_host_virt_addr":${0x7f0000000000},"size":${MiB},"offset":0,"page_size":4096,"page_size_kib":4096},` +
+      `{"base_host_virt_addr":${0x7f0000200000},"size":${MiB},"offset":${MiB},"page_size":4096,"page_size_kib":4096}]`;
+    const alphabet = '[]{}",:-.0123456789eE+truefalsn \\u\u0000\u00ff';
+    let state = 12345;
+    const random = (n: number): number => {
+      state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+      return state % n;
+    };
+    let accepted = 0;
+    for (let i = 0; i < 3000; i++) {
+      const chars = [...valid];
+      for (let edits = 1 + random(4); edits > 0; edits--) {
+        const at = random(chars.length + 1);
+        const what = random(3);
+        if (what === 0) chars.splice(at, 1);
+        else if (what === 1) chars.splice(at, 0, alphabet[random(alphabet.length)]!);
+        else chars[at] = alphabet[random(alphabet.length)]!;
+      }
+      try {
+        parse(chars.join(''));
+        accepted++;
+      } catch (error) {
+        expect((error as UffdError).code, chars.join('')).toBe('ERR_UFFD_BAD_HANDSHAKE');
+      }
+    }
+    // Some corruptions leave a valid message (a digit changed in an offset, say); most do not.
+    expect(accepted).toBeLessThan(3000);
+  });
+});
+
 describe('receiveHandshake', () => {
   let s: Scratch;
   afterEach(() => s.remove());
@@ -145,6 +177,41 @@ describe('receiveHandshake', () => {
     expect(handshake.regions).toHaveLength(1);
     expect(handshake.uffdFd).not.toBe(own.fd);
     fs.closeSync(handshake.uffdFd);
+    own.close();
+    client.close();
+    accepted.close();
+    server.close();
+  });
+
+  it('refuses a message that is not UTF-8, closing the descriptor that came with it', async () => {
+    const { client, accepted, server } = await pair();
+    const own = Userfaultfd.open();
+    const before = openFds();
+    client.send(Buffer.from([0x5b, 0xff, 0xfe, 0x5d]), [own.fd]);
+    await expect(receiveHandshake(accepted, { sourceSize: 4 * MiB })).rejects.toThrow(/not UTF-8 text/);
+    expect(openFds()).toBe(before);
+    own.close();
+    client.close();
+    accepted.close();
+    server.close();
+  });
+
+  it('refuses a message that grows beyond 1 MiB without ending', async () => {
+    const { client, accepted, server } = await pair();
+    const own = Userfaultfd.open();
+    client.send('[{"size":"', [own.fd]);
+    let settled = false;
+    const received = receiveHandshake(accepted, { sourceSize: 4 * MiB }).then(() => null, (error: unknown) => error).finally(() => (settled = true));
+    const chunk = Buffer.alloc(16 * 1024, 0x61);
+    while (!settled) {
+      try {
+        client.send(chunk);
+      } catch {
+        // The socket buffer is full: let the receiver read.
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect(await received).toMatchObject({ code: 'ERR_UFFD_BAD_HANDSHAKE', message: expect.stringMatching(/exceeds 1048576 bytes/) });
     own.close();
     client.close();
     accepted.close();
