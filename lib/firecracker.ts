@@ -224,8 +224,16 @@ export class FirecrackerSession {
     const flags = this.#source.present;
     if (flags === null) return true;
     const size = this.#source.pageSize;
-    for (let i = offset / size, end = (offset + length) / size; i < end; i++) if (flags[i] === 0) return false;
+    for (let i = Math.floor(offset / size), end = Math.ceil((offset + length) / size); i < end; i++) if (flags[i] === 0) return false;
     return true;
+  }
+
+  // The source's pages holding [offset, offset + length): fetch() takes ranges aligned to them.
+  #fetch(offset: number, length: number, options?: { urgent: boolean }): Promise<void> {
+    const size = this.#source.pageSize;
+    const start = Math.floor(offset / size) * size;
+    const end = Math.min(this.#source.size, Math.ceil((offset + length) / size) * size);
+    return this.#source.fetch(start, end - start, options);
   }
 
   #onFault(fault: Fault): void | Promise<void> {
@@ -253,7 +261,7 @@ export class FirecrackerSession {
     const at = region.offset + page * region.pageSize;
     if (state[page] !== REMOVED && fault.kind !== 'minor' && !this.#present(at, region.pageSize)) {
       this.#pending++;
-      return this.#source.fetch(at, region.pageSize, { urgent: true }).then(
+      return this.#fetch(at, region.pageSize, { urgent: true }).then(
         () => {
           this.#pending--;
           if (this.#end === undefined) return this.#serve(fault, where);
@@ -354,7 +362,7 @@ export class FirecrackerSession {
         const at = region.offset + page * region.pageSize;
         if (!this.#present(at, (last - page) * region.pageSize)) {
           try {
-            await this.#source.fetch(at, (last - page) * region.pageSize);
+            await this.#fetch(at, (last - page) * region.pageSize);
           } catch {
             return; // Background work only: faults fetch (urgently) what they need.
           }
