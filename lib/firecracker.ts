@@ -33,7 +33,7 @@ export type FailurePolicy = 'kill' | 'sigbus';
 export interface SessionOptions {
   /** After the first fault, copy every page nobody asked for yet, in the background; faults always go first. */
   prefetch?: boolean;
-  /** Bytes per background copy (default 256 KiB; at least one page). */
+  /** Bytes per background copy (default 64 KiB; at least one page). An on-demand fault that arrives during a copy waits for at most that one copy. */
   pushChunkBytes?: number;
   /** Default 'kill'. */
   failure?: FailurePolicy;
@@ -84,7 +84,7 @@ const MISSING = 0;
 const PRESENT = 1;
 const REMOVED = 2;
 
-const DEFAULT_PUSH_CHUNK = 256 * 1024;
+const DEFAULT_PUSH_CHUNK = 64 * 1024;
 const SIGKILL = os.constants.signals.SIGKILL;
 
 interface Location {
