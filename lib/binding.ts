@@ -45,7 +45,7 @@ export interface Native {
   closeFd(fd: number): void;
   memfdCreate(name: string, size: number, hugePageLog2: number): [number, number];
   filePageSize(fd: number): number;
-  createGuestMemfd(size: number, flags: bigint): [number, number, number];
+  createGuestMemfd(size: number, wantedFlags: bigint): [number, number, bigint];
   systemPageSize(): number;
   mapShared(fd: number, offset: number, length: number, readOnly: boolean): bigint;
   mapAnonymous(length: number, hugePageLog2: number): bigint;

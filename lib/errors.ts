@@ -34,7 +34,7 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
     return code === 'ENOENT' ? 'this host has no /dev/kvm (no KVM here, or it was not passed into the container)' : 'no access to /dev/kvm (add this user to the kvm group)';
   }
   if (syscall === 'ioctl(KVM_CREATE_GUEST_MEMFD)') {
-    return 'this kernel cannot create a guest_memfd with GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED (needs Linux 6.18 or newer with KVM_CAP_GUEST_MEMFD_FLAGS)';
+    return 'this kernel\'s KVM cannot create a guest_memfd for this VM (KVM_CREATE_GUEST_MEMFD needs Linux 6.8 or newer; one a process can map, 6.18 or newer)';
   }
   if (syscall === 'userfaultfd') {
     const device = typeof extra.deviceErrno === 'number' && extra.deviceErrno !== 0

@@ -524,7 +524,7 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   return result;
 }
 
-// createGuestMemfd(size, flags) -> [fd, pageSize, supportedFlags]
+// createGuestMemfd(size, wantedFlags) -> [fd, pageSize, flags it was created with]
 Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   kvm::GuestMemfdResult result;
@@ -537,7 +537,7 @@ Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
   Napi::Array out = Napi::Array::New(env, 3);
   out.Set(0u, Napi::Number::New(env, result.fd));
   out.Set(1u, Napi::Number::New(env, static_cast<double>(memory::SystemPageSize())));
-  out.Set(2u, Napi::Number::New(env, static_cast<double>(result.supported_flags)));
+  out.Set(2u, Big(env, result.flags));
   return out;
 }
 
