@@ -71,9 +71,9 @@ describe('serving a Firecracker peer', () => {
     expect(fs.existsSync(path)).toBe(false);
   });
 
-  it('resolves MISSING faults with COPY: every page of several regions with gaps, touched in random order by two threads, matches the memory file', async () => {
+  for (const memory of ['anon', 'memfd']) it(`resolves MISSING faults with COPY on ${memory === 'anon' ? 'anonymous private memory (Firecracker\'s)' : 'memfd-backed (shmem) memory'}: every page of several regions with gaps, touched in random order by two threads, matches the memory file`, async () => {
     const { nextSession } = serve(new FilePageSource(s.memFile));
-    const peer = startFcPeer(peerArgs('--regions', '2M,1M,512K', '--threads', '2', '--order', 'random', '--seed', '11'));
+    const peer = startFcPeer(peerArgs('--regions', '2M,1M,512K', '--memory', memory, '--threads', '2', '--order', 'random', '--seed', '11'));
     const session = await nextSession();
     expect(session.regions.map((r) => r.size)).toEqual([2 * MiB, MiB, MiB / 2]);
     expect(session.pid).toBe(peer.child.pid);
@@ -112,9 +112,9 @@ describe('serving a Firecracker peer', () => {
     });
   }
 
-  it('zero-fills pages the peer removed (balloon: MADV_DONTNEED, REMOVE events) when they are touched again, never the snapshot\'s bytes', async () => {
+  for (const memory of ['anon', 'memfd']) it(`zero-fills pages the peer removed (balloon: ${memory === 'anon' ? 'MADV_DONTNEED' : 'MADV_REMOVE on shmem'}, REMOVE events) when they are touched again, never the snapshot's bytes`, async () => {
     const { nextSession } = serve(new FilePageSource(s.memFile));
-    const peer = startFcPeer(peerArgs('--regions', '1M,1M', '--remove', '32'));
+    const peer = startFcPeer(peerArgs('--regions', '1M,1M', '--memory', memory, '--remove', '32'));
     const session = await nextSession();
     const { code, report } = await peer.exited;
     expect(report).toMatchObject({ ok: true, removed: 32, removedZero: 32 });
