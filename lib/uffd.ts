@@ -322,19 +322,21 @@ export class Userfaultfd implements FaultResolver {
     if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
     const opts = validate.options<ServeOptions>(options, 'options');
     this.#claim('serve');
-    const report = opts.onError ?? ((error: unknown) => process.emitWarning(error as Error, 'UffdHandlerWarning'));
+    const report = opts.onError ?? warnHandlerFailure;
     const failure = opts.failure ?? 'fill';
     const fail = (error: unknown, fault: Fault): void => {
       if (this.#closed) return;
       if (!fault.resolved) resolveAfterFailure(fault, failure);
-      report(error, fault);
+      // A throwing onError must not cost the rest of the batch its handling.
+      guarded(() => report(error, fault));
     };
     // A resolution refused with EAGAIN (an event is queued that this side
     // has not read yet) is tried again after the next batch's events.
     let retry: Fault[] = [];
     const dispatch = (fault: Fault): void => {
       const failed = (error: unknown): void => {
-        if ((error as UffdError).code === 'EAGAIN' && !fault.resolved) retry.push(fault);
+        // Handlers may throw anything, undefined and null included.
+        if ((error as UffdError | null | undefined)?.code === 'EAGAIN' && !fault.resolved) retry.push(fault);
         else fail(error, fault);
       };
       let result: void | Promise<void>;
@@ -355,7 +357,7 @@ export class Userfaultfd implements FaultResolver {
       // must be served after the removal is known, or stale data lands there.
       for (const event of batch) {
         if (event.type === 'pagefault') continue;
-        if (opts.onEvent) opts.onEvent(event);
+        if (opts.onEvent) guarded(() => opts.onEvent!(event));
         else if (event.type === 'fork') event.uffd.close();
       }
       const again = retry;
@@ -500,6 +502,28 @@ function targetRange(target: Target): { start: bigint; length: number; pageSize:
   const length = validate.size(target.length, 'target.length');
   const pageSize = target.pageSize === undefined ? systemPageSize() : validate.size(target.pageSize, 'target.pageSize');
   return { start, length, pageSize };
+}
+
+// Runs a user callback of serve(); what it throws becomes an uncaught
+// exception once the current batch has been handled, as from any callback.
+function guarded(callback: () => void): void {
+  try {
+    callback();
+  } catch (error) {
+    process.nextTick(() => {
+      throw error;
+    });
+  }
+}
+
+function warnHandlerFailure(error: unknown, fault: Fault): void {
+  if (error instanceof Error) {
+    process.emitWarning(error, 'UffdHandlerWarning');
+    return;
+  }
+  process.emitWarning(
+    `the handler for the ${fault.kind} fault at 0x${fault.address.toString(16)} threw or rejected with ${typeof error === 'string' ? `'${error}'` : String(error)}, not an Error; the fault was resolved by the failure policy`,
+    'UffdHandlerWarning');
 }
 
 function unresolved(fault: Fault): UffdError {
