@@ -144,13 +144,16 @@ export class Userfaultfd implements FaultResolver {
    * know their page size (default: this system's page size).
    */
   static fromFd(fd: number, options?: { features?: Feature[]; ranges?: AdoptedRange[] }): Userfaultfd {
-    if (!Number.isInteger(fd) || fd < 0) throw argTypeError('fd', 'a file descriptor (non-negative integer)', fd);
+    validate.fd(fd, 'fd');
     const opts = validate.options<{ features: Feature[]; ranges: AdoptedRange[] }>(options, 'options');
     const uffd = new Userfaultfd(fd, 'adopted', 0n, featureBits(opts.features ?? []));
-    for (const range of opts.ranges ?? []) {
+    const ranges = opts.ranges ?? [];
+    if (!Array.isArray(ranges)) throw argTypeError('options.ranges', 'an array of { address, length, pageSize?, modes? }', ranges);
+    for (const range of ranges) {
+      if (range === null || typeof range !== 'object') throw argTypeError('range', 'an object { address, length, pageSize?, modes? }', range);
       const start = validate.address(range.address, 'range.address');
       const length = validate.size(range.length, 'range.length');
-      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.size(range.pageSize, 'range.pageSize');
+      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.pageSize(range.pageSize, 'range.pageSize');
       validate.range('userfaultfd', start, length, pageSize);
       uffd.#registrations.push({
         start, end: start + BigInt(length), pageSize, ioctls: new Set(),
@@ -321,6 +324,12 @@ export class Userfaultfd implements FaultResolver {
   serve(handler: (fault: Fault) => void | Promise<void>, options?: ServeOptions): Promise<void> {
     if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
     const opts = validate.options<ServeOptions>(options, 'options');
+    for (const name of ['onError', 'onEvent'] as const) {
+      if (opts[name] !== undefined && typeof opts[name] !== 'function') throw argTypeError(`options.${name}`, 'a function', opts[name]);
+    }
+    if (opts.failure !== undefined && opts.failure !== 'fill' && opts.failure !== 'poison') {
+      throw argValueError('options.failure', `must be 'fill' or 'poison'. Received ${String(opts.failure)}`);
+    }
     this.#claim('serve');
     const report = opts.onError ?? warnHandlerFailure;
     const failure = opts.failure ?? 'fill';
@@ -500,7 +509,7 @@ function targetRange(target: Target): { start: bigint; length: number; pageSize:
   if (target === null || typeof target !== 'object') throw argTypeError('target', 'a Mapping or { address, length }', target);
   const start = validate.address(target.address, 'target.address');
   const length = validate.size(target.length, 'target.length');
-  const pageSize = target.pageSize === undefined ? systemPageSize() : validate.size(target.pageSize, 'target.pageSize');
+  const pageSize = target.pageSize === undefined ? systemPageSize() : validate.pageSize(target.pageSize, 'target.pageSize');
   return { start, length, pageSize };
 }
 
