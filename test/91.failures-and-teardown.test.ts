@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, UnixServer, Userfaultfd, type Fault } from '../dist/index.js';
-import { PAGE, touch } from './helpers';
+import { PAGE, threadsWaitingOnFaults, touch } from './helpers';
 import { fixture } from './native-fixtures';
 import { startPeer } from './peer';
 
@@ -31,24 +31,6 @@ function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => voi
   let resolve!: (value: T) => void;
   const promise = new Promise<T>((r) => (resolve = r));
   return { promise, resolve };
-}
-
-/** Resolves once `count` threads of this process wait in the kernel on a userfault (bounded). */
-async function threadsWaitingOnFaults(count: number, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    let waiting = 0;
-    for (const tid of fs.readdirSync('/proc/self/task')) {
-      try {
-        if (fs.readFileSync(`/proc/self/task/${tid}/wchan`, 'utf8') === 'handle_userfault') waiting++;
-      } catch {
-        // The thread exited meanwhile.
-      }
-    }
-    if (waiting >= count) return;
-    if (Date.now() > deadline) throw new Error(`only ${waiting} of ${count} threads reached handle_userfault in ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
 }
 
 describe('handlers that fail', () => {
