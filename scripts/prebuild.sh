@@ -24,7 +24,7 @@ fi
 declare -A triplet=([x64]=x86_64-linux-gnu [arm64]=aarch64-linux-gnu)
 declare -A machine=([x64]='Advanced Micro Devices X86-64' [arm64]=AArch64)
 
-rm -rf prebuilds
+for arch in "${arches[@]}"; do rm -rf "prebuilds/linux-$arch"; done
 for arch in "${arches[@]}"; do
   prefix=
   if [ "$arch" != "$host" ]; then
