@@ -57,7 +57,7 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
       return 'the address space is changing (a fork, mremap, madvise or munmap event is pending): read the pending events, then retry the rest';
     case 'ENOENT':
       return ioctl === 'UFFDIO_UNREGISTER' ? 'no such range is registered'
-        : 'the destination is not inside a range registered with this userfaultfd (or that mode is not registered there): register it first';
+        : 'the destination is not inside a range registered with this userfaultfd (or that mode is not registered there, or it was unregistered or unmapped since the fault): register it first';
     case 'EBUSY':
       return 'part of this range is already registered with another userfaultfd: unregister it there first';
     case 'EPERM':

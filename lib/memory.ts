@@ -28,10 +28,11 @@ export function defaultHugePageSize(): number {
 function hugePageLog2(hugePages: unknown): number {
   if (hugePages === undefined || hugePages === false) return 0;
   if (hugePages === true) return 1;
-  if (typeof hugePages === 'number' && Number.isInteger(hugePages) && hugePages > 0 && (hugePages & (hugePages - 1)) === 0) {
-    return Math.log2(hugePages);
-  }
-  throw argValueError('hugePages', `must be a boolean or a power-of-two page size in bytes. Received ${String(hugePages)}`);
+  // A size in bytes: a power of two above the base page size, whose log2
+  // fits the 6 bits memfd_create and mmap give it (MFD_HUGE_MASK, MAP_HUGE_MASK).
+  const log2 = typeof hugePages === 'number' ? Math.log2(hugePages) : Number.NaN;
+  if (Number.isInteger(log2) && hugePages as number > systemPageSize() && log2 < 64) return log2;
+  throw argValueError('hugePages', `must be a boolean or a power-of-two huge page size in bytes, larger than the ${systemPageSize()}-byte base page. Received ${String(hugePages)}`);
 }
 
 const unmapOnCollect = new FinalizationRegistry<{ address: bigint; length: number }>(({ address, length }) => {
