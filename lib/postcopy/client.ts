@@ -14,7 +14,7 @@ import { Memfd, type Mapping } from '../memory';
 import type { FetchOptions, PageSource } from '../page-source';
 import * as validate from '../validate';
 import {
-  FRAME, FrameReader, decode, encodeError, encodeRequest, encodeStart, protocolError, type Geometry, type Hello,
+  FRAME, FrameReader, decode, encodeAck, encodeError, encodeRequest, encodeStart, protocolError, type Geometry, type Hello,
 } from './protocol';
 
 export interface ClientOptions {
@@ -42,6 +42,9 @@ export interface ClientStats {
 const NOT_REQUESTED = 0;
 const REQUESTED = 1;
 const REQUESTED_URGENT = 2;
+
+// Received page bytes are acknowledged this often (the server's flow control).
+const ACK_EVERY = 128 << 10;
 
 const FROM_SERVER: ReadonlySet<number> = new Set([FRAME.DATA, FRAME.DONE, FRAME.ERROR]);
 const HELLO_ONLY: ReadonlySet<number> = new Set([FRAME.HELLO, FRAME.ERROR]);
@@ -73,6 +76,7 @@ export class PostcopyClient implements PageSource {
   readonly #verify: boolean;
   readonly #stallTimeoutMs: number;
   #presentCount = 0;
+  #ackedAt = 0;
   #nextId = 1;
   #highestId = 0;
   #error: UffdError | undefined;
@@ -228,6 +232,10 @@ export class PostcopyClient implements PageSource {
     this.#lastArrival = performance.now();
     try {
       for (const [type, body] of this.#reader.push(chunk)) this.#onFrame(type, body);
+      if (this.stats.bytesReceived - this.#ackedAt >= ACK_EVERY && !this.#socket.destroyed) {
+        this.#ackedAt = this.stats.bytesReceived;
+        this.#socket.write(encodeAck(this.#ackedAt));
+      }
     } catch (error) {
       const e = error as UffdError;
       if (e.code === 'ERR_UFFD_PROTOCOL' && !this.#socket.destroyed) this.#socket.end(encodeError(e.code, e.message));

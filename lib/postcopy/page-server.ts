@@ -15,7 +15,7 @@ import { systemPageSize } from '../memory';
 import * as validate from '../validate';
 import {
   FRAME, FrameReader, HEADER_SIZE, MAX_DATA, decode, encodeDataHeader, encodeDone, encodeError, encodeHello,
-  type Geometry,
+  protocolError, type Geometry,
 } from './protocol';
 
 export interface PageServerOptions {
@@ -43,12 +43,20 @@ export interface SessionStats {
 }
 
 // A ready frame may leave this far ahead of the paced clock: timers fire in
-// whole milliseconds, so pacing is exact on average, not per frame.
+// whole milliseconds, so pacing is exact on average, not per frame. A timer
+// that fires late is caught up on, up to PACING_CATCH_UP_MS of the link's time.
 const PACING_SLACK_MS = 2;
+const PACING_CATCH_UP_MS = 20;
 // Bytes written per turn of the event loop, so that requests are read between turns.
 const BURST_BYTES = 1 << 20;
 // User-space bytes queued on the socket before waiting for 'drain'.
 const HIGH_WATER = 1 << 20;
+// Flow control: pushed pages are sent only while fewer than this many page
+// bytes are unacknowledged (at least twice the modelled bandwidth-delay
+// product). Without it a slow reader's socket buffers fill with pushed pages
+// and a demanded page waits behind megabytes of them (head-of-line blocking).
+const MIN_WINDOW = 512 << 10;
+const MAX_WINDOW = 16 << 20;
 
 interface SessionConfig {
   bandwidth: number;
@@ -87,6 +95,9 @@ export class PageSession extends EventEmitter {
   #sentCount = 0;
   #doneSent = false;
   #clock = 0;
+  #payloadSent = 0;
+  #acked = 0;
+  readonly #window: number;
   #timer: NodeJS.Timeout | null = null;
   #immediate: NodeJS.Immediate | null = null;
   #flushTimer: NodeJS.Timeout | null = null;
@@ -102,6 +113,8 @@ export class PageSession extends EventEmitter {
     this.#pages = image.byteLength / pageSize;
     this.#sent = new Uint8Array(this.#pages);
     this.#options = options;
+    const bdp = options.bandwidth === Infinity ? (options.latencyMs > 0 ? MAX_WINDOW : 0) : options.bandwidth * options.latencyMs * 2 / 1000;
+    this.#window = Math.min(MAX_WINDOW, Math.max(MIN_WINDOW, 2 * bdp));
     this.#priority = options.priority.map((r) => ({
       id: 0, next: Math.floor(r.offset / pageSize), end: Math.ceil((r.offset + r.length) / pageSize), readyAt: 0,
     }));
@@ -150,6 +163,11 @@ export class PageSession extends EventEmitter {
             readyAt: performance.now() + this.#options.latencyMs,
           };
           (frame.urgent ? this.#urgent : this.#hinted).push(pending);
+        } else if (frame.type === FRAME.ACK) {
+          if (frame.received > this.#payloadSent || frame.received < this.#acked) {
+            throw protocolError(`ACK of ${frame.received} bytes: ${this.#acked} were acknowledged before and ${this.#payloadSent} sent`);
+          }
+          this.#acked = frame.received;
         } else if (frame.type === FRAME.ERROR) {
           throw new UffdError(frame.code, `${frame.code}: the destination gave up: ${frame.message}`);
         }
@@ -226,6 +244,7 @@ export class PageSession extends EventEmitter {
       const { pageSize } = this.#geometry;
       const offset = run.first * pageSize;
       const length = (run.end - run.first) * pageSize;
+      this.#payloadSent += length;
       this.#sent.fill(1, run.first, run.end);
       this.#sentCount += run.end - run.first;
       if (run.id === 0) this.stats.pagesPushed += run.end - run.first;
@@ -233,7 +252,7 @@ export class PageSession extends EventEmitter {
       const bytes = HEADER_SIZE + 12 + length;
       this.stats.bytesSent += bytes;
       burst += bytes;
-      if (bandwidth !== Infinity) this.#clock = Math.max(this.#clock, now) + (bytes / bandwidth) * 1000;
+      if (bandwidth !== Infinity) this.#clock = Math.max(this.#clock, now - PACING_CATCH_UP_MS) + (bytes / bandwidth) * 1000;
       this.#send([encodeDataHeader(run.id, offset, length), this.#image.subarray(offset, offset + length)], now);
     }
   }
@@ -293,7 +312,7 @@ export class PageSession extends EventEmitter {
         return { id: p.id, ...run };
       }
     }
-    if (!this.#prefetch) return undefined;
+    if (!this.#prefetch || this.#payloadSent - this.#acked >= this.#window) return undefined;
     const chunk = this.#options.pushChunkPages;
     while (this.#priority.length > 0) {
       const run = this.#takeFrom(this.#priority[0]!, chunk);
@@ -328,7 +347,7 @@ export class PageSession extends EventEmitter {
 }
 
 const STARTS: ReadonlySet<number> = new Set([FRAME.START, FRAME.ERROR]);
-const REQUESTS: ReadonlySet<number> = new Set([FRAME.REQUEST, FRAME.ERROR]);
+const REQUESTS: ReadonlySet<number> = new Set([FRAME.REQUEST, FRAME.ACK, FRAME.ERROR]);
 
 /** Serves one image to any number of destinations, each on its own TCP connection. */
 export class PageServer {

@@ -26,6 +26,7 @@ export const FRAME = {
   DATA: 4, // source -> destination: page contents
   DONE: 5, // source -> destination: every page has been sent
   ERROR: 6, // either way: why the sender is closing
+  ACK: 7, // destination -> source: page bytes received so far (flow control)
 } as const;
 
 export const START_PREFETCH = 1; // START flag: stream the pages nobody asked for
@@ -64,7 +65,12 @@ export interface ErrorFrame {
   code: string;
   message: string;
 }
-export type Frame = Hello | Start | Request | Data | Done | ErrorFrame;
+export interface Ack {
+  type: typeof FRAME.ACK;
+  /** Total DATA payload bytes received since the start. */
+  received: number;
+}
+export type Frame = Hello | Start | Request | Data | Done | ErrorFrame | Ack;
 
 /** The error for a peer that broke the protocol (or whose connection broke). */
 export function protocolError(reason: string, syscall = 'postcopy'): UffdError {
@@ -122,6 +128,12 @@ export function encodeDataHeader(id: number, offset: number, payloadLength: numb
   buf.writeUInt8(FRAME.DATA, 4);
   buf.writeUInt32LE(id, 5);
   writeU64(buf, offset, 9);
+  return buf;
+}
+
+export function encodeAck(received: number): Buffer {
+  const buf = frame(FRAME.ACK, 8);
+  writeU64(buf, received, 5);
   return buf;
 }
 
@@ -204,6 +216,9 @@ export function decode(type: number, body: Buffer, accept: ReadonlySet<number>, 
       checkRange('DATA', offset, payload.length, geometry!);
       return { type, id: body.readUInt32LE(0), offset, payload };
     }
+    case FRAME.ACK:
+      expectLength('ACK', body, 8);
+      return { type, received: readU64(body, 0, 'an acknowledged byte count') };
     case FRAME.DONE:
       expectLength('DONE', body, 0);
       return { type };
