@@ -57,6 +57,7 @@ function startWorkload(address: bigint, length: number): { worker: Worker; resul
 
 async function main(): Promise<void> {
   const start = performance.now();
+  const cpuAtStart = process.cpuUsage();
   const client = await PostcopyClient.connect({ port: spec.port, prefetch: spec.prefetch || spec.mode === 'stop-and-copy', verify: false });
   let destination: PostcopyDestination | undefined;
   let uffd: Userfaultfd | undefined;
@@ -111,11 +112,13 @@ async function main(): Promise<void> {
     workloadDone = performance.now();
   }
   const totalMs = Math.max(workloadDone, start + transferMs) - start;
+  const cpu = process.cpuUsage(cpuAtStart);
   clearInterval(ticker);
   const hashed = await (hashing ?? workload.hash());
   const latency = destination?.stats.latency;
   const report: DestinationReport = {
     mode: spec.mode, result: result.result, hash: hashed.hash, totalMs, switchoverMs, transferMs, workloadMs: result.ms,
+    cpuMs: (cpu.user + cpu.system) / 1000,
     downtimeMs: destination ? destination.stats.blockedMs : switchoverMs,
     progress: progress(),
     blockedMsByThread: [...(destination?.stats.blockedMsByThread ?? [])],

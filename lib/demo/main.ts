@@ -10,7 +10,7 @@ import type { DestinationMessage, DestinationReport, DestinationSpec, Progress, 
 const MiB = 1 << 20;
 const USAGE = `Usage: npm run demo -- [options]
 
-  --size <MiB>          memory image size (default 256)
+  --size <MiB>          memory image size (default 128)
   --bandwidth <MB/s>    link bandwidth the source paces itself to, or "unlimited" (default 125, i.e. 1 Gbit/s)
   --latency <ms>        one-way link latency, added to requests and to pages (default 0.5)
   --no-prefetch         post-copy without the background push: only pages the workload touches come
@@ -31,7 +31,7 @@ interface Options {
 function parseOptions(): Options {
   const { values } = parseArgs({
     options: {
-      size: { type: 'string', default: '256' },
+      size: { type: 'string', default: '128' },
       bandwidth: { type: 'string', default: '125' },
       latency: { type: 'string', default: '0.5' },
       'no-prefetch': { type: 'boolean', default: false },
@@ -130,11 +130,13 @@ function migrate(label: string, spec: DestinationSpec): Promise<DestinationRepor
         if (!started) {
           bar.start(message.progress.pages, 0, payload(message.progress));
           started = true;
-        } else {
+        } else if (bar.isActive) {
           bar.update(message.progress.installed, payload(message.progress));
+          // Every page is in place: the rest (the workload, the hash) needs no bar.
+          if (message.progress.installed === message.progress.pages) bar.stop();
         }
       } else if (message.type === 'done') {
-        if (started) {
+        if (bar.isActive) {
           bar.update(message.report.progress.installed, payload(message.report.progress));
           bar.stop();
         }
@@ -182,6 +184,7 @@ async function main(): Promise<number> {
     ['workload started after', ms(post.switchoverMs), ms(stop.switchoverMs)],
     ['workload ran for', ms(post.workloadMs), ms(stop.workloadMs)],
     ['every page in place after', ms(post.transferMs), ms(stop.transferMs)],
+    ['destination CPU time', ms(post.cpuMs), ms(stop.cpuMs)],
     ['pages on demand / pushed', `${count(post.progress.pagesOnDemand)} / ${count(post.progress.pagesPushed)}`, `${count(stop.progress.pagesOnDemand)} / ${count(stop.progress.pagesPushed)}`],
     ['faults (waited on the network)', `${count(post.progress.faults)} (${count(post.faultsFetched)})`, '-'],
     ['fault latency p50 / p99 / max', `${us(post.faultP50Us)} / ${us(post.faultP99Us)} / ${us(post.faultMaxUs)}`, '-'],

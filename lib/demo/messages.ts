@@ -50,6 +50,8 @@ export interface DestinationReport {
   /** Until every page was in place. */
   transferMs: number;
   workloadMs: number;
+  /** CPU time of the destination process (all threads, user + system) until the workload was done and every page in place. */
+  cpuMs: number;
   progress: Progress;
   blockedMsByThread: [number, number][];
   faultsFetched: number;

@@ -55,7 +55,7 @@ const HIGH_WATER = 1 << 20;
 // bytes are unacknowledged (at least twice the modelled bandwidth-delay
 // product). Without it a slow reader's socket buffers fill with pushed pages
 // and a demanded page waits behind megabytes of them (head-of-line blocking).
-const MIN_WINDOW = 512 << 10;
+const MIN_WINDOW = 1 << 20;
 const MAX_WINDOW = 16 << 20;
 
 interface SessionConfig {
