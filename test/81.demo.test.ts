@@ -49,6 +49,14 @@ describe('the demo', () => {
     expect(stdout).toContain('OK: both destinations');
   });
 
+  // The children share the launcher's stdout and stderr: 'close' comes only once every one of them has exited.
+  it('reports a source killed mid-migration and exits non-zero, leaving no process waiting', async () => {
+    const { code, stdout, stderr } = await demo(['--size', '16', '--bandwidth', '4', '--kill-source-at', '20']);
+    expect(stdout).toMatch(/killing the source \(SIGKILL\) at \d+ % of the pages/);
+    expect(stderr).toMatch(/post-copy: the destination failed: ERR_UFFD_SOURCE_LOST: .* before every page arrived/);
+    expect(code).toBe(2);
+  });
+
   it('refuses a bad option with the usage, before starting anything', async () => {
     const { code, stderr } = await demo(['--size', 'lots']);
     expect(code).toBe(64);

@@ -16,10 +16,13 @@ const USAGE = `Usage: npm run demo -- [options]
   --no-prefetch         post-copy without the background push: only pages the workload touches come
   --read-ahead <pages>  pages requested after each faulting page (default 8)
   --seed <n>            seed of the generated image (default 1)
+  --kill-source-at <%>  kill the source (SIGKILL) once this share of pages has reached the post-copy
+                        destination, to see how a lost source is reported
   --help                this text
 `;
 
 interface Options {
+  killSourceAt: number | undefined;
   size: number;
   bandwidth: number;
   latencyMs: number;
@@ -37,6 +40,7 @@ function parseOptions(): Options {
       'no-prefetch': { type: 'boolean', default: false },
       'read-ahead': { type: 'string', default: '8' },
       seed: { type: 'string', default: '1' },
+      'kill-source-at': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -55,7 +59,9 @@ function parseOptions(): Options {
   const size = number('size', values.size, (n) => Number.isInteger(n) && n >= 4 && n <= 16384, 'a whole number of MiB from 4 to 16384');
   const bandwidth = values.bandwidth === 'unlimited' ? Infinity
     : number('bandwidth', values.bandwidth, (n) => n > 0, 'a positive number of MB/s, or "unlimited"') * 1e6;
+  const killText = values['kill-source-at'];
   return {
+    killSourceAt: killText === undefined ? undefined : number('kill-source-at', killText, (n) => n >= 0 && n < 100, 'a percentage from 0 to 99'),
     size: size * MiB,
     bandwidth,
     latencyMs: number('latency', values.latency, (n) => n >= 0 && n < 10_000, 'a number of milliseconds from 0 to 10000'),
@@ -101,7 +107,7 @@ function sourceReady(child: ChildProcess): Promise<SourceMessage & { type: 'read
 }
 
 /** Runs one destination, drawing its progress; resolves with its report. */
-function migrate(label: string, spec: DestinationSpec): Promise<DestinationReport> {
+function migrate(label: string, spec: DestinationSpec, onProgress?: (progress: Progress) => void): Promise<DestinationReport> {
   const tty = process.stdout.isTTY === true;
   const bar = new cliProgress.SingleBar({
     format: `${label.padEnd(13)} |{bar}| {percentage}% | {mib} MiB | demand {demand} pushed {pushed} pages | {rate} MB/s | fault p50 {p50} p99 {p99}`,
@@ -127,6 +133,7 @@ function migrate(label: string, spec: DestinationSpec): Promise<DestinationRepor
     const child = start('destination.js', spec);
     child.on('message', (message: DestinationMessage) => {
       if (message.type === 'progress') {
+        onProgress?.(message.progress);
         if (!started) {
           bar.start(message.progress.pages, 0, payload(message.progress));
           started = true;
@@ -168,7 +175,13 @@ async function main(): Promise<number> {
     `serving on 127.0.0.1:${ready.port}\n`);
 
   const base = { port: ready.port, seed: options.seed, readAhead: options.readAhead, prefetch: options.prefetch };
-  const post = await migrate('post-copy', { ...base, mode: 'postcopy' });
+  const killAt = options.killSourceAt;
+  const post = await migrate('post-copy', { ...base, mode: 'postcopy' }, killAt === undefined ? undefined : (progress) => {
+    if (progress.present * 100 >= killAt * progress.pages && source.exitCode === null && source.signalCode === null) {
+      process.stdout.write(`\nkilling the source (SIGKILL) at ${(progress.present * 100 / progress.pages).toFixed(0)} % of the pages, as asked\n`);
+      source.kill('SIGKILL');
+    }
+  });
   const stop = await migrate('stop-and-copy', { ...base, mode: 'stop-and-copy' });
   source.disconnect();
 
