@@ -2,11 +2,13 @@
 // PostcopyDestination over TCP on loopback, with a worker thread faulting on
 // the destination's registered memory.
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Mapping, PageServer, PostcopyClient, PostcopyDestination, Userfaultfd } from '../dist/index.js';
+import { FilePageSource, Mapping, PageServer, PostcopyClient, PostcopyDestination, Userfaultfd } from '../dist/index.js';
 import { PAGE, pattern, shuffled, touch } from './helpers';
 
 const cleanup: (() => unknown)[] = [];
@@ -121,6 +123,24 @@ describe('post-copy migration', () => {
     expect((await reader.result).touched).toBe(pages);
     expect(client.presentCount).toBeLessThan(pages);
     await expect(client.fetch((pages - 1) * PAGE, PAGE, { urgent: true })).rejects.toMatchObject({ code: 'ERR_UFFD_SOURCE_LOST' });
+  });
+
+  it('serves from any PageSource: a memory file, every page present from the start', async () => {
+    const pages = 64;
+    const image = pattern(pages * PAGE, 11);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'postcopy-'));
+    const file = path.join(dir, 'memory');
+    fs.writeFileSync(file, new Uint8Array(image));
+    const fileSource = new FilePageSource(file);
+    const mapping = Mapping.anonymous(pages * PAGE);
+    const uffd = Userfaultfd.open();
+    uffd.register(mapping);
+    const dest = new PostcopyDestination(uffd, mapping, fileSource);
+    cleanup.push(() => fs.rmSync(dir, { recursive: true }), () => fileSource.close(), () => mapping.unmap(), () => uffd.close(), () => dest.close());
+    expect(await touch({ address: mapping.address, length: mapping.length, order: shuffled(pages, 5), expected: image }).result).toMatchObject({ ok: true });
+    await dest.complete;
+    expect(dest.stats.faultsFetched).toBe(0);
+    expect(dest.stats.pagesByFault + dest.stats.pagesInstalled).toBe(pages);
   });
 
   it('refuses a peer that is not a page server', async () => {

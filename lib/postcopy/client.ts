@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { argRangeError, UffdError } from '../errors';
+import { argRangeError, argTypeError, UffdError } from '../errors';
 import { Memfd, type Mapping } from '../memory';
 import type { FetchOptions, PageSource } from '../page-source';
 import * as validate from '../validate';
@@ -77,6 +77,7 @@ export class PostcopyClient implements PageSource {
   readonly #stallTimeoutMs: number;
   #presentCount = 0;
   #ackedAt = 0;
+  readonly #landedListeners: ((firstPage: number, endPage: number) => void)[] = [];
   #nextId = 1;
   #highestId = 0;
   #error: UffdError | undefined;
@@ -163,6 +164,16 @@ export class PostcopyClient implements PageSource {
       };
       socket.on('data', onData).on('error', onError).on('close', onClose);
     });
+  }
+
+  /**
+   * Calls listener(firstPage, endPage) synchronously each time pages land, so
+   * that a consumer can act on them without scanning `present` (some pages in
+   * the range may have been present before).
+   */
+  onLanded(listener: (firstPage: number, endPage: number) => void): void {
+    if (typeof listener !== 'function') throw argTypeError('listener', 'a function', listener);
+    this.#landedListeners.push(listener);
   }
 
   /** Pages present so far. */
@@ -276,6 +287,7 @@ export class PostcopyClient implements PageSource {
     this.#presentCount += fresh;
     if (pushed) this.stats.pagesPushed += fresh;
     else this.stats.pagesOnDemand += fresh;
+    if (fresh > 0) for (const listener of this.#landedListeners) listener(first, first + count);
     if (fresh > 0 && this.#presentCount === this.#pages) void this.#finish();
   }
 

@@ -100,8 +100,12 @@ export class PostcopyDestination {
   readonly #readAhead: number;
   readonly #onError: ((error: UffdError) => void) | undefined;
   #installedCount = 0;
-  #scan = 0;
   #low = 0;
+  /** Runs [first, end) of landed pages to install, as pairs, from #head on. */
+  #queue: number[] = [];
+  #head = 0;
+  /** Whether the source tells which pages land (else it is scanned). */
+  readonly #notified: boolean;
   #timer: NodeJS.Timeout | NodeJS.Immediate | null = null;
   #error: UffdError | undefined;
   #ended = false;
@@ -135,13 +139,19 @@ export class PostcopyDestination {
       this.#rejectComplete = reject;
     });
     this.complete.catch(() => {});
-    if (source instanceof PostcopyClient) source.complete.catch((error: UffdError) => this.#fail(error));
+    this.#notified = source instanceof PostcopyClient;
+    if (source instanceof PostcopyClient) {
+      source.complete.catch((error: UffdError) => this.#fail(error));
+      source.onLanded((first, end) => this.#enqueue(first, end));
+    }
     // The one place faults are handed to a handler: a native fast path for
     // present pages would replace this call.
     this.served = uffd.serve((fault) => this.#onFault(fault), {
       failure: opts.failure ?? 'fill',
       onError: (error) => this.#fail(error as UffdError),
     });
+    // Whatever is present already (all of it, for a source that is entirely local).
+    this.#scanPresent();
     this.#installTick();
   }
 
@@ -209,36 +219,55 @@ export class PostcopyDestination {
   }
 
   // Copies pages that are present in the source but not yet in the
-  // registered memory, a burst per turn of the event loop.
+  // registered memory, a burst per turn of the event loop. A PostcopyClient
+  // says which pages landed; other sources are scanned now and then.
   #installTick(): void {
     this.#timer = null;
     if (this.#ended) return;
-    const present = this.#source.present;
+    if (this.#head === this.#queue.length && !this.#notified) this.#scanPresent();
     let budget = INSTALL_BURST;
-    let wrapped = false;
-    while (this.#low < this.#pages && this.#installed[this.#low] !== 0) this.#low++;
-    if (this.#scan < this.#low) this.#scan = this.#low;
-    while (budget > 0) {
-      if (this.#scan >= this.#pages) {
-        if (wrapped || this.#low >= this.#pages) break;
-        wrapped = true;
-        this.#scan = this.#low;
-        continue;
-      }
-      const first = this.#scan;
-      if (this.#installed[first] !== 0 || (present !== null && Atomics.load(present, first) === 0)) {
-        this.#scan++;
-        continue;
-      }
-      let end = first + 1;
-      const limit = Math.min(this.#pages, first + Math.floor(budget / this.#pageSize) + 1);
-      while (end < limit && this.#installed[end] === 0 && (present === null || Atomics.load(present, end) !== 0)) end++;
-      this.#scan = end;
-      budget -= (end - first) * this.#pageSize;
-      if (!this.#install(first, end)) return;
-      if (this.#ended) return;
+    while (budget > 0 && this.#head < this.#queue.length) {
+      let first = this.#queue[this.#head]!;
+      const end = this.#queue[this.#head + 1]!;
+      while (first < end && this.#installed[first] !== 0) first++;
+      let stop = first;
+      const limit = Math.min(end, first + Math.max(1, Math.floor(budget / this.#pageSize)));
+      while (stop < limit && this.#installed[stop] === 0) stop++;
+      if (stop >= end) this.#head += 2;
+      else this.#queue[this.#head] = stop;
+      if (stop === first) continue;
+      budget -= (stop - first) * this.#pageSize;
+      if (!this.#install(first, stop) || this.#ended) return;
     }
-    this.#timer = budget <= 0 ? setImmediate(() => this.#installTick()) : setTimeout(() => this.#installTick(), INSTALL_POLL_MS);
+    if (this.#head === this.#queue.length) {
+      this.#queue = [];
+      this.#head = 0;
+      if (!this.#notified) this.#timer = setTimeout(() => this.#installTick(), INSTALL_POLL_MS);
+    } else {
+      this.#timer = setImmediate(() => this.#installTick());
+    }
+  }
+
+  #enqueue(first: number, end: number): void {
+    this.#queue.push(first, end);
+    if (this.#timer === null && !this.#ended) this.#timer = setImmediate(() => this.#installTick());
+  }
+
+  // Runs of pages present in the source and not installed.
+  #scanPresent(): void {
+    const present = this.#source.present;
+    let page = this.#low;
+    while (page < this.#pages && this.#installed[page] !== 0) page++;
+    this.#low = page;
+    while (page < this.#pages) {
+      if (this.#installed[page] !== 0 || (present !== null && Atomics.load(present, page) === 0)) {
+        page++;
+        continue;
+      }
+      const first = page;
+      while (page < this.#pages && this.#installed[page] === 0 && (present === null || Atomics.load(present, page) !== 0)) page++;
+      this.#queue.push(first, page);
+    }
   }
 
   // UFFDIO_COPY of [first, end): pages a fault copied in meanwhile are skipped.
