@@ -72,13 +72,17 @@ describe('post-copy migration', () => {
     expect(Buffer.compare(mapping.read(PAGE * 8, PAGE), Buffer.from(image, PAGE * 8, PAGE))).toBe(0);
   });
 
-  it('sends a demanded page ahead of the background stream', async () => {
+  it.each([
+    ['on the urgent channel', true],
+    ['on the main connection, without an urgent channel', false],
+  ])('sends a demanded page ahead of the background stream, %s', async (_, urgentChannel) => {
     const pages = 1024;
     // 4 MiB at 4 MB/s: the background needs about a second to reach the last page.
     const { server } = await source(pages, { bandwidth: 4e6 });
-    const client = await PostcopyClient.connect({ port: server.port });
+    const client = await PostcopyClient.connect({ port: server.port, urgentChannel });
     cleanup.push(() => client.close());
     await client.fetch((pages - 1) * PAGE, PAGE, { urgent: true });
+    expect([...server.sessions].map((s) => s.hasUrgentChannel)).toEqual([urgentChannel]);
     expect(client.present[pages - 1]).toBe(1);
     expect(client.presentCount).toBeLessThan(pages / 2);
     expect(client.stats.pagesOnDemand).toBe(1);
@@ -165,7 +169,7 @@ describe('post-copy migration', () => {
     socket.write(Buffer.concat([start, request]));
     await new Promise((resolve) => socket.once('close', resolve));
     const all = Buffer.concat(received);
-    const hello = 5 + 52;
+    const hello = 5 + 60;
     expect(all.readUInt8(hello + 4)).toBe(6); // an ERROR frame after the hello
     expect(all.subarray(hello + 5).toString()).toMatch(/ERR_UFFD_PROTOCOL\n.*outside the .*-byte image/);
   });

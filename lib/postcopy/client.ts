@@ -14,7 +14,7 @@ import { Memfd, type Mapping } from '../memory';
 import type { FetchOptions, PageSource } from '../page-source';
 import * as validate from '../validate';
 import {
-  FRAME, FrameReader, decode, encodeAck, encodeError, encodeRequest, encodeStart, protocolError, type Geometry, type Hello,
+  FRAME, FrameReader, decode, encodeAck, encodeAttach, encodeError, encodeRequest, encodeStart, protocolError, type Geometry, type Hello,
 } from './protocol';
 
 export interface ClientOptions {
@@ -28,6 +28,8 @@ export interface ClientOptions {
   stallTimeoutMs?: number;
   /** Check the whole image against the hello's sha256 once every page is present (default true). */
   verify?: boolean;
+  /** Open a second connection for demanded pages, so they never wait behind pushed ones in socket buffers (default true). */
+  urgentChannel?: boolean;
 }
 
 export interface ClientStats {
@@ -47,6 +49,7 @@ const REQUESTED_URGENT = 2;
 const ACK_EVERY = 128 << 10;
 
 const FROM_SERVER: ReadonlySet<number> = new Set([FRAME.DATA, FRAME.DONE, FRAME.ERROR]);
+const URGENT_FROM_SERVER: ReadonlySet<number> = new Set([FRAME.DATA, FRAME.ERROR]);
 const HELLO_ONLY: ReadonlySet<number> = new Set([FRAME.HELLO, FRAME.ERROR]);
 
 interface Waiter {
@@ -68,7 +71,8 @@ export class PostcopyClient implements PageSource {
   /** Resolves when every page is present (and verified, with verify); rejects if the source is lost first. */
   readonly complete: Promise<void>;
   readonly #socket: net.Socket;
-  readonly #reader: FrameReader;
+  /** The urgent channel: demanded pages come on it, never behind pushed ones. */
+  #urgent: net.Socket | null = null;
   readonly #geometry: Geometry;
   readonly #pages: number;
   readonly #requested: Uint8Array;
@@ -88,9 +92,8 @@ export class PostcopyClient implements PageSource {
   #closed = false;
   #sourceDone = false;
 
-  private constructor(socket: net.Socket, reader: FrameReader, hello: Hello, leftover: [number, Buffer][], options: ClientOptions) {
+  private constructor(socket: net.Socket, reader: FrameReader, hello: Hello, options: ClientOptions) {
     this.#socket = socket;
-    this.#reader = reader;
     this.pageSize = hello.pageSize;
     this.size = hello.imageSize;
     this.checksum = hello.checksum;
@@ -110,60 +113,62 @@ export class PostcopyClient implements PageSource {
     });
     // Nobody may be listening (a caller that only fetches): a rejection here is not unhandled.
     this.complete.catch(() => {});
-    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    socket.on('error', (error) => this.#fail(lost(`the connection failed (${error.message})`)));
-    socket.on('close', () => this.#fail(lost('the source closed the connection')));
     this.#stallTimer = setInterval(() => this.#checkStall(), Math.min(1000, this.#stallTimeoutMs)).unref();
     socket.write(encodeStart(options.prefetch ?? true));
-    for (const [type, body] of leftover) this.#onFrame(type, body);
+    this.#listen(socket, reader, FROM_SERVER);
   }
 
-  /** Connects to a PageServer and reads its hello. */
-  static connect(options: ClientOptions): Promise<PostcopyClient> {
+  #attachUrgent(socket: net.Socket, reader: FrameReader, token: Buffer): void {
+    if (this.#error) {
+      socket.destroy();
+      throw this.#error;
+    }
+    this.#urgent = socket;
+    socket.write(encodeAttach(token));
+    this.#listen(socket, reader, URGENT_FROM_SERVER);
+  }
+
+  #listen(socket: net.Socket, reader: FrameReader, accept: ReadonlySet<number>): void {
+    socket.on('data', (chunk: Buffer) => this.#onData(reader, accept, chunk));
+    socket.on('error', (error) => this.#fail(lost(`the connection failed (${error.message})`)));
+    socket.on('close', () => this.#fail(lost('the source closed the connection')));
+    socket.resume();
+    // Frames that arrived with the hello.
+    this.#onData(reader, accept, Buffer.alloc(0));
+  }
+
+  /**
+   * Connects to a PageServer, reads its hello and starts the session; then,
+   * unless urgentChannel is false, opens the session's urgent channel.
+   */
+  static async connect(options: ClientOptions): Promise<PostcopyClient> {
     const opts = validate.options<ClientOptions>(options, 'options');
     const port = validate.size(opts.port, 'options.port');
     if (port === 0 || port > 65535) throw argRangeError('options.port', 'between 1 and 65535', port);
     const host = opts.host ?? '127.0.0.1';
     const timeoutMs = opts.connectTimeoutMs ?? 10_000;
-    return new Promise((resolve, reject) => {
-      const socket = net.connect({ host, port });
-      socket.setNoDelay(true);
-      const reader = new FrameReader();
-      const timer = setTimeout(() => fail(new UffdError('ERR_UFFD_TIMEOUT',
-        `ERR_UFFD_TIMEOUT: no hello from the page server at ${host}:${port} within ${timeoutMs} ms`, { syscall: 'connect' })), timeoutMs);
-      const fail = (error: UffdError): void => {
-        clearTimeout(timer);
-        socket.destroy();
-        reject(error);
-      };
-      const onError = (error: Error): void => fail(new UffdError('ERR_UFFD_SOURCE_LOST',
-        `ERR_UFFD_SOURCE_LOST: cannot reach the page server at ${host}:${port} (${error.message})`, { syscall: 'connect' }));
-      const onClose = (): void => fail(lost('the source closed the connection before its hello'));
-      const onData = (chunk: Buffer): void => {
-        let frames: [number, Buffer][];
-        let hello: Hello;
-        try {
-          frames = reader.push(chunk);
-          if (frames.length === 0) return;
-          const [type, body] = frames[0]!;
-          const frame = decode(type, body, HELLO_ONLY, null);
-          if (frame.type === FRAME.ERROR) throw new UffdError(frame.code, `${frame.code}: the source refused: ${frame.message}`);
-          hello = frame as Hello;
-        } catch (error) {
-          fail(error as UffdError);
-          return;
-        }
-        clearTimeout(timer);
-        socket.off('data', onData).off('error', onError).off('close', onClose);
-        try {
-          resolve(new PostcopyClient(socket, reader, hello, frames.slice(1), opts as ClientOptions));
-        } catch (error) {
-          socket.destroy();
-          reject(error);
-        }
-      };
-      socket.on('data', onData).on('error', onError).on('close', onClose);
-    });
+    const main = await openConnection(host, port, timeoutMs);
+    let client: PostcopyClient;
+    try {
+      client = new PostcopyClient(main.socket, main.reader, main.hello, opts as ClientOptions);
+    } catch (error) {
+      main.socket.destroy();
+      throw error;
+    }
+    if (opts.urgentChannel === false) return client;
+    try {
+      const urgent = await openConnection(host, port, timeoutMs);
+      const same = urgent.hello.pageSize === main.hello.pageSize && urgent.hello.imageSize === main.hello.imageSize && urgent.hello.checksum.equals(main.hello.checksum);
+      if (!same) {
+        urgent.socket.destroy();
+        throw protocolError('the second connection reached a page server with another image');
+      }
+      client.#attachUrgent(urgent.socket, urgent.reader, main.hello.token);
+    } catch (error) {
+      client.close();
+      throw error;
+    }
+    return client;
   }
 
   /**
@@ -236,13 +241,13 @@ export class PostcopyClient implements PageSource {
     const id = this.#nextId;
     this.#highestId = Math.max(this.#highestId, id);
     this.#nextId = this.#nextId === 0xffffffff ? 1 : this.#nextId + 1;
-    this.#socket.write(encodeRequest(id, first * this.pageSize, (end - first) * this.pageSize, urgent));
+    (urgent && this.#urgent ? this.#urgent : this.#socket).write(encodeRequest(id, first * this.pageSize, (end - first) * this.pageSize, urgent));
   }
 
-  #onData(chunk: Buffer): void {
+  #onData(reader: FrameReader, accept: ReadonlySet<number>, chunk: Buffer): void {
     this.#lastArrival = performance.now();
     try {
-      for (const [type, body] of this.#reader.push(chunk)) this.#onFrame(type, body);
+      for (const [type, body] of reader.push(chunk)) this.#onFrame(type, body, accept);
       if (this.stats.bytesReceived - this.#ackedAt >= ACK_EVERY && !this.#socket.destroyed) {
         this.#ackedAt = this.stats.bytesReceived;
         this.#socket.write(encodeAck(this.#ackedAt));
@@ -254,15 +259,15 @@ export class PostcopyClient implements PageSource {
     }
   }
 
-  #onFrame(type: number, body: Buffer): void {
-    const frame = decode(type, body, FROM_SERVER, this.#geometry);
+  #onFrame(type: number, body: Buffer, accept: ReadonlySet<number>): void {
+    const frame = decode(type, body, accept, this.#geometry);
     if (frame.type === FRAME.DATA) {
       if (frame.id > this.#highestId) throw protocolError(`DATA answers request ${frame.id}, which was never made`);
       this.stats.bytesReceived += frame.payload.length;
       this.#land(frame.offset, frame.payload, frame.id === 0);
     } else if (frame.type === FRAME.DONE) {
+      // Demanded pages may still be on their way on the urgent channel.
       this.#sourceDone = true;
-      if (this.#presentCount !== this.#pages) throw protocolError(`the source says it is done with ${this.#pages - this.#presentCount} pages never sent`);
     } else if (frame.type === FRAME.ERROR) {
       throw new UffdError('ERR_UFFD_SOURCE_LOST', `ERR_UFFD_SOURCE_LOST: the source gave up (${frame.code}: ${frame.message})`);
     }
@@ -312,6 +317,7 @@ export class PostcopyClient implements PageSource {
     this.#resolveComplete();
     // Nothing more is needed from the source.
     this.#socket.end();
+    this.#urgent?.end();
   }
 
   #checkStall(): void {
@@ -321,6 +327,7 @@ export class PostcopyClient implements PageSource {
       this.#fail(new UffdError('ERR_UFFD_TIMEOUT',
         `ERR_UFFD_TIMEOUT: the source sent nothing for ${Math.round(quiet)} ms while ${this.#waiters.size} pages were awaited (stallTimeoutMs ${this.#stallTimeoutMs})`));
       this.#socket.destroy();
+      this.#urgent?.destroy();
     }
   }
 
@@ -330,6 +337,7 @@ export class PostcopyClient implements PageSource {
     if (this.#error) return;
     this.#error = error;
     this.#socket.destroy();
+    this.#urgent?.destroy();
     for (const waiters of this.#waiters.values()) for (const waiter of waiters) waiter.reject(error);
     this.#waiters.clear();
     this.#rejectComplete(error);
@@ -351,4 +359,44 @@ function checkFetch(offset: number, length: number, geometry: Geometry): void {
   if (length === 0 || offset % geometry.pageSize !== 0 || length % geometry.pageSize !== 0 || offset + length > geometry.imageSize) {
     throw argRangeError('[offset, offset + length)', `a non-empty range of whole ${geometry.pageSize}-byte pages inside the ${geometry.imageSize}-byte image`, `[${offset}, +${length})`);
   }
+}
+
+/** Connects and reads the hello; frames that came after it stay in the reader. */
+function openConnection(host: string, port: number, timeoutMs: number): Promise<{ socket: net.Socket; reader: FrameReader; hello: Hello }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port });
+    socket.setNoDelay(true);
+    const reader = new FrameReader();
+    const timer = setTimeout(() => fail(new UffdError('ERR_UFFD_TIMEOUT',
+      `ERR_UFFD_TIMEOUT: no hello from the page server at ${host}:${port} within ${timeoutMs} ms`, { syscall: 'connect' })), timeoutMs);
+    const fail = (error: UffdError): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(error);
+    };
+    const onError = (error: Error): void => fail(new UffdError('ERR_UFFD_SOURCE_LOST',
+      `ERR_UFFD_SOURCE_LOST: cannot reach the page server at ${host}:${port} (${error.message})`, { syscall: 'connect' }));
+    const onClose = (): void => fail(lost('the source closed the connection before its hello'));
+    const onData = (chunk: Buffer): void => {
+      let hello: Hello;
+      try {
+        const frames = reader.push(chunk);
+        if (frames.length === 0) return;
+        const [type, body] = frames.shift()!;
+        const frame = decode(type, body, HELLO_ONLY, null);
+        if (frame.type === FRAME.ERROR) throw new UffdError(frame.code, `${frame.code}: the source refused: ${frame.message}`);
+        hello = frame as Hello;
+        reader.unshift(frames);
+      } catch (error) {
+        fail(error as UffdError);
+        return;
+      }
+      clearTimeout(timer);
+      // Paused until the client listens, so that nothing arriving meanwhile is lost.
+      socket.pause();
+      socket.off('data', onData).off('error', onError).off('close', onClose);
+      resolve({ socket, reader, hello });
+    };
+    socket.on('data', onData).on('error', onError).on('close', onClose);
+  });
 }

@@ -6,7 +6,7 @@
 // forward), after any ranges the server was told to send first. A link is
 // modelled by pacing: frames leave no faster than `bandwidth` bytes/s, and
 // requests and frames each spend `latencyMs` in flight.
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -14,7 +14,7 @@ import { argRangeError, argTypeError, UffdError } from '../errors';
 import { systemPageSize } from '../memory';
 import * as validate from '../validate';
 import {
-  FRAME, FrameReader, HEADER_SIZE, MAX_DATA, decode, encodeDataHeader, encodeDone, encodeError, encodeHello,
+  FRAME, FrameReader, HEADER_SIZE, MAX_DATA, TOKEN_SIZE, decode, encodeDataHeader, encodeDone, encodeError, encodeHello,
   protocolError, type Geometry,
 } from './protocol';
 
@@ -56,6 +56,8 @@ const HIGH_WATER = 1 << 20;
 // product). Without it a slow reader's socket buffers fill with pushed pages
 // and a demanded page waits behind megabytes of them (head-of-line blocking).
 const MIN_WINDOW = 1 << 20;
+// A connection must say what it is (START or ATTACH) within this time.
+const FIRST_FRAME_TIMEOUT_MS = 10_000;
 const MAX_WINDOW = 16 << 20;
 
 interface SessionConfig {
@@ -72,24 +74,81 @@ interface Pending {
   readyAt: number; // when the request has crossed the modelled link
 }
 
-/** One destination's connection. Emits 'end' (stats, error?) once. */
+// One TCP connection of a session: the main one (hello, requests, acks,
+// pushed pages) or the urgent one (demanded pages only, so that they never
+// wait behind pushed pages in socket buffers). Frames spend latencyMs in a
+// delay line before they are written.
+class Channel {
+  readonly socket: net.Socket;
+  readonly #latencyMs: number;
+  readonly #inFlight: { due: number; buffers: Uint8Array[] }[] = [];
+  #flushTimer: NodeJS.Timeout | null = null;
+
+  constructor(socket: net.Socket, latencyMs: number) {
+    this.socket = socket;
+    this.#latencyMs = latencyMs;
+  }
+
+  send(buffers: Uint8Array[], now: number): void {
+    if (this.#latencyMs === 0 && this.#inFlight.length === 0) {
+      this.#write(buffers);
+      return;
+    }
+    this.#inFlight.push({ due: now + this.#latencyMs, buffers });
+    if (!this.#flushTimer) this.#arm();
+  }
+
+  close(): void {
+    if (this.#flushTimer) clearTimeout(this.#flushTimer);
+    this.#flushTimer = null;
+    this.#inFlight.length = 0;
+    this.socket.destroy();
+  }
+
+  #arm(): void {
+    const head = this.#inFlight[0];
+    if (!head) return;
+    this.#flushTimer = setTimeout(() => {
+      this.#flushTimer = null;
+      const now = performance.now();
+      while (this.#inFlight.length > 0 && this.#inFlight[0]!.due <= now + 0.5) this.#write(this.#inFlight.shift()!.buffers);
+      this.#arm();
+    }, Math.max(0, head.due - performance.now()));
+  }
+
+  #write(buffers: Uint8Array[]): void {
+    if (this.socket.destroyed) return;
+    this.socket.cork();
+    for (const buffer of buffers) this.socket.write(buffer);
+    this.socket.uncork();
+  }
+}
+
+// Per-page state on the source.
+const UNSENT = 0;
+const SENT_MAIN = 1;
+const SENT_URGENT = 2;
+
+/** One destination: its main connection and, once attached, its urgent one. Emits 'end' (stats, error?) once. */
 export class PageSession extends EventEmitter {
   readonly stats: SessionStats = { requests: 0, pagesOnDemand: 0, pagesPushed: 0, bytesSent: 0 };
   /** Why the session ended early, if it did (the peer vanished or broke the protocol). */
   error: UffdError | undefined;
-  readonly #socket: net.Socket;
+  /** @internal The token its hello carried, for an ATTACH. */
+  readonly token: Buffer;
+  readonly #main: Channel;
+  #urgentChannel: Channel | null = null;
   readonly #image: Uint8Array;
   readonly #geometry: Geometry;
   readonly #pages: number;
   readonly #sent: Uint8Array;
+  /** For pages sent on the main channel: the payload byte count once they were, to tell whether they have been acknowledged. */
+  readonly #sentAt: Float64Array;
   readonly #options: SessionConfig;
-  readonly #reader = new FrameReader();
   readonly #urgent: Pending[] = [];
   readonly #hinted: Pending[] = [];
   readonly #priority: Pending[];
-  readonly #inFlight: { due: number; buffers: Uint8Array[] }[] = [];
-  #started = false;
-  #prefetch = false;
+  #prefetch: boolean;
   #cursor = 0;
   #lowWater = 0;
   #sentCount = 0;
@@ -100,62 +159,73 @@ export class PageSession extends EventEmitter {
   readonly #window: number;
   #timer: NodeJS.Timeout | null = null;
   #immediate: NodeJS.Immediate | null = null;
-  #flushTimer: NodeJS.Timeout | null = null;
-  #waitingDrain = false;
   #ended = false;
 
-  /** @internal Made by PageServer for each connection. */
-  constructor(socket: net.Socket, image: Uint8Array, checksum: Uint8Array, pageSize: number, options: SessionConfig) {
+  /** @internal Made by PageServer when a connection sends START. */
+  constructor(socket: net.Socket, reader: FrameReader, token: Buffer, prefetch: boolean, image: Uint8Array, pageSize: number, options: SessionConfig) {
     super();
-    this.#socket = socket;
+    this.token = token;
+    this.#main = new Channel(socket, options.latencyMs);
+    this.#prefetch = prefetch;
     this.#image = image;
     this.#geometry = { pageSize, imageSize: image.byteLength };
     this.#pages = image.byteLength / pageSize;
     this.#sent = new Uint8Array(this.#pages);
+    this.#sentAt = new Float64Array(this.#pages);
     this.#options = options;
     const bdp = options.bandwidth === Infinity ? (options.latencyMs > 0 ? MAX_WINDOW : 0) : options.bandwidth * options.latencyMs * 2 / 1000;
     this.#window = Math.min(MAX_WINDOW, Math.max(MIN_WINDOW, 2 * bdp));
     this.#priority = options.priority.map((r) => ({
       id: 0, next: Math.floor(r.offset / pageSize), end: Math.ceil((r.offset + r.length) / pageSize), readyAt: 0,
     }));
-    socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    socket.on('drain', () => {
-      this.#waitingDrain = false;
-      this.#kick();
-    });
-    socket.on('error', (error) => this.#end(new UffdError('ERR_UFFD_PEER_LOST', `ERR_UFFD_PEER_LOST: the destination's connection failed (${error.message})`)));
-    socket.on('close', () => this.#end(this.#doneSent || this.#sentCount === this.#pages ? undefined
-      : new UffdError('ERR_UFFD_PEER_LOST', `ERR_UFFD_PEER_LOST: the destination closed the connection with ${this.#pages - this.#sentCount} of ${this.#pages} pages unsent`)));
-    socket.write(encodeHello(pageSize, image.byteLength, checksum));
+    this.#listen(socket, reader, 'main');
+    this.#kick();
   }
 
   get remoteAddress(): string {
-    return `${this.#socket.remoteAddress}:${this.#socket.remotePort}`;
+    return `${this.#main.socket.remoteAddress}:${this.#main.socket.remotePort}`;
   }
 
-  /** Pages sent so far (each page is sent at most once). */
+  /** Pages sent so far (each page counts once, even if it was sent again on the urgent channel). */
   get pagesSent(): number {
     return this.#sentCount;
   }
 
-  /** Ends the session: the connection is closed at once. */
+  /** Whether the destination opened an urgent channel. */
+  get hasUrgentChannel(): boolean {
+    return this.#urgentChannel !== null;
+  }
+
+  /** Ends the session: its connections are closed at once. */
   close(): void {
-    this.#socket.destroy();
     this.#end(undefined);
   }
 
-  #onData(chunk: Buffer): void {
-    let frames: [number, Buffer][];
+  /** @internal A second connection that sent ATTACH with this session's token. */
+  attach(socket: net.Socket, reader: FrameReader): void {
+    if (this.#urgentChannel || this.#ended) {
+      socket.end(encodeError('ERR_UFFD_PROTOCOL', 'this session has an urgent channel already'));
+      return;
+    }
+    this.#urgentChannel = new Channel(socket, this.#options.latencyMs);
+    this.#listen(socket, reader, 'urgent');
+  }
+
+  #listen(socket: net.Socket, reader: FrameReader, which: 'main' | 'urgent'): void {
+    socket.on('data', (chunk: Buffer) => this.#onData(reader, chunk));
+    socket.on('drain', () => this.#kick());
+    socket.on('error', (error) => this.#end(new UffdError('ERR_UFFD_PEER_LOST', `ERR_UFFD_PEER_LOST: the destination's ${which} connection failed (${error.message})`)));
+    socket.on('close', () => this.#end(this.#doneSent || this.#sentCount === this.#pages ? undefined
+      : new UffdError('ERR_UFFD_PEER_LOST', `ERR_UFFD_PEER_LOST: the destination closed its ${which} connection with ${this.#pages - this.#sentCount} of ${this.#pages} pages unsent`)));
+    // Frames that came with the one that made this connection what it is.
+    this.#onData(reader, Buffer.alloc(0));
+  }
+
+  #onData(reader: FrameReader, chunk: Buffer): void {
     try {
-      frames = this.#reader.push(chunk);
-      for (const [type, body] of frames) {
-        const accept = this.#started ? REQUESTS : STARTS;
-        const frame = decode(type, body, accept, this.#geometry);
-        if (frame.type === FRAME.START) {
-          this.#started = true;
-          this.#prefetch = frame.prefetch;
-        } else if (frame.type === FRAME.REQUEST) {
+      for (const [type, body] of reader.push(chunk)) {
+        const frame = decode(type, body, REQUESTS, this.#geometry);
+        if (frame.type === FRAME.REQUEST) {
           this.stats.requests++;
           const first = frame.offset / this.#geometry.pageSize;
           const pending: Pending = {
@@ -181,8 +251,7 @@ export class PageSession extends EventEmitter {
 
   #abort(error: UffdError): void {
     if (this.#ended) return;
-    if (error.code === 'ERR_UFFD_PROTOCOL') this.#socket.end(encodeError(error.code, error.message));
-    else this.#socket.end();
+    if (error.code === 'ERR_UFFD_PROTOCOL') this.#main.socket.end(encodeError(error.code, error.message));
     this.#end(error);
   }
 
@@ -190,14 +259,16 @@ export class PageSession extends EventEmitter {
     if (this.#ended) return;
     this.#ended = true;
     this.error = error;
-    for (const handle of [this.#timer, this.#flushTimer]) if (handle) clearTimeout(handle);
+    if (this.#timer) clearTimeout(this.#timer);
     if (this.#immediate) clearImmediate(this.#immediate);
-    this.#socket.destroy();
+    // A socket ended with an ERROR frame is left to finish writing it.
+    if (!this.#main.socket.writableEnded) this.#main.close();
+    this.#urgentChannel?.close();
     this.emit('end', this.stats, error);
   }
 
   #kick(): void {
-    if (this.#ended || this.#timer || this.#immediate || this.#waitingDrain) return;
+    if (this.#ended || this.#timer || this.#immediate) return;
     this.#immediate = setImmediate(() => {
       this.#immediate = null;
       this.#pump();
@@ -214,14 +285,10 @@ export class PageSession extends EventEmitter {
   }
 
   #pump(): void {
-    if (this.#ended || !this.#started) return;
+    if (this.#ended) return;
     const { bandwidth } = this.#options;
     let burst = 0;
     for (;;) {
-      if (this.#socket.writableLength > HIGH_WATER) {
-        this.#waitingDrain = true;
-        return;
-      }
       const now = performance.now();
       if (this.#clock > now + PACING_SLACK_MS) {
         this.#wakeAt(this.#clock - now - PACING_SLACK_MS);
@@ -231,59 +298,38 @@ export class PageSession extends EventEmitter {
         this.#kick();
         return;
       }
-      const run = this.#nextRun(now);
+      // A full main socket holds back everything but what the urgent channel carries ('drain' kicks again).
+      const mainOpen = this.#main.socket.writableLength <= HIGH_WATER;
+      const run = this.#nextRun(now, mainOpen);
       if (!run) {
-        if (this.#sentCount === this.#pages && !this.#doneSent) {
+        if (mainOpen && this.#sentCount === this.#pages && !this.#doneSent) {
           this.#doneSent = true;
-          this.#send([encodeDone()], now);
+          this.#main.send([encodeDone()], now);
         }
         const next = this.#nextReady();
-        if (next !== undefined) this.#wakeAt(next - now);
+        if (next !== undefined && next > now) this.#wakeAt(next - now);
         return;
       }
       const { pageSize } = this.#geometry;
       const offset = run.first * pageSize;
       const length = (run.end - run.first) * pageSize;
+      const channel = run.urgent && this.#urgentChannel ? this.#urgentChannel : this.#main;
       this.#payloadSent += length;
-      this.#sent.fill(1, run.first, run.end);
-      this.#sentCount += run.end - run.first;
+      let fresh = 0;
+      for (let page = run.first; page < run.end; page++) {
+        if (this.#sent[page] === UNSENT) fresh++;
+        this.#sent[page] = channel === this.#main ? SENT_MAIN : SENT_URGENT;
+        this.#sentAt[page] = this.#payloadSent;
+      }
+      this.#sentCount += fresh;
       if (run.id === 0) this.stats.pagesPushed += run.end - run.first;
       else this.stats.pagesOnDemand += run.end - run.first;
       const bytes = HEADER_SIZE + 12 + length;
       this.stats.bytesSent += bytes;
       burst += bytes;
       if (bandwidth !== Infinity) this.#clock = Math.max(this.#clock, now - PACING_CATCH_UP_MS) + (bytes / bandwidth) * 1000;
-      this.#send([encodeDataHeader(run.id, offset, length), this.#image.subarray(offset, offset + length)], now);
+      channel.send([encodeDataHeader(run.id, offset, length), this.#image.subarray(offset, offset + length)], now);
     }
-  }
-
-  // Frames spend latencyMs in flight: they are written when they would arrive.
-  #send(buffers: Uint8Array[], now: number): void {
-    const { latencyMs } = this.#options;
-    if (latencyMs === 0 && this.#inFlight.length === 0) {
-      this.#write(buffers);
-      return;
-    }
-    this.#inFlight.push({ due: now + latencyMs, buffers });
-    if (!this.#flushTimer) this.#armFlush();
-  }
-
-  #armFlush(): void {
-    const head = this.#inFlight[0];
-    if (!head) return;
-    this.#flushTimer = setTimeout(() => {
-      this.#flushTimer = null;
-      const now = performance.now();
-      while (this.#inFlight.length > 0 && this.#inFlight[0]!.due <= now + 0.5) this.#write(this.#inFlight.shift()!.buffers);
-      this.#armFlush();
-    }, Math.max(0, head.due - performance.now()));
-  }
-
-  #write(buffers: Uint8Array[]): void {
-    if (this.#ended) return;
-    this.#socket.cork();
-    for (const buffer of buffers) this.#socket.write(buffer);
-    this.#socket.uncork();
   }
 
   /** The earliest time a request not yet across the link will be. */
@@ -295,58 +341,74 @@ export class PageSession extends EventEmitter {
     return earliest;
   }
 
-  // The next run of unsent pages to send: demanded first, then hinted by the
+  // Whether an urgent request needs this page sent: never sent, or sent on
+  // the main channel and possibly still queued behind pushed pages there
+  // (not acknowledged yet), when there is an urgent channel to send it on.
+  #urgentNeeds(page: number): boolean {
+    const state = this.#sent[page];
+    return state === UNSENT || (state === SENT_MAIN && this.#urgentChannel !== null && this.#sentAt[page]! > this.#acked);
+  }
+
+  #unsent(page: number): boolean {
+    return this.#sent[page] === UNSENT;
+  }
+
+  // The next run of pages to send: demanded first, then hinted by the
   // destination, then the server's priority ranges, then the background.
-  #nextRun(now: number): { id: number; first: number; end: number } | undefined {
+  #nextRun(now: number, mainOpen: boolean): { id: number; urgent: boolean; first: number; end: number } | undefined {
     const maxPages = Math.max(1, Math.floor(MAX_DATA / this.#geometry.pageSize));
-    for (const queue of [this.#urgent, this.#hinted]) {
+    const urgentOpen = mainOpen || this.#urgentChannel !== null;
+    for (const [queue, urgent] of [[this.#urgent, true], [this.#hinted, false]] as const) {
+      if (!(urgent ? urgentOpen : mainOpen)) continue;
+      const needs = urgent ? (page: number) => this.#urgentNeeds(page) : (page: number) => this.#unsent(page);
       for (let i = 0; i < queue.length; i++) {
         const p = queue[i]!;
         if (p.readyAt > now) continue;
-        const run = this.#takeFrom(p, maxPages);
+        const run = this.#takeFrom(p, maxPages, needs);
         if (!run) {
           queue.splice(i--, 1);
           continue;
         }
-        if (queue === this.#urgent) this.#cursor = run.end; // stream on from where the workload is
-        return { id: p.id, ...run };
+        if (urgent) this.#cursor = run.end; // stream on from where the workload is
+        return { id: p.id, urgent, ...run };
       }
     }
-    if (!this.#prefetch || this.#payloadSent - this.#acked >= this.#window) return undefined;
+    if (!mainOpen || !this.#prefetch || this.#payloadSent - this.#acked >= this.#window) return undefined;
     const chunk = this.#options.pushChunkPages;
+    const unsent = (page: number): boolean => this.#unsent(page);
     while (this.#priority.length > 0) {
-      const run = this.#takeFrom(this.#priority[0]!, chunk);
-      if (run) return { id: 0, ...run };
+      const run = this.#takeFrom(this.#priority[0]!, chunk, unsent);
+      if (run) return { id: 0, urgent: false, ...run };
       this.#priority.shift();
     }
     let first = this.#unsentFrom(this.#cursor);
     if (first === this.#pages) {
-      while (this.#lowWater < this.#pages && this.#sent[this.#lowWater]) this.#lowWater++;
+      while (this.#lowWater < this.#pages && this.#sent[this.#lowWater] !== UNSENT) this.#lowWater++;
       first = this.#unsentFrom(this.#lowWater);
       if (first === this.#pages) return undefined;
     }
     let end = first + 1;
-    while (end < this.#pages && end - first < chunk && !this.#sent[end]) end++;
+    while (end < this.#pages && end - first < chunk && this.#sent[end] === UNSENT) end++;
     this.#cursor = end;
-    return { id: 0, first, end };
+    return { id: 0, urgent: false, first, end };
   }
 
   #unsentFrom(page: number): number {
-    while (page < this.#pages && this.#sent[page]) page++;
+    while (page < this.#pages && this.#sent[page] !== UNSENT) page++;
     return page;
   }
 
-  // The next run of unsent pages of p, at most max pages, advancing p past it.
-  #takeFrom(p: Pending, max: number): { first: number; end: number } | undefined {
-    while (p.next < p.end && this.#sent[p.next]) p.next++;
+  // The next run of pages of p that need sending, at most max pages, advancing p past it.
+  #takeFrom(p: Pending, max: number, needs: (page: number) => boolean): { first: number; end: number } | undefined {
+    while (p.next < p.end && !needs(p.next)) p.next++;
     if (p.next >= p.end) return undefined;
     const first = p.next;
-    while (p.next < p.end && p.next - first < max && !this.#sent[p.next]) p.next++;
+    while (p.next < p.end && p.next - first < max && needs(p.next)) p.next++;
     return { first, end: p.next };
   }
 }
 
-const STARTS: ReadonlySet<number> = new Set([FRAME.START, FRAME.ERROR]);
+const FIRST: ReadonlySet<number> = new Set([FRAME.START, FRAME.ATTACH, FRAME.ERROR]);
 const REQUESTS: ReadonlySet<number> = new Set([FRAME.REQUEST, FRAME.ACK, FRAME.ERROR]);
 
 /** Serves one image to any number of destinations, each on its own TCP connection. */
@@ -356,6 +418,9 @@ export class PageServer {
   readonly checksum: Buffer;
   readonly #server: net.Server;
   readonly #sessions = new Set<PageSession>();
+  /** Connections that have had their hello and not yet said what they are, by token. */
+  readonly #pending = new Map<string, net.Socket>();
+  readonly #parked = new Map<string, { socket: net.Socket; reader: FrameReader }>();
   readonly #sessionOptions: SessionConfig;
   readonly #onSession: ((session: PageSession) => void) | undefined;
 
@@ -413,22 +478,77 @@ export class PageServer {
     return this.#sessions;
   }
 
-  /** Serves a connection made elsewhere (a socket accepted or connected by the caller). */
-  serveSocket(socket: net.Socket): PageSession {
-    return this.#accept(socket);
+  /** Serves a connection made elsewhere (a socket accepted or connected by the caller); sessions are reported to onSession. */
+  serveSocket(socket: net.Socket): void {
+    this.#accept(socket);
   }
 
-  #accept(socket: net.Socket): PageSession {
-    const session = new PageSession(socket, this.image, this.checksum, this.pageSize, this.#sessionOptions);
-    this.#sessions.add(session);
-    session.once('end', () => this.#sessions.delete(session));
-    this.#onSession?.(session);
-    return session;
+  // Every connection gets a hello; its first frame then makes it a new
+  // session (START) or the urgent channel of one (ATTACH with its token).
+  #accept(socket: net.Socket): void {
+    socket.setNoDelay(true);
+    const token = randomBytes(TOKEN_SIZE);
+    const reader = new FrameReader();
+    const geometry = { pageSize: this.pageSize, imageSize: this.image.byteLength };
+    const key = token.toString('hex');
+    const timer = setTimeout(() => socket.destroy(), FIRST_FRAME_TIMEOUT_MS);
+    this.#pending.set(key, socket);
+    const done = (): void => {
+      clearTimeout(timer);
+      this.#pending.delete(key);
+      socket.off('data', onData).off('error', drop).off('close', drop);
+    };
+    const drop = (): void => {
+      done();
+      socket.destroy();
+    };
+    const onData = (chunk: Buffer): void => {
+      let frames: [number, Buffer][];
+      try {
+        frames = reader.push(chunk);
+        if (frames.length === 0) return;
+        const [type, body] = frames.shift()!;
+        const frame = decode(type, body, FIRST, geometry);
+        done();
+        // What followed the first frame is handed back to the reader for the session to read.
+        reader.unshift(frames);
+        if (frame.type === FRAME.START) {
+          const session = new PageSession(socket, reader, token, frame.prefetch, this.image, this.pageSize, this.#sessionOptions);
+          this.#sessions.add(session);
+          session.once('end', () => this.#sessions.delete(session));
+          this.#onSession?.(session);
+          // An urgent channel that came before this START (the two connections race).
+          const parked = this.#parked.get(key);
+          if (parked) {
+            this.#parked.delete(key);
+            session.attach(parked.socket, parked.reader);
+          }
+        } else if (frame.type === FRAME.ATTACH) {
+          const session = [...this.#sessions].find((s) => s.token.equals(frame.token));
+          const wanted = frame.token.toString('hex');
+          if (session) session.attach(socket, reader);
+          else if (this.#pending.has(wanted) && !this.#parked.has(wanted)) {
+            this.#parked.set(wanted, { socket, reader });
+            socket.once('close', () => this.#parked.delete(wanted));
+          } else throw protocolError('ATTACH names no session of this server');
+        } else if (frame.type === FRAME.ERROR) {
+          socket.destroy();
+        }
+      } catch (error) {
+        done();
+        const e = error as UffdError;
+        socket.end(encodeError(e.code, e.message));
+      }
+    };
+    socket.on('data', onData).on('error', drop).on('close', drop);
+    socket.write(encodeHello(this.pageSize, this.image.byteLength, this.checksum, token));
   }
 
   /** Stops listening and closes every session. Resolves when the listener is closed. */
   close(): Promise<void> {
     for (const session of this.#sessions) session.close();
+    for (const socket of this.#pending.values()) socket.destroy();
+    for (const { socket } of this.#parked.values()) socket.destroy();
     return new Promise((resolve) => this.#server.close(() => resolve()));
   }
 }

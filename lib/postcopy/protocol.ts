@@ -27,6 +27,7 @@ export const FRAME = {
   DONE: 5, // source -> destination: every page has been sent
   ERROR: 6, // either way: why the sender is closing
   ACK: 7, // destination -> source: page bytes received so far (flow control)
+  ATTACH: 8, // destination -> source, on a second connection: make it the session's urgent channel
 } as const;
 
 export const START_PREFETCH = 1; // START flag: stream the pages nobody asked for
@@ -38,6 +39,12 @@ export interface Hello {
   imageSize: number;
   /** sha256 of the whole image. */
   checksum: Buffer;
+  /** Names this connection's session, for an ATTACH on a second connection. */
+  token: Buffer;
+}
+export interface Attach {
+  type: typeof FRAME.ATTACH;
+  token: Buffer;
 }
 export interface Start {
   type: typeof FRAME.START;
@@ -70,7 +77,7 @@ export interface Ack {
   /** Total DATA payload bytes received since the start. */
   received: number;
 }
-export type Frame = Hello | Start | Request | Data | Done | ErrorFrame | Ack;
+export type Frame = Hello | Start | Request | Data | Done | ErrorFrame | Ack | Attach;
 
 /** The error for a peer that broke the protocol (or whose connection broke). */
 export function protocolError(reason: string, syscall = 'postcopy'): UffdError {
@@ -94,14 +101,26 @@ function readU64(buf: Buffer, at: number, name: string): number {
   return Number(value);
 }
 
-export function encodeHello(pageSize: number, imageSize: number, checksum: Uint8Array): Buffer {
-  const buf = frame(FRAME.HELLO, 52);
+export const TOKEN_SIZE = 8;
+const HELLO_SIZE = 52 + TOKEN_SIZE;
+
+export function encodeHello(pageSize: number, imageSize: number, checksum: Uint8Array, token: Uint8Array): Buffer {
+  const buf = frame(FRAME.HELLO, HELLO_SIZE);
   buf.writeUInt32LE(MAGIC, 5);
   buf.writeUInt16LE(VERSION, 9);
   buf.writeUInt16LE(0, 11);
   buf.writeUInt32LE(pageSize, 13);
   writeU64(buf, imageSize, 17);
   Buffer.from(checksum.buffer, checksum.byteOffset, checksum.byteLength).copy(buf, 25);
+  Buffer.from(token.buffer, token.byteOffset, token.byteLength).copy(buf, 57);
+  return buf;
+}
+
+export function encodeAttach(token: Uint8Array): Buffer {
+  const buf = frame(FRAME.ATTACH, 4 + TOKEN_SIZE);
+  buf.writeUInt16LE(VERSION, 5);
+  buf.writeUInt16LE(0, 7);
+  Buffer.from(token.buffer, token.byteOffset, token.byteLength).copy(buf, 9);
   return buf;
 }
 
@@ -178,7 +197,7 @@ export function decode(type: number, body: Buffer, accept: ReadonlySet<number>, 
   if (!accept.has(type)) throw protocolError(`unexpected frame type ${type} here`);
   switch (type) {
     case FRAME.HELLO: {
-      expectLength('HELLO', body, 52);
+      expectLength('HELLO', body, HELLO_SIZE);
       if (body.readUInt32LE(0) !== MAGIC) throw protocolError('the peer is not a post-copy page server (bad magic)');
       const version = body.readUInt16LE(4);
       if (version !== VERSION) throw protocolError(`the page server speaks protocol version ${version}; this client speaks ${VERSION}`);
@@ -190,7 +209,13 @@ export function decode(type: number, body: Buffer, accept: ReadonlySet<number>, 
       if (imageSize === 0 || imageSize % pageSize !== 0) {
         throw protocolError(`the hello announces an image of ${imageSize} bytes: not a non-zero multiple of the page size (${pageSize})`);
       }
-      return { type, pageSize, imageSize, checksum: Buffer.from(body.subarray(20, 52)) };
+      return { type, pageSize, imageSize, checksum: Buffer.from(body.subarray(20, 52)), token: Buffer.from(body.subarray(52, HELLO_SIZE)) };
+    }
+    case FRAME.ATTACH: {
+      expectLength('ATTACH', body, 4 + TOKEN_SIZE);
+      const version = body.readUInt16LE(0);
+      if (version !== VERSION) throw protocolError(`the client speaks protocol version ${version}; this server speaks ${VERSION}`);
+      return { type, token: Buffer.from(body.subarray(4)) };
     }
     case FRAME.START: {
       expectLength('START', body, 4);
@@ -241,12 +266,16 @@ export function decode(type: number, body: Buffer, accept: ReadonlySet<number>, 
 export class FrameReader {
   #chunks: Buffer[] = [];
   #buffered = 0;
+  #returned: [number, Buffer][] = [];
 
   /** Appends a chunk and returns the complete frames it finished, as [type, body]. */
   push(chunk: Buffer): [number, Buffer][] {
-    this.#chunks.push(chunk);
-    this.#buffered += chunk.length;
-    const frames: [number, Buffer][] = [];
+    if (chunk.length > 0) {
+      this.#chunks.push(chunk);
+      this.#buffered += chunk.length;
+    }
+    const frames: [number, Buffer][] = this.#returned;
+    this.#returned = [];
     for (;;) {
       if (this.#buffered < HEADER_SIZE) break;
       const head = this.#peek(HEADER_SIZE);
@@ -257,6 +286,11 @@ export class FrameReader {
       frames.push([whole.readUInt8(4), whole.subarray(HEADER_SIZE)]);
     }
     return frames;
+  }
+
+  /** Puts whole frames back, to be returned first by the next push. */
+  unshift(frames: [number, Buffer][]): void {
+    this.#returned.unshift(...frames);
   }
 
   /** Bytes received that do not yet form a whole frame. */
