@@ -212,19 +212,20 @@ export class PageSession extends EventEmitter {
   }
 
   #listen(socket: net.Socket, reader: FrameReader, which: 'main' | 'urgent'): void {
-    socket.on('data', (chunk: Buffer) => this.#onData(reader, chunk));
+    const accept = which === 'main' ? REQUESTS : URGENT_REQUESTS;
+    socket.on('data', (chunk: Buffer) => this.#onData(reader, accept, chunk));
     socket.on('drain', () => this.#kick());
     socket.on('error', (error) => this.#end(new UffdError('ERR_UFFD_PEER_LOST', `ERR_UFFD_PEER_LOST: the destination's ${which} connection failed (${error.message})`)));
     socket.on('close', () => this.#end(this.#doneSent || this.#sentCount === this.#pages ? undefined
       : new UffdError('ERR_UFFD_PEER_LOST', `ERR_UFFD_PEER_LOST: the destination closed its ${which} connection with ${this.#pages - this.#sentCount} of ${this.#pages} pages unsent`)));
     // Frames that came with the one that made this connection what it is.
-    this.#onData(reader, Buffer.alloc(0));
+    this.#onData(reader, accept, Buffer.alloc(0));
   }
 
-  #onData(reader: FrameReader, chunk: Buffer): void {
+  #onData(reader: FrameReader, accept: ReadonlySet<number>, chunk: Buffer): void {
     try {
       for (const [type, body] of reader.push(chunk)) {
-        const frame = decode(type, body, REQUESTS, this.#geometry);
+        const frame = decode(type, body, accept, this.#geometry);
         if (frame.type === FRAME.REQUEST) {
           this.stats.requests++;
           const first = frame.offset / this.#geometry.pageSize;
@@ -410,6 +411,7 @@ export class PageSession extends EventEmitter {
 
 const FIRST: ReadonlySet<number> = new Set([FRAME.START, FRAME.ATTACH, FRAME.ERROR]);
 const REQUESTS: ReadonlySet<number> = new Set([FRAME.REQUEST, FRAME.ACK, FRAME.ERROR]);
+const URGENT_REQUESTS: ReadonlySet<number> = new Set([FRAME.REQUEST, FRAME.ERROR]);
 
 /** Serves one image to any number of destinations, each on its own TCP connection. */
 export class PageServer {
