@@ -174,6 +174,24 @@ describe('post-copy migration', () => {
     expect(all.subarray(hello + 5).toString()).toMatch(/ERR_UFFD_PROTOCOL\n.*outside the .*-byte image/);
   });
 
+  it('refuses an urgent channel that names no session', async () => {
+    const { server } = await source(16);
+    const socket = net.connect({ port: server.port, host: '127.0.0.1' });
+    cleanup.push(() => socket.destroy());
+    const received: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => received.push(chunk));
+    const attach = Buffer.alloc(17);
+    attach.writeUInt32LE(12, 0); attach.writeUInt8(8, 4); attach.writeUInt16LE(1, 5);
+    attach.write('notatokn', 9, 'latin1');
+    socket.write(attach);
+    await new Promise((resolve) => socket.once('close', resolve));
+    const all = Buffer.concat(received);
+    const hello = 5 + 60;
+    expect(all.readUInt8(hello + 4)).toBe(6);
+    expect(all.subarray(hello + 5).toString()).toMatch(/ERR_UFFD_PROTOCOL\n.*ATTACH names no session/);
+    expect(server.sessions.size).toBe(0);
+  });
+
   it('rejects bad arguments before doing anything', async () => {
     await expect(PageServer.listen(new Uint8Array(PAGE + 1))).rejects.toMatchObject({ code: 'ERR_OUT_OF_RANGE' });
     await expect(PageServer.listen(new Uint8Array(PAGE), { bandwidth: 0 })).rejects.toMatchObject({ code: 'ERR_OUT_OF_RANGE' });

@@ -204,7 +204,7 @@ export class PageSession extends EventEmitter {
   /** @internal A second connection that sent ATTACH with this session's token. */
   attach(socket: net.Socket, reader: FrameReader): void {
     if (this.#urgentChannel || this.#ended) {
-      socket.end(encodeError('ERR_UFFD_PROTOCOL', 'this session has an urgent channel already'));
+      endWithError(socket, protocolError('this session has an urgent channel already'));
       return;
     }
     this.#urgentChannel = new Channel(socket, this.#options.latencyMs);
@@ -252,7 +252,7 @@ export class PageSession extends EventEmitter {
 
   #abort(error: UffdError): void {
     if (this.#ended) return;
-    if (error.code === 'ERR_UFFD_PROTOCOL') this.#main.socket.end(encodeError(error.code, error.message));
+    if (error.code === 'ERR_UFFD_PROTOCOL') endWithError(this.#main.socket, error);
     this.#end(error);
   }
 
@@ -409,6 +409,12 @@ export class PageSession extends EventEmitter {
   }
 }
 
+// Sends ERROR and closes; a peer that does not close its side within a second is cut off.
+function endWithError(socket: net.Socket, error: UffdError): void {
+  socket.end(encodeError(error.code, error.message));
+  setTimeout(() => socket.destroy(), 1000).unref();
+}
+
 const FIRST: ReadonlySet<number> = new Set([FRAME.START, FRAME.ATTACH, FRAME.ERROR]);
 const REQUESTS: ReadonlySet<number> = new Set([FRAME.REQUEST, FRAME.ACK, FRAME.ERROR]);
 const URGENT_REQUESTS: ReadonlySet<number> = new Set([FRAME.REQUEST, FRAME.ERROR]);
@@ -538,8 +544,7 @@ export class PageServer {
         }
       } catch (error) {
         done();
-        const e = error as UffdError;
-        socket.end(encodeError(e.code, e.message));
+        endWithError(socket, error as UffdError);
       }
     };
     socket.on('data', onData).on('error', drop).on('close', drop);
