@@ -14,6 +14,7 @@ const USAGE = `Usage: npm run demo -- [options]
   --bandwidth <MB/s>    link bandwidth the source paces itself to, or "unlimited" (default 125, i.e. 1 Gbit/s)
   --latency <ms>        one-way link latency, added to requests and to pages (default 0.5)
   --no-prefetch         post-copy without the background push: only pages the workload touches come
+                        while it runs (the rest is fetched after it, so that the memory can be compared)
   --read-ahead <pages>  pages requested after each faulting page (default 8)
   --seed <n>            seed of the generated image (default 1)
   --kill-source-at <%>  kill the source (SIGKILL) once this share of pages has reached the post-copy
