@@ -33,6 +33,19 @@ async function destination(port: number, options: { prefetch?: boolean; readAhea
   return { client, mapping, uffd, dest };
 }
 
+/** A PageServer in a child process (fixtures/postcopy-source.cjs), killed after the test. */
+async function sourceProcess(pages: number, bandwidth: number) {
+  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'postcopy-source.cjs'), JSON.stringify({ pages, seed: 7, bandwidth })], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  cleanup.push(() => child.kill('SIGKILL'));
+  const line = await new Promise<string>((resolve, reject) => {
+    child.stdout!.once('data', (chunk: Buffer) => resolve(chunk.toString()));
+    child.once('exit', (code) => reject(new Error(`the source exited with ${code}`)));
+  });
+  return { child, port: (JSON.parse(line) as { port: number }).port };
+}
+
 /** Waits until condition() holds, checking each millisecond or so; fails after timeoutMs. */
 async function until(condition: () => boolean, timeoutMs = 5000): Promise<void> {
   const deadline = performance.now() + timeoutMs;
@@ -108,21 +121,13 @@ describe('post-copy migration', () => {
 
   it('reports a source that dies mid-migration, and the faulting worker finishes instead of hanging', async () => {
     const pages = 2048;
-    const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'postcopy-source.cjs'), JSON.stringify({ pages, seed: 7, bandwidth: 2e6 })], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    cleanup.push(() => child.kill('SIGKILL'));
-    const line = await new Promise<string>((resolve, reject) => {
-      child.stdout!.once('data', (chunk: Buffer) => resolve(chunk.toString()));
-      child.once('exit', (code) => reject(new Error(`the source exited with ${code}`)));
-    });
-    const { port } = JSON.parse(line) as { port: number };
+    const { child, port } = await sourceProcess(pages, 2e6);
     const { client, mapping, dest } = await destination(port);
     const reader = touch({ address: mapping.address, length: mapping.length });
     await until(() => client.presentCount > 64);
     child.kill('SIGKILL');
     await expect(dest.complete).rejects.toMatchObject({ code: 'ERR_UFFD_SOURCE_LOST' });
-    await expect(client.complete).rejects.toThrow(/source closed the connection before every page arrived/);
+    await expect(client.complete).rejects.toThrow(/ERR_UFFD_SOURCE_LOST: the (source closed the connection|connection failed .*) before every page arrived/);
     // Pages that never came read as zeros (the 'fill' policy); the worker is not left waiting.
     expect((await reader.result).touched).toBe(pages);
     expect(client.presentCount).toBeLessThan(pages);
@@ -145,6 +150,17 @@ describe('post-copy migration', () => {
     await dest.complete;
     expect(dest.stats.faultsFetched).toBe(0);
     expect(dest.stats.pagesByFault + dest.stats.pagesInstalled).toBe(pages);
+  });
+
+  it('gives up on a source that stops answering, after stallTimeoutMs', async () => {
+    const pages = 2048;
+    const { child, port } = await sourceProcess(pages, 1e6);
+    const client = await PostcopyClient.connect({ port, stallTimeoutMs: 300 });
+    cleanup.push(() => client.close());
+    await until(() => client.presentCount > 16);
+    child.kill('SIGSTOP');
+    await expect(client.fetch((pages - 1) * PAGE, PAGE, { urgent: true })).rejects.toMatchObject({ code: 'ERR_UFFD_TIMEOUT' });
+    await expect(client.complete).rejects.toThrow(/the source sent nothing for \d+ ms while 1 pages were awaited/);
   });
 
   it('refuses a peer that is not a page server', async () => {
