@@ -126,7 +126,8 @@ function migrate(label: string, spec: DestinationSpec, onProgress?: (progress: P
     last = p;
     return {
       mib: `${(p.installed * p.pageSize / MiB).toFixed(0)}/${(p.pages * p.pageSize / MiB).toFixed(0)}`,
-      demand: count(p.pagesOnDemand), pushed: count(p.pagesPushed), rate: rate.toFixed(0), p50: us(p.faultP50Us), p99: us(p.faultP99Us),
+      demand: count(p.pagesOnDemand), pushed: count(p.pagesPushed), rate: rate.toFixed(0),
+      p50: p.faults === 0 ? '-' : us(p.faultP50Us), p99: p.faults === 0 ? '-' : us(p.faultP99Us),
     };
   };
   let started = false;
@@ -201,7 +202,7 @@ async function main(): Promise<number> {
     ['destination CPU time', ms(post.cpuMs), ms(stop.cpuMs)],
     ['pages on demand / pushed', `${count(post.progress.pagesOnDemand)} / ${count(post.progress.pagesPushed)}`, `${count(stop.progress.pagesOnDemand)} / ${count(stop.progress.pagesPushed)}`],
     ['faults (waited on the network)', `${count(post.progress.faults)} (${count(post.faultsFetched)})`, '-'],
-    ['fault latency p50 / p99 / max', `${us(post.faultP50Us)} / ${us(post.faultP99Us)} / ${us(post.faultMaxUs)}`, '-'],
+    ['fault latency p50 / p99 / max', post.progress.faults === 0 ? '- (no faults)' : `${us(post.faultP50Us)} / ${us(post.faultP99Us)} / ${us(post.faultMaxUs)}`, '-'],
     ['results equal the source\'s', postSame.result ? 'yes' : 'NO', stopSame.result ? 'yes' : 'NO'],
     ['memory sha256 equals the source\'s', postSame.hash ? 'yes' : 'NO', stopSame.hash ? 'yes' : 'NO'],
   ];
