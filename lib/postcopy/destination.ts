@@ -114,7 +114,8 @@ export class PostcopyDestination {
 
   /**
    * Serves the faults of target (registered on uffd in missing mode, exactly
-   * source.size bytes) from source, and installs pages as they land.
+   * source.size bytes) from source, and installs pages as they land. It
+   * consumes the uffd's events (uffd.serve): register nothing else on it.
    */
   constructor(uffd: Userfaultfd, target: Mapping | { address: bigint; length: number }, source: PageSource, options: DestinationOptions = {}) {
     if (target === null || typeof target !== 'object') throw argTypeError('target', 'a Mapping or { address, length }', target);
@@ -178,6 +179,9 @@ export class PostcopyDestination {
     this.stats.faults++;
     const offset = Number(fault.pageAddress - this.#address);
     const page = offset / this.#pageSize;
+    if (offset < 0 || page >= this.#pages) {
+      throw new UffdError('ERR_UFFD_NOT_MAPPED', `ERR_UFFD_NOT_MAPPED: a fault at 0x${fault.address.toString(16)} lies outside the migrated memory; a uffd served by a PostcopyDestination must register nothing else`);
+    }
     const present = this.#source.present;
     if (present === null || Atomics.load(present, page) !== 0) {
       this.#copy(fault, page, offset);
