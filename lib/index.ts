@@ -14,3 +14,5 @@ export { probe, formatProbe } from './probe';
 export type { ProbeReport, MemoryType, Mode } from './probe';
 export { FilePageSource } from './page-source';
 export type { PageSource, FetchOptions } from './page-source';
+export { HttpPageSource, HTTP_SOURCE_DEFAULTS, HEADERS_ENV, parseHeaderLines, redactUrl } from './http-source';
+export type { HttpSourceOptions, HttpSourceStats, HttpRequestInfo } from './http-source';
