@@ -13,6 +13,7 @@
 // ERR_UFFD_SOURCE_UNAVAILABLE and every fetch, waiting or later, rejects.
 // Credentials (headers, a presigned URL's query, user:password@) are sent and
 // never printed: messages name the URL without its query or user part.
+import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool, type Dispatcher } from 'undici';
 import { UffdError, argTypeError, argValueError, invalid, libraryError } from './errors';
@@ -170,6 +171,7 @@ export class HttpPageSource implements PageSource {
   readonly #headers: Record<string, string>;
   readonly #pin: Pin;
   readonly #pool: Pool;
+  readonly #memfd: Memfd;
   readonly #mapping: Mapping;
   readonly #scheduler: FetchScheduler;
   readonly #abort = new AbortController();
@@ -200,11 +202,12 @@ export class HttpPageSource implements PageSource {
     this.size = init.size;
     this.pageSize = systemPageSize();
     const pages = Math.ceil(init.size / this.pageSize);
-    const memfd = Memfd.create(pages * this.pageSize, { name: 'userfaultfd-http-cache' });
+    this.#memfd = Memfd.create(pages * this.pageSize, { name: 'userfaultfd-http-cache' });
     try {
-      this.#mapping = memfd.map();
-    } finally {
-      memfd.close();
+      this.#mapping = this.#memfd.map();
+    } catch (error) {
+      this.#memfd.close();
+      throw error;
     }
     this.bytes = this.#mapping.view();
     this.present = new Uint8Array(new SharedArrayBuffer(pages));
@@ -399,6 +402,7 @@ export class HttpPageSource implements PageSource {
     this.#first = undefined;
     void this.#pool.destroy().catch(() => {});
     this.#mapping.unmap();
+    this.#memfd.close();
   }
 
   [Symbol.dispose](): void {
@@ -456,7 +460,10 @@ export class HttpPageSource implements PageSource {
       for await (const chunk of response.body as AsyncIterable<Buffer>) {
         if (this.#closed) return;
         if (progress.pos + chunk.length > end) throw new Fatal(httpError(this.url, `sent more bytes than the range asked for (${end - progress.pos} more expected, ${chunk.length} received)`));
-        this.bytes.set(chunk, progress.pos);
+        // pwrite into the memfd rather than a copy through the mapping: the
+        // kernel fills each new shmem page straight from the chunk, without a
+        // page fault and without zeroing it first.
+        fs.writeSync(this.#memfd.fd, chunk, 0, chunk.length, progress.pos);
         progress.pos += chunk.length;
         this.#bytesFetched += chunk.length;
         const full = progress.pos === this.size ? pages : Math.floor(progress.pos / this.pageSize);

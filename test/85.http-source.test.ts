@@ -26,7 +26,7 @@ interface Nginx {
 const missing: string | undefined = nginxMissing();
 if (missing) console.warn(`HTTP page source tests skipped: ${missing}`);
 
-const SIZE = 8 * 1024 * 1024;
+const SIZE = 4 * 1024 * 1024;
 const image = pattern(SIZE, 85);
 const imageBytes = new Uint8Array(image);
 
