@@ -18,7 +18,10 @@
 // request, and a present page is never requested again. The runner streams
 // each response into the cache and calls landed() as whole pages arrive, so
 // a waiter at the front of a large range is released as soon as its page is
-// there, not when the range completes.
+// there, not when the range completes. A fault on a page that a read-ahead or
+// background response will only reach later than a new request would bring
+// it (the runner's estimate) cuts that request short at the page: the page
+// and what follows are requested again, urgently, and nothing is fetched twice.
 
 export type Priority = 'urgent' | 'readahead' | 'background';
 
@@ -42,8 +45,19 @@ export interface SchedulerOptions {
   gap: number;
 }
 
-/** Runs one request for pages [start, end), calling landed() as pages arrive; rejects when it finally fails. */
-export type Runner = (start: number, end: number, priority: Priority) => Promise<void>;
+/** One request in flight: pages [start, end), of which [start, landed) are present. `end` may be lowered while it runs. */
+export interface Transfer {
+  readonly start: number;
+  end: number;
+  landed: number;
+  readonly priority: Priority;
+}
+
+/** Runs one transfer, calling landed() as pages arrive and stopping at its (possibly lowered) end; rejects when it finally fails. */
+export type Runner = (transfer: Transfer) => Promise<void>;
+
+/** Whether a fault on `page`, inside this non-urgent transfer, is served sooner by a new request than by waiting. */
+export type SplitAdvisor = (transfer: Transfer, page: number) => boolean;
 
 interface Waiter {
   start: number;
@@ -72,6 +86,8 @@ export interface SchedulerCounters {
   pages: Record<Priority, number>;
   /** Urgent ranges asked for that went out merged with others. */
   coalesced: number;
+  /** Read-ahead and background transfers cut short for a fault. */
+  split: number;
 }
 
 export class FetchScheduler {
@@ -80,6 +96,8 @@ export class FetchScheduler {
   readonly #state: Uint8Array;
   readonly #options: SchedulerOptions;
   readonly #run: Runner;
+  readonly #split: SplitAdvisor;
+  #transfers = new Set<Transfer>();
   #presentCount = 0;
   #waiters = new Set<Waiter>();
   #urgent: [number, number][] = [];
@@ -95,14 +113,16 @@ export class FetchScheduler {
     requests: { urgent: 0, readahead: 0, background: 0 },
     pages: { urgent: 0, readahead: 0, background: 0 },
     coalesced: 0,
+    split: 0,
   };
 
-  constructor(pages: number, present: Uint8Array, options: SchedulerOptions, run: Runner) {
+  constructor(pages: number, present: Uint8Array, options: SchedulerOptions, run: Runner, split: SplitAdvisor = () => false) {
     this.pages = pages;
     this.#present = present;
     this.#state = new Uint8Array(pages);
     this.#options = options;
     this.#run = run;
+    this.#split = split;
     let resolve!: () => void;
     let reject!: (error: unknown) => void;
     const promise = new Promise<void>((res, rej) => {
@@ -152,9 +172,12 @@ export class FetchScheduler {
     this.#schedulePump();
   }
 
-  /** The runner's report: pages [start, end) of its range are in the cache now. */
-  landed(start: number, end: number): void {
+  /** The runner's report: the transfer's pages up to `upTo` are in the cache now. */
+  landed(transfer: Transfer, upTo: number): void {
+    const start = transfer.landed;
+    const end = Math.min(upTo, transfer.end);
     if (end <= start) return;
+    transfer.landed = end;
     for (let page = start; page < end; page++) {
       this.#state[page] = PRESENT;
       // The flag is stored after the bytes, for readers on other threads.
@@ -195,6 +218,7 @@ export class FetchScheduler {
   // window as read-ahead when the stream is sequential.
   #demand(start: number, end: number): void {
     const { minWindow, maxWindow } = this.#options;
+    if (this.#state[start] === IN_FLIGHT) this.#maybeSplit(start);
     let stream = this.#streams.find((s) => start >= s.at && start <= s.next);
     const sequential = stream !== undefined;
     if (stream) {
@@ -215,6 +239,21 @@ export class FetchScheduler {
         this.#readahead.push([stream.next, aheadEnd]);
         stream.next = aheadEnd;
       }
+    }
+  }
+
+  // A page in flight in a read-ahead or background transfer that will reach
+  // it late: end that transfer at the page, which becomes absent again.
+  #maybeSplit(page: number): void {
+    for (const transfer of this.#transfers) {
+      if (page < transfer.start || page >= transfer.end) continue;
+      if (transfer.priority === 'urgent' || page <= transfer.landed || !this.#split(transfer, page)) return;
+      this.#release(page, transfer.end);
+      transfer.end = page;
+      // Background fill picks the rest up next, in order.
+      if (transfer.priority === 'background') this.#backgroundCursor = Math.min(this.#backgroundCursor, page);
+      this.counters.split++;
+      return;
     }
   }
 
@@ -323,12 +362,16 @@ export class FetchScheduler {
     this.#inFlight[priority]++;
     this.counters.requests[priority]++;
     this.counters.pages[priority] += end - start;
-    this.#run(start, end, priority).then(
+    const transfer: Transfer = { start, end, landed: start, priority };
+    this.#transfers.add(transfer);
+    this.#run(transfer).then(
       () => {
+        this.#transfers.delete(transfer);
         this.#inFlight[priority]--;
         this.#pump();
       },
       (error: unknown) => {
+        this.#transfers.delete(transfer);
         this.#inFlight[priority]--;
         this.fail(error);
       },

@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool, type Dispatcher } from 'undici';
 import { UffdError, argTypeError, argValueError, invalid, libraryError } from './errors';
-import { FetchScheduler, type Priority } from './fetch-scheduler';
+import { FetchScheduler, type Priority, type Transfer } from './fetch-scheduler';
 import { Memfd, type Mapping, systemPageSize } from './memory';
 import type { FetchOptions, PageSource } from './page-source';
 import * as validate from './validate';
@@ -75,6 +75,7 @@ export interface HttpSourceOptions {
 
 export interface HttpRequestInfo {
   start: number;
+  /** Lowered when the transfer is cut short at a page a fault needed sooner (the bytes after it are not used). */
   end: number;
   priority: Priority;
   /** 0 for the first attempt at this range, then 1, 2, ... for retries (which start where the last one stopped). */
@@ -93,6 +94,8 @@ export interface HttpSourceStats {
   inFlight: number;
   /** Urgent ranges that went out joined to a neighbour. */
   coalesced: number;
+  /** Read-ahead and background transfers cut short at a page a fault needed sooner. */
+  split: number;
 }
 
 type ResolvedOptions = Required<Omit<HttpSourceOptions, 'headers' | 'log' | 'onRequest'>>;
@@ -102,6 +105,16 @@ interface Pin {
   lastModified: string | undefined;
   /** The precondition header sent with every request after the first. */
   condition: Record<string, string>;
+}
+
+// How far a transfer got, and how fast: for the split advice.
+interface Timing {
+  pos: number;
+  sentAt: number;
+  firstByteAt: number | undefined;
+  firstBytePos: number;
+  /** What onRequest was given for the current attempt. */
+  info: HttpRequestInfo | undefined;
 }
 
 interface Response {
@@ -178,7 +191,10 @@ export class HttpPageSource implements PageSource {
   readonly #options: ResolvedOptions;
   readonly #log: (line: string) => void;
   readonly #onRequest: ((request: HttpRequestInfo) => void) | undefined;
-  #first: { response: Response; end: number } | undefined;
+  #first: { response: Response; end: number; sentAt: number } | undefined;
+  readonly #timings = new Map<Transfer, Timing>();
+  #rttMs: number | undefined;
+  #rate: number | undefined;
   #closed = false;
   #retries = 0;
   #bytesFetched = 0;
@@ -187,7 +203,7 @@ export class HttpPageSource implements PageSource {
   private constructor(init: {
     target: URL; headers: Record<string, string>; pool: Pool; size: number; pin: Pin;
     options: ResolvedOptions; log: (line: string) => void; onRequest: HttpSourceOptions['onRequest'];
-    first: { response: Response; end: number };
+    first: { response: Response; end: number; sentAt: number };
   }) {
     this.#target = init.target;
     this.#headers = init.headers;
@@ -224,7 +240,7 @@ export class HttpPageSource implements PageSource {
       backgroundChunk: page(o.backgroundChunk),
       maxRequest: Math.max(page(o.readAheadMin), page(o.readAheadMax), page(o.backgroundChunk)),
       gap: page(o.readAheadMin),
-    }, (start, end, priority) => this.#transfer(start, end, priority));
+    }, (transfer) => this.#transfer(transfer), (transfer, page) => this.#advise(transfer, page));
     this.#scheduler.whenComplete().then(
       () => this.#log(`${this.url}: all ${(this.size / MiB).toFixed(1)} MiB present (${this.#describeRequests()})`),
       () => {},
@@ -291,10 +307,11 @@ export class HttpPageSource implements PageSource {
     const shown = redactUrl(target);
     const firstEnd = Math.max(systemPageSize(), resolved.readAheadMin);
     try {
-      const { response, size, pin } = await HttpPageSource.#probe(pool, target, headers, firstEnd, resolved, log, shown, opts.onRequest);
+      const sentAt = performance.now();
+      const { response, size, pin } = await HttpPageSource.#probe(pool, target, headers, firstEnd, resolved, log, shown);
       return new HttpPageSource({
         target, headers, pool, size, pin, options: resolved, log, onRequest: opts.onRequest,
-        first: { response, end: Math.min(size, firstEnd) },
+        first: { response, end: Math.min(size, firstEnd), sentAt },
       });
     } catch (error) {
       void pool.destroy().catch(() => {});
@@ -306,12 +323,10 @@ export class HttpPageSource implements PageSource {
   static async #probe(
     pool: Pool, target: URL, headers: Record<string, string>, firstEnd: number,
     options: ResolvedOptions, log: (line: string) => void, shown: string,
-    onRequest: HttpSourceOptions['onRequest'],
   ): Promise<{ response: Response; size: number; pin: Pin }> {
     for (let attempt = 0; ; attempt++) {
       let response: Response | undefined;
       try {
-        onRequest?.({ start: 0, end: firstEnd, priority: 'urgent', attempt });
         response = await pool.request({
           path: target.pathname + target.search, method: 'GET',
           headers: { ...headers, range: `bytes=0-${firstEnd - 1}` },
@@ -390,6 +405,7 @@ export class HttpPageSource implements PageSource {
       bytesFetched: this.#bytesFetched,
       inFlight: this.#scheduler.inFlight,
       coalesced: this.#scheduler.counters.coalesced,
+      split: this.#scheduler.counters.split,
     };
   }
 
@@ -409,72 +425,128 @@ export class HttpPageSource implements PageSource {
     this.close();
   }
 
-  // Fetches pages [start, end) into the cache, resuming where an attempt
-  // stopped, until every page landed or the retries are spent.
-  async #transfer(startPage: number, endPage: number, priority: Priority): Promise<void> {
-    const end = Math.min(this.size, endPage * this.pageSize);
-    const progress = { pos: startPage * this.pageSize, landed: startPage };
-    const first = this.#first && progress.pos === 0 ? this.#first : undefined;
-    if (first) this.#first = undefined;
-    for (let attempt = 0; progress.pos < end; attempt++) {
-      const from = progress.pos;
-      const range = `bytes=${from}-${end - 1}`;
-      try {
-        let response: Response;
-        if (first && attempt === 0) {
-          response = first.response;
-          this.#requests[priority]++;
-        } else {
-          this.#requests[priority]++;
-          this.#onRequest?.({ start: from, end, priority, attempt });
-          response = await this.#pool.request({
-            path: this.#target.pathname + this.#target.search, method: 'GET',
-            headers: { ...this.#headers, ...this.#pin.condition, range },
-            headersTimeout: this.#options.stallTimeoutMs, bodyTimeout: this.#options.stallTimeoutMs,
-            signal: this.#abort.signal,
-          }) as Response;
-          this.#check(response, from, end);
-        }
-        await this.#consume(response, progress, end);
-        if (progress.pos < end) throw new Error(`the response ended at byte ${progress.pos} of ${range}`);
-      } catch (error) {
-        if (this.#closed) throw this.#scheduler.failure;
-        if (error instanceof Fatal) throw this.#fail(error.error);
-        if (attempt >= this.#options.retries) throw this.#fail(unavailable(this.url, range, attempt + 1, error));
-        this.#retries++;
-        const delay = backoff(attempt, this.#options);
-        this.#log(`${this.url}: GET ${range} (${priority}) failed: ${describeError(error)}; retry ${attempt + 1}/${this.#options.retries} in ${delay} ms from byte ${progress.pos}`);
+  // Fetches the transfer's pages into the cache, resuming where an attempt
+  // stopped, until every page up to its end (which a fault may lower) has
+  // landed, or the retries are spent.
+  async #transfer(transfer: Transfer): Promise<void> {
+    const { priority } = transfer;
+    const end = (): number => Math.min(this.size, transfer.end * this.pageSize);
+    const timing: Timing = { pos: transfer.start * this.pageSize, sentAt: performance.now(), firstByteAt: undefined, firstBytePos: 0, info: undefined };
+    this.#timings.set(transfer, timing);
+    const first = this.#first && timing.pos === 0 ? this.#first : undefined;
+    if (first) {
+      this.#first = undefined;
+      timing.sentAt = first.sentAt;
+    }
+    try {
+      for (let attempt = 0; timing.pos < end(); attempt++) {
+        const from = timing.pos;
+        const asked = end();
+        const range = `bytes=${from}-${asked - 1}`;
+        let info: HttpRequestInfo | undefined;
+        timing.info = undefined;
         try {
-          await sleep(delay, undefined, { signal: this.#abort.signal });
-        } catch {
-          throw this.#scheduler.failure;
+          let response: Response;
+          this.#requests[priority]++;
+          if (this.#onRequest) {
+            info = { start: from, end: asked, priority, attempt };
+            timing.info = info;
+            this.#onRequest(info);
+          }
+          if (first && attempt === 0) {
+            response = first.response;
+          } else {
+            timing.sentAt = performance.now();
+            timing.firstByteAt = undefined;
+            response = await this.#pool.request({
+              path: this.#target.pathname + this.#target.search, method: 'GET',
+              headers: { ...this.#headers, ...this.#pin.condition, range },
+              headersTimeout: this.#options.stallTimeoutMs, bodyTimeout: this.#options.stallTimeoutMs,
+              signal: this.#abort.signal,
+            }) as Response;
+            this.#check(response, from, asked);
+          }
+          this.#noteRoundTrip(performance.now() - timing.sentAt);
+          await this.#consume(response, transfer, timing, asked, end);
+          if (timing.pos < end()) throw new Error(`the response ended at byte ${timing.pos} of ${range}`);
+          if (info) info.end = end();
+        } catch (error) {
+          if (info) info.end = Math.min(info.end, timing.pos);
+          if (this.#closed) throw this.#scheduler.failure;
+          if (error instanceof Fatal) throw this.#fail(error.error);
+          if (attempt >= this.#options.retries) throw this.#fail(unavailable(this.url, range, attempt + 1, error));
+          this.#retries++;
+          const delay = backoff(attempt, this.#options);
+          this.#log(`${this.url}: GET ${range} (${priority}) failed: ${describeError(error)}; retry ${attempt + 1}/${this.#options.retries} in ${delay} ms from byte ${timing.pos}`);
+          try {
+            await sleep(delay, undefined, { signal: this.#abort.signal });
+          } catch {
+            throw this.#scheduler.failure;
+          }
         }
       }
+    } finally {
+      this.#timings.delete(transfer);
+      if (timing.firstByteAt !== undefined) this.#noteRate(timing.pos - timing.firstBytePos, performance.now() - timing.firstByteAt);
     }
   }
 
-  // Streams a body into the cache, landing each page once all its bytes are in.
-  async #consume(response: Response, progress: { pos: number; landed: number }, end: number): Promise<void> {
+  // Streams a body into the cache, landing each page once all its bytes are
+  // in, and stops at the transfer's end when a fault has lowered it.
+  async #consume(response: Response, transfer: Transfer, timing: Timing, asked: number, end: () => number): Promise<void> {
     const pages = this.present.length;
     try {
       for await (const chunk of response.body as AsyncIterable<Buffer>) {
         if (this.#closed) return;
-        if (progress.pos + chunk.length > end) throw new Fatal(httpError(this.url, `sent more bytes than the range asked for (${end - progress.pos} more expected, ${chunk.length} received)`));
-        // pwrite into the memfd rather than a copy through the mapping: the
-        // kernel fills each new shmem page straight from the chunk, without a
-        // page fault and without zeroing it first.
-        fs.writeSync(this.#memfd.fd, chunk, 0, chunk.length, progress.pos);
-        progress.pos += chunk.length;
-        this.#bytesFetched += chunk.length;
-        const full = progress.pos === this.size ? pages : Math.floor(progress.pos / this.pageSize);
-        if (full > progress.landed) {
-          this.#scheduler.landed(progress.landed, full);
-          progress.landed = full;
+        if (timing.pos + chunk.length > asked) throw new Fatal(httpError(this.url, `sent more bytes than the range asked for (${asked - timing.pos} more expected, ${chunk.length} received)`));
+        if (timing.firstByteAt === undefined) {
+          timing.firstByteAt = performance.now();
+          timing.firstBytePos = timing.pos;
         }
+        const length = Math.min(chunk.length, end() - timing.pos);
+        // Before the pages land (and wake whoever waits on them).
+        if (timing.info && end() < timing.info.end) timing.info.end = end();
+        if (length > 0) {
+          // pwrite into the memfd rather than a copy through the mapping: the
+          // kernel fills each new shmem page straight from the chunk, without
+          // a page fault and without zeroing it first.
+          fs.writeSync(this.#memfd.fd, chunk, 0, length, timing.pos);
+          timing.pos += length;
+          this.#bytesFetched += length;
+          this.#scheduler.landed(transfer, timing.pos === this.size ? pages : Math.floor(timing.pos / this.pageSize));
+        }
+        // Cut short for a fault: the rest of this response is not needed
+        // (closing a response before its end costs its connection, so only then).
+        if (timing.pos >= end() && end() < asked) return;
       }
     } finally {
       discard(response);
     }
+  }
+
+  // Whether a fault on `page` is served sooner by a new request (about one
+  // round trip) than by waiting for this transfer's bytes to reach it.
+  #advise(transfer: Transfer, page: number): boolean {
+    const timing = this.#timings.get(transfer);
+    if (!timing || this.#rttMs === undefined) return true;
+    const now = performance.now();
+    let rate = this.#rate;
+    if (timing.firstByteAt !== undefined && now - timing.firstByteAt > 1) rate = (timing.pos - timing.firstBytePos) / (now - timing.firstByteAt);
+    if (rate === undefined || rate <= 0) return true;
+    const untilFirstByte = timing.firstByteAt === undefined ? Math.max(0, timing.sentAt + this.#rttMs - now) : 0;
+    return untilFirstByte + (page * this.pageSize - timing.pos) / rate > this.#rttMs;
+  }
+
+  // The round trip as requests see it: the fastest time to headers lately.
+  #noteRoundTrip(ms: number): void {
+    this.#rttMs = this.#rttMs === undefined ? ms : Math.min(ms, this.#rttMs * 1.1);
+  }
+
+  // Bytes per millisecond one connection delivers, smoothed.
+  #noteRate(bytes: number, ms: number): void {
+    if (ms <= 1 || bytes <= 0) return;
+    const rate = bytes / ms;
+    this.#rate = this.#rate === undefined ? rate : 0.7 * this.#rate + 0.3 * rate;
   }
 
   // Every answer after the first must be the pinned object's exact range.

@@ -130,6 +130,19 @@ describe.skipIf(missing !== undefined)(`HttpPageSource against nginx${missing ? 
     expect(stats.errors).toEqual([]);
   });
 
+  it('cuts a background transfer short at a page a fault needs sooner, fetching no byte twice', async () => {
+    const requests: HttpRequestInfo[] = [];
+    // One background transfer for the whole rest of the image, then at once a fault on its last page.
+    const source = await open(`${nginx.origin}/image.bin`, { backgroundConnections: 1, backgroundChunk: SIZE, onRequest: (r) => requests.push(r) });
+    await source.fetch(SIZE - PAGE, PAGE, { urgent: true });
+    await source.whenComplete();
+    expect(source.stats.split).toBe(1);
+    expect(requests.find((r) => r.priority === 'urgent' && r.start === SIZE - PAGE)).toMatchObject({ end: SIZE });
+    expect(source.stats.bytesFetched).toBe(SIZE);
+    expect(expectDisjoint(requests)).toBe(SIZE);
+    expect(Buffer.compare(Buffer.from(source.bytes.subarray(0, SIZE)), Buffer.from(imageBytes))).toBe(0);
+  });
+
   it('grows read-ahead on sequential faults, from the first window to the largest', async () => {
     const requests: HttpRequestInfo[] = [];
     const min = 4 * PAGE;
