@@ -121,6 +121,7 @@ async function restore(port, order, expected, options) {
     missP50: percentile(stats.missLatencies, 50),
     missP99: percentile(stats.missLatencies, 99),
     requests: source.stats.requests,
+    split: source.stats.split,
     fetchedMiB: source.stats.bytesFetched / MiB,
   };
   uffd.close();
@@ -253,7 +254,7 @@ function report(rows) {
     '',
     'Requests sent (urgent / read-ahead / background) and faults:',
     '',
-    ...rows.map((r) => `- ${r.rtt} ms: sequential ${r.seq.requests.urgent}/${r.seq.requests.readahead}/${r.seq.requests.background} requests, ${r.seq.faults} faults (${r.seq.misses} waited); random + bg ${r.randBg.requests.urgent}/${r.randBg.requests.readahead}/${r.randBg.requests.background} requests, ${r.randBg.faults} faults (${r.randBg.misses} waited), ${fmt(r.randBg.fetchedMiB)} MiB received`),
+    ...rows.map((r) => `- ${r.rtt} ms: sequential ${r.seq.requests.urgent}/${r.seq.requests.readahead}/${r.seq.requests.background} requests, ${r.seq.faults} faults (${r.seq.misses} waited); random + bg ${r.randBg.requests.urgent}/${r.randBg.requests.readahead}/${r.randBg.requests.background} requests (${r.randBg.split} background transfers cut short for a fault), ${r.randBg.faults} faults (${r.randBg.misses} waited), ${fmt(r.randBg.fetchedMiB)} MiB written to the cache`),
     '',
     '## Targets',
     '',

@@ -472,7 +472,8 @@ export class HttpPageSource implements PageSource {
           if (info) info.end = end();
         } catch (error) {
           if (info) info.end = Math.min(info.end, timing.pos);
-          if (this.#closed) throw this.#scheduler.failure;
+          // Closed, or failed by another transfer (which aborted this one).
+          if (this.#scheduler.failure !== undefined) throw this.#scheduler.failure;
           if (error instanceof Fatal) throw this.#fail(error.error);
           if (attempt >= this.#options.retries) throw this.#fail(unavailable(this.url, range, attempt + 1, error));
           this.#retries++;
