@@ -37,8 +37,8 @@ export interface SchedulerOptions {
   /** Read-ahead window, in pages: the first window of a stream, and the largest. */
   minWindow: number;
   maxWindow: number;
-  /** Pages per background request. */
-  backgroundChunk: number;
+  /** Pages for the next background request (the runner may grow it with the link's bandwidth-delay product). */
+  backgroundChunk: () => number;
   /** Largest request, in pages; longer ranges are split. */
   maxRequest: number;
   /** Absent pages between two waiting urgent ranges that are fetched to join them into one request. */
@@ -229,16 +229,16 @@ export class FetchScheduler {
       if (this.#streams.length >= MAX_STREAMS) this.#streams.pop();
     }
     this.#streams.unshift(stream);
-    const urgentEnd = Math.min(this.pages, Math.max(end, start + (sequential ? stream.window : minWindow)));
+    // The faulting range, grown to a window unless a transfer already brings it.
+    const urgentEnd = Math.min(this.pages, this.#state[start] === ABSENT ? Math.max(end, start + stream.window) : end);
     this.#urgent.push([start, urgentEnd]);
     stream.at = start;
     stream.next = Math.max(stream.next, urgentEnd);
-    if (sequential) {
-      const aheadEnd = Math.min(this.pages, start + 2 * stream.window);
-      if (aheadEnd > stream.next) {
-        this.#readahead.push([stream.next, aheadEnd]);
-        stream.next = aheadEnd;
-      }
+    // A sequential reader: keep one to two whole windows requested ahead of it.
+    while (sequential && stream.next < this.pages && stream.next - start < 2 * stream.window) {
+      const aheadEnd = Math.min(this.pages, stream.next + stream.window);
+      this.#readahead.push([stream.next, aheadEnd]);
+      stream.next = aheadEnd;
     }
   }
 
@@ -339,7 +339,7 @@ export class FetchScheduler {
   }
 
   #nextBackground(): [number, number] | undefined {
-    const { backgroundChunk } = this.#options;
+    const backgroundChunk = this.#options.backgroundChunk();
     for (let pass = 0; pass < 2; pass++) {
       let page = this.#backgroundCursor;
       while (page < this.pages && this.#state[page] !== ABSENT) page++;

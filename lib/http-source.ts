@@ -40,6 +40,9 @@ export const HTTP_SOURCE_DEFAULTS = {
   stallTimeoutMs: 10_000,
 } as const;
 
+// Background requests grow up to this with a high bandwidth-delay product.
+const MAX_BACKGROUND_CHUNK = 64 * MiB;
+
 /** The environment variable the CLI reads request headers from ("Name: value", one per line). */
 export const HEADERS_ENV = 'USERFAULTFD_MEM_URL_HEADERS';
 
@@ -237,7 +240,7 @@ export class HttpPageSource implements PageSource {
       background: o.backgroundFill,
       minWindow: page(o.readAheadMin),
       maxWindow: Math.max(page(o.readAheadMin), page(o.readAheadMax)),
-      backgroundChunk: page(o.backgroundChunk),
+      backgroundChunk: () => page(this.#backgroundChunk()),
       maxRequest: Math.max(page(o.readAheadMin), page(o.readAheadMax), page(o.backgroundChunk)),
       gap: page(o.readAheadMin),
     }, (transfer) => this.#transfer(transfer), (transfer, page) => this.#advise(transfer, page));
@@ -536,6 +539,15 @@ export class HttpPageSource implements PageSource {
     if (rate === undefined || rate <= 0) return true;
     const untilFirstByte = timing.firstByteAt === undefined ? Math.max(0, timing.sentAt + this.#rttMs - now) : 0;
     return untilFirstByte + (page * this.pageSize - timing.pos) / rate > this.#rttMs;
+  }
+
+  // Background requests at least `backgroundChunk` long, and long enough
+  // that a connection spends at most a fifth of its time waiting for the
+  // first byte: four bandwidth-delay products, as far as they are known.
+  #backgroundChunk(): number {
+    const base = this.#options.backgroundChunk;
+    if (this.#rttMs === undefined || this.#rate === undefined) return base;
+    return Math.min(MAX_BACKGROUND_CHUNK, Math.max(base, this.#rate * this.#rttMs * 4));
   }
 
   // The round trip as requests see it: the fastest time to headers lately.
