@@ -254,6 +254,23 @@ describe.skipIf(missing !== undefined)(`HttpPageSource against nginx${missing ? 
     expect(present).toBeLessThan(SIZE / PAGE);
   });
 
+  it('pins by Last-Modified where the server sends no ETag, and notices a replacement through If-Unmodified-Since', async () => {
+    fs.mkdirSync(path.join(nginx.root, 'no-etag'), { recursive: true });
+    const file = path.join(nginx.root, 'no-etag', 'image.bin');
+    fs.writeFileSync(file, imageBytes);
+    const source = await open(`${nginx.origin}/no-etag/image.bin`, { backgroundFill: false });
+    expect(source.etag).toBeUndefined();
+    expect(source.lastModified).toMatch(/GMT$/);
+    await source.fetch(PAGE * 100, PAGE, { urgent: true });
+    const next = `${file}.next`;
+    fs.writeFileSync(next, new Uint8Array(pattern(SIZE, 87)));
+    const later = new Date(Date.now() + 120_000);
+    fs.utimesSync(next, later, later);
+    fs.renameSync(next, file);
+    await expect(source.fetch(PAGE * 500, PAGE, { urgent: true })).rejects.toMatchObject({ code: 'ERR_UFFD_SOURCE_CHANGED' });
+    expect(nginx.accessLog().filter((line) => line.startsWith('GET /no-etag/image.bin 412'))).toHaveLength(1);
+  });
+
   it('sends credentials from a header and a presigned query, and never prints them', async () => {
     const secret = 'Bearer tok-5ecret-85';
     const own = await startNginx({ requireHeader: { name: 'Authorization', value: secret } });

@@ -90,6 +90,8 @@ http {
     listen 127.0.0.1:${port};
     root ${root};
     location / { ${guard} }
+    # As servers without ETags answer: only Last-Modified identifies the object.
+    location /no-etag/ { etag off; }
   }
 }
 `);
