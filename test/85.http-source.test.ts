@@ -161,6 +161,19 @@ describe.skipIf(missing !== undefined)(`HttpPageSource against nginx${missing ? 
     expect(expectDisjoint(requests)).toBe(SIZE);
   });
 
+  it('serves an image whose size is not a multiple of the page size: the last page ends in zeros', async () => {
+    const size = 5 * PAGE + 123;
+    fs.writeFileSync(path.join(nginx.root, 'odd.bin'), imageBytes.subarray(0, size));
+    const source = await open(`${nginx.origin}/odd.bin`, { backgroundFill: false, readAheadMin: PAGE });
+    expect(source.size).toBe(size);
+    expect(source.present.length).toBe(6);
+    await source.fetch(5 * PAGE, PAGE, { urgent: true });
+    await source.fetch(0, 6 * PAGE, { urgent: true });
+    expect(Buffer.compare(Buffer.from(source.bytes.subarray(0, size)), Buffer.from(imageBytes.subarray(0, size)))).toBe(0);
+    expect(source.bytes.subarray(size, 6 * PAGE).every((b) => b === 0)).toBe(true);
+    expect(source.stats.bytesFetched).toBe(size);
+  });
+
   it('coalesces neighbouring faults that wait at the same time into one range', async () => {
     const requests: HttpRequestInfo[] = [];
     const source = await open(`${nginx.origin}/image.bin`, { backgroundFill: false, readAheadMin: PAGE, readAheadMax: PAGE, onRequest: (r) => requests.push(r) });
