@@ -312,10 +312,15 @@ export class HttpPageSource implements PageSource {
     try {
       const sentAt = performance.now();
       const { response, size, pin } = await HttpPageSource.#probe(pool, target, headers, firstEnd, resolved, log, shown);
-      return new HttpPageSource({
-        target, headers, pool, size, pin, options: resolved, log, onRequest: opts.onRequest,
-        first: { response, end: Math.min(size, firstEnd), sentAt },
-      });
+      try {
+        return new HttpPageSource({
+          target, headers, pool, size, pin, options: resolved, log, onRequest: opts.onRequest,
+          first: { response, end: Math.min(size, firstEnd), sentAt },
+        });
+      } catch (error) {
+        discard(response);
+        throw error;
+      }
     } catch (error) {
       void pool.destroy().catch(() => {});
       throw error instanceof Fatal ? error.error : error;
