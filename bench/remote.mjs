@@ -133,10 +133,10 @@ async function restore(port, order, expected, options) {
 const fmt = (n, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) : '-');
 
 function svg(rows) {
-  const width = 640;
+  const width = 700;
   const height = 380;
   const left = 70;
-  const right = 190;
+  const right = 230;
   const top = 30;
   const bottom = 50;
   const plotW = width - left - right;
