@@ -19,8 +19,8 @@
 // each response into the cache and calls landed() as whole pages arrive, so
 // a waiter at the front of a large range is released as soon as its page is
 // there, not when the range completes. A fault on a page that a read-ahead or
-// background response will only reach later than a new request would bring
-// it (the runner's estimate) cuts that request short at the page: the page
+// background response will only reach much later than a new request would
+// bring it (the runner's estimate) cuts that request short at the page: the page
 // and what follows are requested again, urgently, and nothing is fetched twice.
 
 export type Priority = 'urgent' | 'readahead' | 'background';

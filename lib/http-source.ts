@@ -533,8 +533,10 @@ export class HttpPageSource implements PageSource {
     }
   }
 
-  // Whether a fault on `page` is served sooner by a new request (about one
-  // round trip) than by waiting for this transfer's bytes to reach it.
+  // Whether a fault on `page` is better served by a new request (about one
+  // round trip) than by waiting for this transfer's bytes to reach it: when
+  // the wait is over two round trips, since cutting the transfer costs its
+  // connection (a reconnect, unless the pool has an idle one) and a request.
   #advise(transfer: Transfer, page: number): boolean {
     const timing = this.#timings.get(transfer);
     if (!timing || this.#rttMs === undefined) return true;
@@ -543,16 +545,19 @@ export class HttpPageSource implements PageSource {
     if (timing.firstByteAt !== undefined && now - timing.firstByteAt > 1) rate = (timing.pos - timing.firstBytePos) / (now - timing.firstByteAt);
     if (rate === undefined || rate <= 0) return true;
     const untilFirstByte = timing.firstByteAt === undefined ? Math.max(0, timing.sentAt + this.#rttMs - now) : 0;
-    return untilFirstByte + (page * this.pageSize - timing.pos) / rate > this.#rttMs;
+    return untilFirstByte + (page * this.pageSize - timing.pos) / rate > 2 * this.#rttMs;
   }
 
-  // Background requests at least `backgroundChunk` long, and long enough
-  // that a connection spends at most a fifth of its time waiting for the
-  // first byte: four bandwidth-delay products, as far as they are known.
+  // Background requests at least `backgroundChunk` long; long enough that
+  // the image takes about two rounds of requests on the background
+  // connections; and long enough that a connection spends at most a fifth of
+  // its time waiting for a first byte (four bandwidth-delay products, once
+  // they are known). Each round trip between requests is time the link idles.
   #backgroundChunk(): number {
-    const base = this.#options.backgroundChunk;
+    const { backgroundChunk, backgroundConnections } = this.#options;
+    const base = Math.max(backgroundChunk, Math.min(MAX_BACKGROUND_CHUNK, this.size / (2 * backgroundConnections)));
     if (this.#rttMs === undefined || this.#rate === undefined) return base;
-    return Math.min(MAX_BACKGROUND_CHUNK, Math.max(base, this.#rate * this.#rttMs * 4));
+    return Math.max(base, Math.min(MAX_BACKGROUND_CHUNK, this.#rate * this.#rttMs * 4));
   }
 
   // The round trip as requests see it: the fastest time to headers lately.

@@ -97,7 +97,7 @@ async function peer(pages: number): Promise<Peer> {
 describe.skipIf(missing !== undefined)(`HttpPageSource against nginx${missing ? ` — skipped: ${missing}` : ''}`, () => {
   it('restores the image byte for byte, faults in random order, each byte requested once', async () => {
     const requests: HttpRequestInfo[] = [];
-    const source = await open(`${nginx.origin}/image.bin`, { backgroundFill: false, onRequest: (r) => requests.push(r) });
+    const source = await open(`${nginx.origin}/image.bin`, { backgroundFill: false, readAheadMin: 64 * PAGE, onRequest: (r) => requests.push(r) });
     expect(source.size).toBe(SIZE);
     expect(source.etag).toMatch(/^"/);
     const { mapping, stats } = restore(source);
