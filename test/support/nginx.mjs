@@ -92,6 +92,8 @@ http {
     location / { ${guard} }
     # As servers without ETags answer: only Last-Modified identifies the object.
     location /no-etag/ { etag off; }
+    # A slow link: 1 MB/s per connection, so that a restore takes seconds.
+    location /slow/ { ${guard} limit_rate 1m; }
   }
 }
 `);
