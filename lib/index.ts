@@ -14,5 +14,8 @@ export { probe, formatProbe } from './probe';
 export type { ProbeReport, MemoryType, Mode } from './probe';
 export { FilePageSource } from './page-source';
 export type { PageSource, FetchOptions } from './page-source';
+export { FirecrackerServer, FirecrackerSession, parseHandshake, receiveHandshake } from './firecracker';
+export type { FailurePolicy, SessionOptions, SessionStats, SessionEnd, SessionResult, ServerOptions, GuestRegion, Handshake } from './firecracker';
+export { LatencyHistogram } from './latency';
 export { HttpPageSource, HTTP_SOURCE_DEFAULTS, HEADERS_ENV, parseHeaderLines, redactUrl } from './http-source';
 export type { HttpSourceOptions, HttpSourceStats, HttpRequestInfo } from './http-source';
