@@ -23,3 +23,5 @@ export { PostcopyClient } from './postcopy/client';
 export type { ClientOptions as PostcopyClientOptions, ClientStats as PostcopyClientStats } from './postcopy/client';
 export { PostcopyDestination } from './postcopy/destination';
 export type { DestinationOptions as PostcopyDestinationOptions, DestinationStats as PostcopyDestinationStats } from './postcopy/destination';
+export { HttpPageSource, HTTP_SOURCE_DEFAULTS, HEADERS_ENV, parseHeaderLines, redactUrl } from './http-source';
+export type { HttpSourceOptions, HttpSourceStats, HttpRequestInfo } from './http-source';
