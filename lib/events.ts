@@ -5,7 +5,8 @@ import os from 'node:os';
 import { EVENT, MSG_SIZE, PAGEFAULT_FLAG } from './constants';
 import type { UffdError } from './errors';
 
-export type FaultKind = 'missing' | 'minor' | 'wp';
+/** missing: no page; minor: in the page cache, not mapped; wp: a write to a write-protected page; rwp: any access to a read-write-protected page (Linux 7.3). */
+export type FaultKind = 'missing' | 'minor' | 'wp' | 'rwp';
 
 /** The resolving operations a Fault needs from the uffd that delivered it. */
 export interface FaultResolver {
@@ -15,6 +16,7 @@ export interface FaultResolver {
   poison(address: bigint, length: number): number;
   move(dst: bigint, src: bigint, length: number): number;
   writeProtect(address: bigint, length: number, enable: boolean): void;
+  rwProtect(address: bigint, length: number, enable: boolean): void;
   wake(address: bigint, length: number): void;
 }
 
@@ -85,8 +87,9 @@ export class Fault {
     return this.#resolve(() => this.#resolver.poison(this.pageAddress, this.pageSize));
   }
 
-  /** Removes write protection from the page (WP faults) and wakes the thread. */
+  /** Removes the protection that faulted (write protection for wp faults, read-write protection for rwp faults) and wakes the thread. */
   unprotect(): Outcome {
+    if (this.kind === 'rwp') return this.#resolve(() => this.#resolver.rwProtect(this.pageAddress, this.pageSize, false));
     return this.#resolve(() => this.#resolver.writeProtect(this.pageAddress, this.pageSize, false));
   }
 
@@ -174,7 +177,7 @@ export function decode<U>(view: DataView, index: number, context: DecodeContext<
     case EVENT.PAGEFAULT: {
       const flags = u64(0);
       const address = u64(8);
-      const kind: FaultKind = flags & PAGEFAULT_FLAG.WP ? 'wp' : flags & PAGEFAULT_FLAG.MINOR ? 'minor' : 'missing';
+      const kind: FaultKind = flags & PAGEFAULT_FLAG.RWP ? 'rwp' : flags & PAGEFAULT_FLAG.WP ? 'wp' : flags & PAGEFAULT_FLAG.MINOR ? 'minor' : 'missing';
       const tid = context.threadIds ? view.getUint32(arg + 16, LITTLE_ENDIAN) : undefined;
       return new Fault(context.resolver, kind, (flags & PAGEFAULT_FLAG.WRITE) !== 0n, address, context.pageSizeAt(address), tid, context.receivedAt);
     }
