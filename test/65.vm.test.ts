@@ -2,8 +2,9 @@
 // (test/fixtures/vmm) runs a one-vCPU KVM guest that walks a pointer chain
 // through every page of its memory and hashes what it reads. A lazy restore
 // hands its empty guest memory to this process over a Unix socket exactly as
-// Firecracker does, and the library's Firecracker handler serves every page
-// the vCPU touches from the snapshot's memory file.
+// Firecracker does, and a Firecracker-protocol handler built on the library's API serves every page
+// the vCPU touches from the snapshot's memory file (test/vmm.ts serveSnapshot,
+// built on Userfaultfd.fromFd + serve).
 //
 // Needs /dev/kvm (and root, or another way to a userfaultfd that receives
 // kernel-mode faults); elsewhere every test here skips with the reason.
@@ -12,9 +13,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Memfd, Userfaultfd, type UffdError } from '../dist/index.js';
-import { FirecrackerServer, type FirecrackerSession, type SessionResult } from '../dist/firecracker.js';
 import { vmmFixture } from './native-fixtures';
-import { describeExit, guestMemfdSkipReason, kernelFaultUffdSkipReason, kvmSkipReason, runVmm, startVmm, type VmmExit } from './vmm';
+import { describeExit, guestMemfdSkipReason, kernelFaultUffdSkipReason, kvmSkipReason, runVmm, serveSnapshot, startVmm, type PeerServed, type SnapshotHandler, type VmmExit } from './vmm';
 
 // Two 2 MiB regions: guest-physical 0 and 1 GiB, so the memory has a gap.
 // Small on purpose: nested KVM (and KVM under qemu's emulation) is slow.
@@ -66,7 +66,7 @@ describe.skipIf(kvmSkip !== undefined)(`a KVM guest as the faulting peer${kvmSki
   let dir: string;
   let snapshot: string;
   let reference: VmmExit;
-  let server: FirecrackerServer | undefined;
+  let handler: SnapshotHandler | undefined;
   // Handshakes the handler refused: the VMM's must never be.
   const refused: unknown[] = [];
 
@@ -84,45 +84,29 @@ describe.skipIf(kvmSkip !== undefined)(`a KVM guest as the faulting peer${kvmSki
   }, TEST_TIMEOUT_MS);
 
   afterAll(() => {
-    expect(refused).toEqual([]);
-    server?.close();
+    if (handler) refused.push(...handler.refused);
+    handler?.close();
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    expect(refused).toEqual([]);
   });
 
-  /** A Firecracker handler on a fresh socket; sessionOf(pid) resolves with that VMM's session once it connects. */
-  function listen(options: { prefetch?: boolean } = {}): { socket: string; sessionOf(pid: number): Promise<FirecrackerSession> } {
-    server?.close();
+  /** A Firecracker-protocol handler serving the snapshot on a fresh socket. */
+  function listen(options: { prefetch?: boolean } = {}): { socket: string; handler: SnapshotHandler } {
+    if (handler) refused.push(...handler.refused);
+    handler?.close();
     const socket = path.join(dir, `fc-${Math.random().toString(36).slice(2)}.sock`);
-    const sessions = new Map<number, FirecrackerSession>();
-    const waiting = new Map<number, (session: FirecrackerSession) => void>();
-    server = FirecrackerServer.listen(socket, {
-      memFile: path.join(snapshot, 'mem.bin'),
-      prefetch: options.prefetch,
-      onSession: (session) => {
-        sessions.set(session.pid, session);
-        waiting.get(session.pid)?.(session);
-      },
-      onRefused: (error) => void refused.push(error),
-    });
-    return {
-      socket,
-      sessionOf: (pid) => new Promise((resolve) => {
-        const known = sessions.get(pid);
-        if (known) resolve(known);
-        else waiting.set(pid, resolve);
-      }),
-    };
+    handler = serveSnapshot(socket, path.join(snapshot, 'mem.bin'), options);
+    return { socket, handler };
   }
 
-  /** Restores the snapshot lazily through the handler; resolves with the VMM's exit and the handler's session result. */
-  async function lazyRestore(extra: string[], options: { prefetch?: boolean } = {}): Promise<{ exit: VmmExit; session: SessionResult }> {
-    const { socket, sessionOf } = listen(options);
+  /** Restores the snapshot lazily through the handler; resolves with the VMM's exit and what the handler did for it. */
+  async function lazyRestore(extra: string[], options: { prefetch?: boolean } = {}): Promise<{ exit: VmmExit; served: PeerServed }> {
+    const { socket, handler: h } = listen(options);
     const run = startVmm(vmm, [...common, '--restore', snapshot, '--uffd-socket', socket, '--verify', ...extra]);
     const exit = await run.exited;
     expect(exit.code, describeExit(exit)).toBe(0);
-    // The VMM connected (it sends the uffd before its first KVM_RUN), so its session exists.
-    const session = await (await sessionOf(run.pid)).done;
-    return { exit, session };
+    // The VMM connected (it sends the uffd before its first KVM_RUN), so the handler knows it.
+    return { exit, served: await h.served(run.pid) };
   }
 
   it('an uninterrupted run: the guest walks every page of two regions with a gap and its hash matches the host\'s computation', () => {
@@ -154,37 +138,37 @@ describe.skipIf(kvmSkip !== undefined)(`a KVM guest as the faulting peer${kvmSki
 
   describe.skipIf(restoreSkip !== undefined)(`lazy restore${restoreSkip ? ` — skipped: ${restoreSkip}` : ''}`, () => {
     it('Firecracker-style: empty anonymous memory, every page the vCPU touches served on demand, same hash as the uninterrupted run', async () => {
-      const { exit, session } = await lazyRestore([]);
+      const { exit, served } = await lazyRestore([]);
       expect(exit.last).toMatchObject({ done: true, verified: true, hash: reference.last!.hash, pages: 2 * CHAIN_PAGES });
-      expect(session.error).toBeUndefined();
+      expect(served.error).toBeUndefined();
       // Pass 2 reads every chain page, each faulting once; the vCPU also
       // needs a few reserved pages (page tables, code, parameters, stack).
-      expect(session.stats.faults).toBeGreaterThanOrEqual(CHAIN_PAGES);
-      expect(session.stats.faults).toBeLessThanOrEqual(CHAIN_PAGES + 16);
-      expect(session.stats.pagesOnDemand + session.stats.eexist).toBe(session.stats.faults);
-      expect(session.stats.pagesPushed).toBe(0);
+      expect(served.faults).toBeGreaterThanOrEqual(CHAIN_PAGES);
+      expect(served.faults).toBeLessThanOrEqual(CHAIN_PAGES + 16);
+      expect(served.copies).toBe(served.faults);
+      expect(served.pushed).toBe(0);
     }, TEST_TIMEOUT_MS);
 
     it('with prefetch: the pages nobody asked for are pushed, and the result is the same', async () => {
-      const { exit, session } = await lazyRestore([], { prefetch: true });
+      const { exit, served } = await lazyRestore([], { prefetch: true });
       expect(exit.last).toMatchObject({ done: true, verified: true, hash: reference.last!.hash });
-      expect(session.error).toBeUndefined();
-      expect(session.stats.pagesPushed).toBeGreaterThan(0);
-      expect(session.stats.faults).toBeLessThan(CHAIN_PAGES + 16);
+      expect(served.error).toBeUndefined();
+      expect(served.pushed).toBeGreaterThan(0);
+      expect(served.faults).toBeLessThan(CHAIN_PAGES + 16);
     }, TEST_TIMEOUT_MS);
 
     it('balloon: pages already served and then dropped (MADV_DONTNEED) read as zeros when the guest touches them again', async () => {
-      const { exit, session } = await lazyRestore(['--balloon-after', '200', '--balloon-pages', '16']);
+      const { exit, served } = await lazyRestore(['--balloon-after', '200', '--balloon-pages', '16']);
       // The VMM checks the guest's hash against its own computation with those 16 pages zero.
       expect(exit.last).toMatchObject({ done: true, verified: true, balloonPages: 16, balloonZeroPages: 16 });
       expect(exit.last!.hash).not.toBe(reference.last!.hash);
-      expect(session.error).toBeUndefined();
-      expect(session.stats.removes).toBeGreaterThan(0);
-      expect(session.stats.zeroPages).toBe(16);
+      expect(served.error).toBeUndefined();
+      expect(served.removes).toBeGreaterThan(0);
+      expect(served.zeroFills).toBe(16);
     }, TEST_TIMEOUT_MS);
 
     it('a VMM killed mid-restore is reported, and the handler goes on serving its other peer', async () => {
-      const { socket, sessionOf } = listen();
+      const { socket, handler: h } = listen();
       const args = [...common, '--restore', snapshot, '--uffd-socket', socket, '--verify'];
       // The first progress report after the restore point: the vCPU is running
       // on lazily served memory, with most of its pages still to come.
@@ -196,19 +180,19 @@ describe.skipIf(kvmSkip !== undefined)(`a KVM guest as the faulting peer${kvmSki
       const survivor = startVmm(vmm, args);
       const killed = await victim.exited;
       expect(killed.signal, describeExit(killed)).toBe('SIGKILL');
-      const victimResult = await (await sessionOf(victim.pid)).done;
+      const victimResult = await h.served(victim.pid);
       expect(victimResult.pid).toBe(victim.pid);
-      expect(victimResult.stats.faults).toBeGreaterThan(0);
-      expect(victimResult.stats.faults).toBeLessThan(CHAIN_PAGES);
+      expect(victimResult.faults).toBeGreaterThan(0);
+      expect(victimResult.faults).toBeLessThan(CHAIN_PAGES);
       // A fault in flight when the VMM died is reported as ESRCH; none in flight ends it cleanly.
       if (victimResult.error) expect(victimResult.error.code).toBe('ESRCH');
       const finished = await survivor.exited;
       expect(finished.code, describeExit(finished)).toBe(0);
       expect(finished.last).toMatchObject({ done: true, verified: true, hash: reference.last!.hash });
-      const survivorResult = await (await sessionOf(survivor.pid)).done;
+      const survivorResult = await h.served(survivor.pid);
       expect(survivorResult.error).toBeUndefined();
-      expect(survivorResult.stats.faults).toBeGreaterThanOrEqual(CHAIN_PAGES);
-      expect(server!.sessions.size).toBe(0);
+      expect(survivorResult.faults).toBeGreaterThanOrEqual(CHAIN_PAGES);
+      expect(h.active).toBe(0);
     }, TEST_TIMEOUT_MS);
   });
 
@@ -227,8 +211,9 @@ describe.skipIf(kvmSkip !== undefined)(`a KVM guest as the faulting peer${kvmSki
 
     it('a lazy restore into guest_memfd is not possible: the kernel refuses the registration, or the vCPU bypasses userfaultfd', async () => {
       const registers = guestMemfdRegisters();
-      const { socket, sessionOf } = listen();
-      const run = await runVmm(vmm, [...common, '--restore', snapshot, '--memory', 'guest_memfd', '--uffd-socket', socket]);
+      const { socket, handler: h } = listen();
+      const started = startVmm(vmm, [...common, '--restore', snapshot, '--memory', 'guest_memfd', '--uffd-socket', socket]);
+      const run = await started.exited;
       if (!registers.ok) {
         // Linux 6.18, 7.2, 7.3: UFFDIO_REGISTER answers EINVAL, and the library says why.
         expect(registers.error.code).toBe('EINVAL');
@@ -243,8 +228,7 @@ describe.skipIf(kvmSkip !== undefined)(`a KVM guest as the faulting peer${kvmSki
       // handler sees no fault at all.
       expect(run.stderr).toMatch(/UFFDIO_REGISTER accepted guest_memfd/);
       expect(run.code, describeExit(run)).toBe(1);
-      const session = await (await sessionOf(run.pid)).done;
-      expect(session.stats.faults).toBe(0);
+      expect((await h.served(started.pid)).faults).toBe(0);
     }, TEST_TIMEOUT_MS);
   });
 });
