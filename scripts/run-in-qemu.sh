@@ -15,6 +15,11 @@
 # exit status is this script's: 124 if it timed out, 125 if no status came
 # back (the console's tail is printed).
 #
+# A kernel that has them as modules (a distribution's) works too: list the
+# module files in load order, dependencies first, in QEMU_MODULES (.ko or
+# .ko.xz), e.g. for Debian's: netfs 9pnet 9pnet_virtio 9p overlay irqbypass
+# ccp kvm kvm-amd from /usr/lib/modules/<version>/kernel/...
+#
 # Environment: QEMU_TIMEOUT seconds for boot + command (default 900),
 # QEMU_MEM MiB (default 3072), QEMU_SMP (default 2), QEMU_CONSOLE_LOG (the
 # kernel's console, default: a temp file removed at exit).
@@ -36,8 +41,17 @@ CONSOLE=${QEMU_CONSOLE_LOG:-$RUN/console.log}
 trap 'rm -rf "$RUN"' EXIT
 
 # ---- initramfs: busybox and an init that mounts the host's / and runs the command
-mkdir -p "$RUN/root/bin" "$RUN/root/run"
+mkdir -p "$RUN/root/bin" "$RUN/root/run" "$RUN/root/modules"
 cp "$BUSYBOX" "$RUN/root/bin/busybox"
+n=0
+for module in ${QEMU_MODULES:-}; do
+	[ -f "$module" ] || die "QEMU_MODULES: no file $module"
+	n=$((n + 1))
+	case "$module" in
+	*.xz) xz -dc "$module" > "$RUN/root/modules/$(printf %02d $n).ko" ;;
+	*) cp "$module" "$RUN/root/modules/$(printf %02d $n).ko" ;;
+	esac
+done
 {
 	echo '#!/bin/bash'
 	for v in PATH HOME LANG; do
@@ -57,6 +71,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 say() { echo "run-in-qemu: $*" > /dev/console; }
+for module in /modules/*.ko; do
+	[ -e "$module" ] && { insmod "$module" || say "insmod $module failed"; }
+done
 finish() { say "status $1"; [ -n "$STATUS" ] && echo "$1" > "$STATUS"; sync; poweroff -f; }
 OUT=/dev/console ERR=/dev/console STATUS=
 for port in /sys/class/virtio-ports/*; do
