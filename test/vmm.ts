@@ -3,7 +3,8 @@
 // (--timeout-s) and run() kills it past a deadline as well.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import { Memfd, UnixServer, Userfaultfd, type UffdError, type UnixConnection } from '../dist/index.js';
+import path from 'node:path';
+import { Memfd, Userfaultfd } from '../dist/index.js';
 
 /** One JSON line of the VMM's stdout. */
 export type VmmLine = Record<string, unknown>;
@@ -56,7 +57,13 @@ export function kernelFaultUffdSkipReason(): string | undefined {
 /** Why the VMM cannot back a guest with guest_memfd (MMAP | INIT_SHARED) here. */
 export function guestMemfdSkipReason(): string | undefined {
   try {
-    Memfd.createGuestMemfd(4096).close();
+    const memfd = Memfd.createGuestMemfd(4096);
+    try {
+      // Refused where the kernel has no GUEST_MEMFD_FLAG_MMAP.
+      memfd.map().unmap();
+    } finally {
+      memfd.close();
+    }
     return undefined;
   } catch (error) {
     return `no mappable guest_memfd on this kernel: ${(error as Error).message}`;
@@ -113,140 +120,104 @@ export function describeExit(exit: VmmExit): string {
   return `exit ${exit.code ?? exit.signal}, last line ${JSON.stringify(exit.last)}, stderr ${JSON.stringify(exit.stderr.trim())}`;
 }
 
-/** What the snapshot handler did for one VMM. */
+/** What the snapshot handler did for one VMM (the serve command's summary of it). */
 export interface PeerServed {
   pid: number;
+  /** How the session ended: 'exited', 'hangup', 'failed' or 'closed'. */
+  end: string;
   faults: number;
-  /** Pages copied from the memory file on demand. */
-  copies: number;
-  /** Faults on ballooned pages, answered with zeros. */
-  zeroFills: number;
-  /** Pages pushed ahead of any fault (prefetch). */
-  pushed: number;
+  /** Pages made present for faults from the memory file. */
+  pagesOnDemand: number;
+  /** Pages pushed ahead of any fault (--prefetch). */
+  pagesPushed: number;
+  /** Pages the balloon removed, answered with zeros afterwards. */
+  zeroPages: number;
   /** UFFD_EVENT_REMOVE events. */
   removes: number;
   eexist: number;
-  /** The first error serving this VMM (ESRCH: it died with a fault in flight). */
-  error?: UffdError;
+  /** Why faults were left unserved (ESRCH: the VMM died with a fault in flight). */
+  error?: string;
 }
 
 export interface SnapshotHandler {
-  /** Resolves when the VMM with this pid has hung up and its uffd is closed. */
+  /** Resolves with the summary the handler printed when this VMM's session ended. */
   served(pid: number): Promise<PeerServed>;
-  /** Handshakes that were refused. */
+  /** Lines about refused handshakes. */
   refused: unknown[];
-  /** VMMs connected and not yet hung up. */
+  /** VMMs connected and not yet ended. */
   readonly active: number;
-  close(): void;
+  /** Resolves when the command has exited (by itself after `peers` VMMs, or after close()). */
+  exited: Promise<ServeExit>;
+  /** Stops the command (SIGTERM) if it still runs, and resolves with its exit. */
+  close(): Promise<ServeExit>;
 }
 
-interface Region { base: bigint; size: number; offset: number }
+export interface ServeExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: string;
+}
 
 /**
- * A Firecracker-protocol page-fault handler built on the library's own API:
- * one Unix socket, one handshake per VMM (a JSON array of regions plus the
- * uffd by SCM_RIGHTS), every fault served with UFFDIO_COPY from memFile,
- * ballooned pages (UFFD_EVENT_REMOVE) answered with zeros afterwards.
- * The tests use it until the library's `serve` command handles these VMMs.
+ * `userfaultfd serve --socket PATH --mem-file FILE --json --peers N`, the
+ * library's Firecracker-compatible page-fault handler, as a child process:
+ * it serves every VMM that connects, and exits by itself once `peers` of them
+ * have gone (0, the default: until close()). Resolves once it listens.
  */
-export function serveSnapshot(socketPath: string, memFile: string, options: { prefetch?: boolean } = {}): SnapshotHandler {
-  const source = fs.readFileSync(memFile);
-  const server = UnixServer.listen(socketPath);
+export async function serveSnapshot(socketPath: string, memFile: string, options: { prefetch?: boolean; peers?: number } = {}): Promise<SnapshotHandler> {
+  const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+  const child = spawn(process.execPath, [cli, 'serve', '--socket', socketPath, '--mem-file', memFile, '--json', '--peers', String(options.peers ?? 0),
+    ...(options.prefetch ? ['--prefetch'] : [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   const refused: unknown[] = [];
-  const results = new Map<number, Promise<PeerServed>>();
-  const waiting = new Map<number, (result: Promise<PeerServed>) => void>();
-  const connections = new Set<UnixConnection>();
-
-  const servePeer = async (connection: UnixConnection): Promise<PeerServed> => {
-    const message = await connection.receive({ timeoutMs: 10_000 });
-    if (!message || message.fds.length !== 1) throw new Error(`bad handshake: ${message ? `${message.fds.length} descriptors` : 'nothing'}`);
-    const regions = (JSON.parse(message.data.toString('utf8')) as { base_host_virt_addr: number; size: number; offset: number; page_size: number }[])
-      .map((r): Region => ({ base: BigInt(r.base_host_virt_addr), size: r.size, offset: r.offset }));
-    const page = 4096;
-    const stats: PeerServed = { pid: connection.peer.pid, faults: 0, copies: 0, zeroFills: 0, pushed: 0, removes: 0, eexist: 0 };
-    // Per page: 0 missing, 1 present, 2 removed by the balloon.
-    const states = regions.map((r) => new Uint8Array(r.size / page));
-    const locate = (address: bigint): [Region, Uint8Array, number] => {
-      const i = regions.findIndex((r) => address >= r.base && address < r.base + BigInt(r.size));
-      if (i < 0) throw new Error(`fault at 0x${address.toString(16)} outside every region`);
-      return [regions[i]!, states[i]!, Number(address - regions[i]!.base) / page];
-    };
-    const uffd = Userfaultfd.fromFd(message.fds[0]!, {
-      features: ['EVENT_REMOVE'],
-      ranges: regions.map((r) => ({ address: r.base, length: r.size, pageSize: page })),
-    });
-    let pushing = false;
-    const push = (): void => {
-      for (let i = 0; i < regions.length; i++) {
-        const index = states[i]!.indexOf(0);
-        if (index < 0) continue;
-        const region = regions[i]!;
-        try {
-          uffd.copy(region.base + BigInt(index * page), source.subarray(region.offset + index * page, region.offset + (index + 1) * page), { dontWake: true });
-          stats.pushed++;
-        } catch (error) {
-          if ((error as UffdError).code === 'EEXIST') stats.eexist++;
-          else if ((error as UffdError).code !== 'EAGAIN') return void (stats.error ??= error as UffdError);
-          else return void setImmediate(push); // an event is pending: read it first
-        }
-        states[i]![index] = 1;
-        return void setImmediate(push);
+  const ended = new Map<number, PeerServed>();
+  const waiting = new Map<number, (served: PeerServed) => void>();
+  const sessions = new Set<number>();
+  let stderr = '';
+  let partial = '';
+  let onListening!: () => void;
+  const listening = new Promise<void>((resolve) => (onListening = resolve));
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk: string) => (stderr += chunk));
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (chunk: string) => {
+    partial += chunk;
+    let newline: number;
+    while ((newline = partial.indexOf('\n')) >= 0) {
+      const line = JSON.parse(partial.slice(0, newline)) as Record<string, unknown> & { event: string; pid: number };
+      partial = partial.slice(newline + 1);
+      if (line.event === 'listening') onListening();
+      else if (line.event === 'session') sessions.add(line.pid);
+      else if (line.event === 'refused') refused.push(line);
+      else if (line.event === 'end') {
+        sessions.delete(line.pid);
+        const served = line as unknown as PeerServed;
+        ended.set(line.pid, served);
+        waiting.get(line.pid)?.(served);
       }
-    };
-    const served = uffd.serve((fault) => {
-      stats.faults++;
-      const [region, state, index] = locate(fault.pageAddress);
-      const outcome = state[index] === 2
-        ? (stats.zeroFills++, fault.zero())
-        : (stats.copies++, fault.copy(source.subarray(region.offset + index * page, region.offset + (index + 1) * page)));
-      if (outcome === 'exists') stats.eexist++;
-      state[index] = 1;
-      if (options.prefetch && !pushing && !uffd.closed) {
-        pushing = true;
-        setImmediate(push);
-      }
-    }, {
-      onEvent: (event) => {
-        if (event.type !== 'remove') return;
-        stats.removes++;
-        for (let address = event.start; address < event.end; address += BigInt(page)) {
-          const [, state, index] = locate(address);
-          state[index] = 2;
-        }
-      },
-      onError: (error) => void (stats.error ??= error as UffdError),
-    });
-    // The VMM keeps the socket open until it exits, killed or not.
-    await Promise.race([connection.waitEnd(), served]);
-    uffd.close();
-    connection.close();
-    return stats;
-  };
-
-  void (async () => {
-    for await (const connection of server.connections()) {
-      connections.add(connection);
-      const pid = connection.peer.pid;
-      const result = servePeer(connection).finally(() => connections.delete(connection));
-      result.catch((error: unknown) => refused.push(error));
-      results.set(pid, result);
-      waiting.get(pid)?.(result);
     }
-  })();
-
+  });
+  let running = true;
+  const exited = new Promise<ServeExit>((resolve) => child.once('close', (code, signal) => {
+    running = false;
+    resolve({ code, signal, stderr });
+  }));
+  await Promise.race([listening, exited.then((exit) => {
+    throw new Error(`userfaultfd serve exited before listening: ${exit.code ?? exit.signal}: ${exit.stderr}`);
+  })]);
   return {
-    served: (pid) => new Promise<PeerServed>((resolve, reject) => {
-      const known = results.get(pid);
-      if (known) return void known.then(resolve, reject);
-      waiting.set(pid, (result) => void result.then(resolve, reject));
+    served: (pid) => new Promise<PeerServed>((resolve) => {
+      const known = ended.get(pid);
+      if (known) resolve(known);
+      else waiting.set(pid, resolve);
     }),
     refused,
     get active() {
-      return connections.size;
+      return sessions.size;
     },
+    exited,
     close() {
-      server.close();
-      for (const connection of connections) connection.close();
+      if (running) child.kill('SIGTERM');
+      return exited;
     },
   };
 }
