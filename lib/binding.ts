@@ -18,6 +18,15 @@ export interface UffdHandle {
   stop(): void;
   setRef(ref: boolean): void;
   close(): void;
+  /** Starts the native fast path (native/page_server.h); ranges: [start, length, pageSize, sourceOffset, fill] per range. */
+  serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean): void;
+  /** The counters, in the order lib/stats.ts reads them. */
+  stats(): Float64Array;
+  setSpin(enabled: boolean): void;
+  /** Blocks until messages are in the messages buffer: their count, 0 after timeoutMs, -1 once closed. */
+  wait(timeoutMs: number, spin: boolean): number;
+  /** An id another thread can share this uffd by (new UffdHandle(-1, ..., id)). */
+  lend(): number;
 }
 
 export interface WatchHandle {
@@ -35,7 +44,7 @@ export interface Native {
   socketReceive(fd: number, maxBytes: number, maxFds: number): { data: Buffer; fds: number[]; fdsTruncated: boolean } | null;
   socketPeer(fd: number): { pid: number; uid: number; gid: number };
   descriptorKind(fd: number): string;
-  UffdHandle: new (fd: number, onMessages: (count: number) => void, messages: ArrayBuffer) => UffdHandle;
+  UffdHandle: new (fd: number, onMessages: (count: number) => void, messages: ArrayBuffer, lentId?: number) => UffdHandle;
   setErrorFactory(make: (errno: number, syscall: string, extra: Record<string, unknown>) => Error): void;
   open(userModeOnly: boolean): { fd: number; method: 'syscall' | 'device' };
   api(fd: number, features: bigint): { offered: bigint; ioctls: bigint };
