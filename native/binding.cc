@@ -232,6 +232,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       StopServer();
     }
     if (stream_ != nullptr) {
+      stream_spin_final_ = stream_->spin_counters();
       stream_->Destroy();
       stream_ = nullptr;
     }
@@ -464,7 +465,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
                                  s.service_p50_ns, s.service_p99_ns, s.service_max_ns, s.spin_windows, s.spin_hits, s.spin_ns};
       for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) out[i] = static_cast<double>(values[i]);
     } else {
-      const SpinPolicy::Counters& c = stream_ != nullptr ? stream_->spin_counters() : wait_spin_.counters();
+      const SpinPolicy::Counters& c = stream_ != nullptr ? stream_->spin_counters() : stream_spin_final_;
       const SpinPolicy::Counters& w = wait_spin_.counters();
       out[16] = static_cast<double>(c.spins + w.spins);
       out[17] = static_cast<double>(c.hits + w.hits);
@@ -510,6 +511,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
   Napi::Reference<Napi::Object> source_bytes_;
   Napi::Reference<Napi::Object> source_present_;
   SpinPolicy wait_spin_;
+  SpinPolicy::Counters stream_spin_final_;
   FaultStream* stream_ = nullptr;
   bool started_ = false;
   JsCallback on_messages_;
