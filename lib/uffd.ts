@@ -15,7 +15,7 @@ import {
   type Feature, type Ioctl,
 } from './constants';
 import { UffdError, argTypeError, argValueError, invalid, libraryError, systemError } from './errors';
-import { decode, Fault, type FaultResolver, type ForkEvent, type RemapEvent, type RemoveEvent, type UffdEvent, type UnmapEvent } from './events';
+import { decode, Fault, type DecodeContext, type FaultResolver, type ForkEvent, type RemapEvent, type RemoveEvent, type UffdEvent, type UnmapEvent } from './events';
 import { Mapping, systemPageSize } from './memory';
 import type { PageSource } from './page-source';
 import { checkSource, fetchAndResolve, locate, planRanges, rangeTable, readAhead, type ServeFromOptions, type ServeRange } from './serve-from';
@@ -119,6 +119,7 @@ export class Userfaultfd implements FaultResolver {
   #failure: UffdError | undefined;
   #ended: (() => void)[] = [];
   #jsFaults = 0;
+  #context: DecodeContext<Userfaultfd> | undefined;
   #finalStats: Float64Array = new Float64Array(20);
 
   /** How the descriptor was obtained: 'syscall', 'device' (/dev/userfaultfd), 'adopted' (an fd given to fromFd or a fork event), or 'borrowed' (lent by another thread). */
@@ -554,13 +555,15 @@ export class Userfaultfd implements FaultResolver {
       this.close();
       return;
     }
-    const context = {
+    // One context for the uffd's life: a batch allocates its events and nothing else.
+    const context = (this.#context ??= {
       resolver: this as FaultResolver,
       pageSizeAt: (address: bigint) => this.#pageSizeAt(address),
       threadIds: this.enabledFeatures.has('THREAD_ID'),
-      receivedAt: performance.now(),
+      receivedAt: 0,
       adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
-    };
+    });
+    context.receivedAt = performance.now();
     const batch: Event[] = [];
     for (let i = 0; i < count; i++) {
       const event = decode(this.#view, i, context);
