@@ -5,6 +5,7 @@
 // resolve it the way the native path would have).
 import { UffdError, argTypeError, argValueError, invalid } from './errors';
 import type { Fault } from './events';
+import { systemPageSize } from './memory';
 import type { PageSource } from './page-source';
 import * as validate from './validate';
 
@@ -142,7 +143,7 @@ export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
       `ERR_UFFD_UNRESOLVED: the fault at ${validate.hex(fault.address)} is outside every range given to serveFrom(); add its range, or give onMiss`);
   }
   if (range.zero) {
-    fault.zero();
+    zeroFill(fault);
     return;
   }
   if (source) {
@@ -151,5 +152,17 @@ export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
   }
   if (fault.kind === 'minor') fault.continue();
   else if (source) fault.copy(source.bytes.subarray(offset, offset + fault.pageSize));
-  else fault.zero();
+  else zeroFill(fault);
+}
+
+let zeros: Uint8Array | undefined;
+
+// hugetlb has no UFFDIO_ZEROPAGE: copy zeros there.
+function zeroFill(fault: Fault): void {
+  if (fault.pageSize === systemPageSize()) {
+    fault.zero();
+    return;
+  }
+  if (!zeros || zeros.length < fault.pageSize) zeros = new Uint8Array(fault.pageSize);
+  fault.copy(zeros.subarray(0, fault.pageSize));
 }

@@ -2,9 +2,10 @@
 // from a registered source; JavaScript sees only what the source cannot
 // answer. Every fault is real, raised by a worker thread or a peer process.
 import fs from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { BufferPageSource, Mapping, Userfaultfd, type Event, type Fault } from '../dist/index.js';
 import { PAGE, pattern, shuffled, touch } from './helpers';
+import { reserveHugePages } from './hugepages';
 import { startPeer, type Peer } from './peer';
 
 const cleanup: (() => void)[] = [];
@@ -201,6 +202,30 @@ describe('serveFrom with a peer process', () => {
     expect(events.map((e) => e.type)).toEqual(['remove', 'remove']);
     p.uffd.close();
     expect(p.uffd.stats()).toMatchObject({ zeroPages: 2, events: 2 });
+  });
+});
+
+const HUGE = 2 * 1024 * 1024;
+const reservation = reserveHugePages(4, HUGE);
+if (reservation.skipReason) console.warn(`serveFrom hugetlb test skipped: ${reservation.skipReason}`);
+afterAll(() => reservation.restore());
+
+describe.skipIf(reservation.skipReason !== undefined)(`serveFrom on hugetlb (2 MiB)${reservation.skipReason ? ` — skipped: ${reservation.skipReason}` : ''}`, () => {
+  it('copies whole huge pages from the source, and zero-fills a zero range by copy', async () => {
+    const data = Mapping.anonymous(2 * HUGE, { hugePages: HUGE });
+    const zero = Mapping.anonymous(2 * HUGE, { hugePages: HUGE });
+    const uffd = Userfaultfd.open();
+    cleanup.push(() => { uffd.close(); data.unmap(); zero.unmap(); });
+    uffd.register(data);
+    uffd.register(zero);
+    const image = pattern(2 * HUGE, 13);
+    void uffd.serveFrom(new BufferPageSource(image), {
+      ranges: [{ address: data.address, length: data.length }, { address: zero.address, length: zero.length, zero: true }],
+    });
+    expect(await touch({ address: data.address, length: data.length, expected: image }).result).toMatchObject({ ok: true });
+    expect(await touch({ address: zero.address, length: zero.length, expected: new SharedArrayBuffer(2 * HUGE) }).result).toMatchObject({ ok: true });
+    uffd.close();
+    expect(uffd.stats()).toMatchObject({ nativeFaults: 4, pages: 4, bytes: 4 * HUGE, zeroPages: 2 });
   });
 });
 
