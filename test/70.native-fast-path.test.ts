@@ -275,3 +275,21 @@ describe('the native thread\'s lifetime', () => {
 });
 
 export type { Fault };
+
+describe('process exit', () => {
+  it('a process that exits while its native server runs exits promptly and cleanly', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const script = `
+      const { Userfaultfd, Mapping, BufferPageSource } = require(${JSON.stringify(require.resolve('../dist/index.js'))});
+      const memory = Mapping.anonymous(64 * 4096);
+      const uffd = Userfaultfd.open();
+      uffd.register(memory);
+      uffd.serveFrom(new BufferPageSource(new Uint8Array(memory.length)), { spin: true });
+      setImmediate(() => process.exit(7));
+    `;
+    const child = spawnSync(process.execPath, ['-e', script], { timeout: 20_000, encoding: 'utf8' });
+    expect(child.error).toBeUndefined();
+    expect(child.signal).toBeNull();
+    expect(child.status).toBe(7);
+  });
+});
