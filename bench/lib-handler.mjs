@@ -5,9 +5,12 @@
 // memory file until the peer hangs up, print one JSON line of counters.
 //
 // usage: node bench/lib-handler.mjs --socket PATH --mem-file FILE
-//   --style native|js|worker   the native fast path (serveFrom), a JavaScript
-//                              handler on the loop (serve), or a JavaScript
-//                              handler in a worker blocked in the addon (serveSync)
+//   --style native|js|batch|worker
+//                              the native fast path (serveFrom), a JavaScript
+//                              handler on the loop (serve, a Fault per fault;
+//                              serveBatch, nothing allocated per fault), or a
+//                              JavaScript handler in a worker blocked in the
+//                              addon (serveSync)
 //   --spin 0|1                 adaptive spinning (capped on the loop)
 //   --readahead N              pages per fault (native style)
 //   --zeropage                 resolve missing faults with zero pages
@@ -20,6 +23,7 @@ import { parseArgs } from 'node:util';
 import lib from '../dist/index.js';
 
 const { Userfaultfd, UnixServer, FilePageSource, Mapping, BufferPageSource, systemPageSize } = lib;
+const PAGE = systemPageSize();
 
 const { values: opts } = parseArgs({
   options: {
@@ -53,6 +57,26 @@ const handlerSource = `
   }`;
 const makeHandler = eval(handlerSource);
 
+// The same for serveBatch: numbers, indexes, no allocation per fault.
+function makeBatchHandler(regions, bytes, zeropage) {
+  const spans = regions.map((r) => ({ base: Number(r.base), end: Number(r.base + r.size), offset: r.offset, removed: r.removed }));
+  return (batch) => {
+    for (let i = 0; i < batch.length; i++) {
+      const page = batch.pageAddress(i);
+      for (const r of spans) {
+        if (page < r.base || page >= r.end) continue;
+        if (batch.kind(i) === 'minor') batch.continue(i);
+        else if (zeropage || (r.removed.size > 0 && r.removed.has(BigInt(page)))) batch.zero(i);
+        else {
+          const at = r.offset + (page - r.base);
+          batch.copy(i, bytes.subarray(at, at + PAGE));
+        }
+        break;
+      }
+    }
+  };
+}
+
 function markRemoved(regions, start, end, pageSize) {
   for (const r of regions) for (let a = start; a < end; a += BigInt(pageSize)) if (a >= r.base && a < r.base + r.size) r.removed.add(a);
 }
@@ -77,10 +101,11 @@ function busyLoop() {
 
 const workerSource = `
   const { parentPort, workerData } = require('node:worker_threads');
-  const { Userfaultfd, FilePageSource } = require(${JSON.stringify(new URL('../dist/index.js', import.meta.url).pathname)});
+  const { Userfaultfd, FilePageSource, systemPageSize } = require(${JSON.stringify(new URL('../dist/index.js', import.meta.url).pathname)});
   const makeHandler = eval(workerData.handlerSource);
   const source = new FilePageSource(workerData.memFile);
-  for (let i = 0; i < source.bytes.length; i += 4096) source.bytes[i];
+  const page = systemPageSize();
+  for (let i = 0; i < source.bytes.length; i += page) source.bytes[i];
   parentPort.postMessage('ready');
   parentPort.once('message', ({ loan, regions }) => {
     const uffd = Userfaultfd.borrow(loan);
@@ -88,7 +113,7 @@ const workerSource = `
     const handle = makeHandler(regions, source.bytes, workerData.zeropage);
     const cpu0 = process.cpuUsage();
     uffd.serveSync(handle, { spin: workerData.spin, onEvent: (e) => {
-      if (e.type === 'remove') for (const r of regions) for (let a = e.start; a < e.end; a += 4096n) if (a >= r.base && a < r.base + r.size) r.removed.add(a);
+      if (e.type === 'remove') for (const r of regions) for (let a = e.start; a < e.end; a += BigInt(page)) if (a >= r.base && a < r.base + r.size) r.removed.add(a);
     } });
     const cpu = process.cpuUsage(cpu0);
     parentPort.postMessage({ stats: uffd.stats(), cpuMs: (cpu.user + cpu.system) / 1e3 });
@@ -126,7 +151,7 @@ async function idle() {
 async function serve() {
   const source = new FilePageSource(opts['mem-file']);
   // Like c_handler's MAP_POPULATE: reading the file in is not a fault's cost.
-  for (let i = 0; i < source.bytes.length; i += 4096) source.bytes[i];
+  for (let i = 0; i < source.bytes.length; i += PAGE) source.bytes[i];
   let worker;
   let workerReady;
   if (style === 'worker') {
@@ -170,6 +195,10 @@ async function serve() {
     });
   } else if (style === 'js') {
     void uffd.serve(makeHandler(regions, source.bytes, opts.zeropage), {
+      spin, onEvent: (e) => e.type === 'remove' && markRemoved(regions, e.start, e.end, systemPageSize()),
+    });
+  } else if (style === 'batch') {
+    void uffd.serveBatch(makeBatchHandler(regions, source.bytes, opts.zeropage), {
       spin, onEvent: (e) => e.type === 'remove' && markRemoved(regions, e.start, e.end, systemPageSize()),
     });
   } else {

@@ -167,6 +167,8 @@ const NATIVE = { kind: 'lib', style: 'native', label: 'library native (serveFrom
 const NATIVE_SPIN = { kind: 'lib', style: 'native', spin: true, label: 'library native + adaptive spin (default)' };
 const JS = { kind: 'lib', style: 'js', label: 'library JS handler on the loop (serve)' };
 const JS_SPIN = { kind: 'lib', style: 'js', spin: true, label: 'library JS on the loop + capped spin' };
+const BATCH = { kind: 'lib', style: 'batch', label: 'library JS batch handler on the loop (serveBatch)' };
+const BATCH_SPIN = { kind: 'lib', style: 'batch', spin: true, label: 'library JS batch on the loop + capped spin' };
 const WORKER = { kind: 'lib', style: 'worker', label: 'library JS handler in a worker (serveSync), no spin' };
 const WORKER_SPIN = { kind: 'lib', style: 'worker', spin: true, label: 'library worker + adaptive spin (default)' };
 
@@ -200,12 +202,12 @@ async function main() {
   md.push('- Ratios: library figure / C handler figure from the same repetition (pages/s; p99 where marked).', '');
 
   // ---- issue 5: every workload, C vs library native vs library JS ----
-  log('workloads: C handler vs library (native, JS) ...');
+  log('workloads: C handler vs library (native, JS, JS batch) ...');
   md.push('## Every workload: the library against the C handler (unpinned)', '');
   md.push('| workload | threads | order | handler | pages/s | MB/s | p50 µs | p99 µs | CPU µs/fault | pages/s vs C | p99 vs C |');
   md.push('|---|---|---|---|---|---|---|---|---|---|---|');
   for (const w of workloads) {
-    const rows = await compare(w, [C, NATIVE, NATIVE_SPIN, JS]);
+    const rows = await compare(w, [C, NATIVE, NATIVE_SPIN, JS, BATCH]);
     for (const r of rows) {
       md.push(`| ${w.type} | ${w.threads} | ${w.order} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.mbPerSec.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.cpuUsPerFault.toFixed(1)} | ${r.ratio.toFixed(2)}x | ${r.p99Ratio.toFixed(2)}x |`);
     }
@@ -248,7 +250,7 @@ async function main() {
   for (const placement of ['unpinned', 'split', 'same']) {
     for (const threads of [1, 2]) {
       const w = { type: 'anon MISSING+COPY', memory: 'anon', mode: 'missing', zero: false, threads, order: 'seq' };
-      const rows = await compare(w, [C, CSPIN, NATIVE, NATIVE_SPIN, JS, JS_SPIN, WORKER, WORKER_SPIN], placement);
+      const rows = await compare(w, [C, CSPIN, NATIVE, NATIVE_SPIN, JS, JS_SPIN, BATCH_SPIN, WORKER, WORKER_SPIN], placement);
       for (const r of rows) {
         const s = r.last.handler.spin;
         md.push(`| ${placement} | ${threads} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.cpuUsPerFault.toFixed(1)} | ${r.ratio.toFixed(2)}x | ${r.p99Ratio.toFixed(2)}x | ${s ? `${s.hits} / ${s.windows}` : '-'} |`);
@@ -284,7 +286,7 @@ async function main() {
   const faultsPerPass = (IMAGE_MIB << 20) / 4096;
   md.push('', `## Resident memory over ${(RSS_REPEAT * faultsPerPass).toLocaleString('en')} faults (anon, 1 thread, sequential; after the first pass the peer drops its memory with MADV_DONTNEED and touches it again, ${RSS_REPEAT} passes)`, '');
   md.push('| handler | faults | RSS at the first sample (KiB) | RSS at the last sample (KiB) | growth (KiB) | pages/s (first pass) |', '|---|---|---|---|---|---|');
-  for (const v of [NATIVE_SPIN, JS]) {
+  for (const v of [NATIVE_SPIN, JS, BATCH]) {
     const rw = { type: 'anon', memory: 'anon', mode: 'missing', zero: false, threads: 1, order: 'seq' };
     const r = await measure(rw, v, 'unpinned', { repeat: RSS_REPEAT, rssEvery: faultsPerPass * 2 });
     const rss = r.handler.rss;

@@ -7,13 +7,14 @@ export interface UffdHandle {
   readonly fd: number;
   register(start: bigint, length: bigint, mode: bigint): bigint;
   unregister(start: bigint, length: bigint): void;
-  copy(dst: bigint, source: ArrayBufferView | ArrayBuffer, mode: bigint): number;
-  zeroPage(start: bigint, length: bigint, mode: bigint): number;
-  continue(start: bigint, length: bigint, mode: bigint): number;
+  // Addresses and lengths: a bigint, or a number that is a safe integer.
+  copy(dst: bigint | number, source: ArrayBufferView | ArrayBuffer, mode: bigint): number;
+  zeroPage(start: bigint | number, length: bigint | number, mode: bigint): number;
+  continue(start: bigint | number, length: bigint | number, mode: bigint): number;
   poison(start: bigint, length: bigint, mode: bigint): number;
   move(dst: bigint, src: bigint, length: bigint, mode: bigint): number;
-  wake(start: bigint, length: bigint): void;
-  writeProtect(start: bigint, length: bigint, mode: bigint): void;
+  wake(start: bigint | number, length: bigint | number): void;
+  writeProtect(start: bigint | number, length: bigint | number, mode: bigint): void;
   start(): void;
   stop(): void;
   setRef(ref: boolean): void;

@@ -4,6 +4,7 @@ export type { OpenOptions, RegisterModes, Registration, Target, ServeOptions, Se
 export type { ServeFromOptions, ServeRange, Miss } from './serve-from';
 export type { ServeStats, SpinStats } from './stats';
 export { Fault } from './events';
+export { FaultBatch } from './fault-batch';
 export type { FaultKind, Outcome, ForkEvent, RemapEvent, RemoveEvent, UnmapEvent } from './events';
 export { Memfd, Mapping, attachView, scanWritten, systemPageSize, defaultHugePageSize } from './memory';
 export type { HugePages, Backing } from './memory';

@@ -10,11 +10,12 @@
 import { performance } from 'node:perf_hooks';
 import { native, type UffdHandle } from './binding';
 import {
-  COPY_MODE_WP, CONTINUE_MODE_WP, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
+  COPY_MODE_WP, CONTINUE_MODE_WP, EVENT, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
   WRITEPROTECT_MODE_DONTWAKE, WRITEPROTECT_MODE_WP, FEATURES, featureBits, featureNames, ioctlNames,
   type Feature, type Ioctl,
 } from './constants';
 import { UffdError, argTypeError, argValueError, invalid, libraryError, systemError } from './errors';
+import { FaultBatch } from './fault-batch';
 import { decode, Fault, type DecodeContext, type FaultResolver, type ForkEvent, type RemapEvent, type RemoveEvent, type UffdEvent, type UnmapEvent } from './events';
 import { Mapping, systemPageSize } from './memory';
 import type { PageSource } from './page-source';
@@ -120,6 +121,7 @@ export class Userfaultfd implements FaultResolver {
   #ended: (() => void)[] = [];
   #jsFaults = 0;
   #context: DecodeContext<Userfaultfd> | undefined;
+  #batchHandler: ((count: number) => void) | undefined;
   #finalStats: Float64Array = new Float64Array(20);
 
   /** How the descriptor was obtained: 'syscall', 'device' (/dev/userfaultfd), 'adopted' (an fd given to fromFd or a fork event), or 'borrowed' (lent by another thread). */
@@ -444,6 +446,48 @@ export class Userfaultfd implements FaultResolver {
     }
   }
 
+  /**
+   * serve() without a Fault per fault: handler gets each batch the kernel
+   * delivered (up to 64 faults) as one reused FaultBatch, and resolves fault
+   * i with batch.copy(i, data), batch.zero(i) or batch.continue(i) before it
+   * returns; addresses are numbers. Nothing is allocated per fault, so the
+   * garbage collector has nothing to chase. Faults left unresolved (or a
+   * handler that throws, reported to onError) get the 'fill' policy.
+   * Non-fault events reach onEvent first. Resolves when the uffd is closed.
+   */
+  serveBatch(handler: (batch: FaultBatch) => void, options?: Pick<ServeOptions, 'onEvent' | 'spin'> & { onError?: (error: unknown) => void }): Promise<void> {
+    if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
+    const opts = validate.options<Pick<ServeOptions, 'onEvent' | 'spin'> & { onError?: (error: unknown) => void }>(options, 'options');
+    this.#claim('serve');
+    const batch = new FaultBatch(this.#view, MESSAGE_CAPACITY, this.#handle, (address) => this.#pageSizeAtNumber(address));
+    const report = opts.onError ?? ((error: unknown) => process.emitWarning(error as Error, 'UffdHandlerWarning'));
+    this.#batchHandler = (count) => {
+      batch.load(count);
+      if (batch.length < count) {
+        // Events first, as serve() does; they are rare, so they may allocate.
+        for (let i = 0; i < count; i++) {
+          const event = this.#view.getUint8(i * MSG_SIZE) === EVENT.PAGEFAULT ? undefined : decode(this.#view, i, this.#decodeContext());
+          if (!event || event.type === 'pagefault') continue;
+          if (opts.onEvent) opts.onEvent(event);
+          else if (event.type === 'fork') event.uffd.close();
+        }
+      }
+      if (batch.length === 0) return;
+      this.#jsFaults += batch.length;
+      try {
+        handler(batch);
+      } catch (error) {
+        report(error);
+      }
+      if (!this.#closed) batch.fillUnresolved();
+    };
+    this.#handle.setSpin(opts.spin === true);
+    this.#handle.start();
+    return new Promise<void>((resolve, reject) => {
+      this.#ended.push(() => (this.#failure ? reject(this.#failure) : resolve()));
+    });
+  }
+
   /** Counters of what serving has done so far (cheap: one call into the addon). */
   stats(): ServeStats {
     return readStats(this.#closed ? this.#finalStats : this.#handle.stats(), this.#jsFaults);
@@ -555,14 +599,11 @@ export class Userfaultfd implements FaultResolver {
       this.close();
       return;
     }
-    // One context for the uffd's life: a batch allocates its events and nothing else.
-    const context = (this.#context ??= {
-      resolver: this as FaultResolver,
-      pageSizeAt: (address: bigint) => this.#pageSizeAt(address),
-      threadIds: this.enabledFeatures.has('THREAD_ID'),
-      receivedAt: 0,
-      adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
-    });
+    if (this.#batchHandler) {
+      this.#batchHandler(count);
+      return;
+    }
+    const context = this.#decodeContext();
     context.receivedAt = performance.now();
     const batch: Event[] = [];
     for (let i = 0; i < count; i++) {
@@ -570,6 +611,17 @@ export class Userfaultfd implements FaultResolver {
       if (event) batch.push(event);
     }
     this.#deliver(batch);
+  }
+
+  // One context for the uffd's life: a batch allocates its events and nothing else.
+  #decodeContext(): DecodeContext<Userfaultfd> {
+    return (this.#context ??= {
+      resolver: this as FaultResolver,
+      pageSizeAt: (address: bigint) => this.#pageSizeAt(address),
+      threadIds: this.enabledFeatures.has('THREAD_ID'),
+      receivedAt: 0,
+      adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
+    });
   }
 
   #end(): void {
@@ -604,6 +656,11 @@ export class Userfaultfd implements FaultResolver {
     const bytes = validate.size(length, 'length');
     validate.range(syscall, start, bytes, this.#pageSizeAt(start));
     return [start, bytes];
+  }
+
+  #pageSizeAtNumber(address: number): number {
+    for (const r of this.#registrations) if (address >= Number(r.start) && address < Number(r.end)) return r.pageSize;
+    return systemPageSize();
   }
 
   #pageSizeAt(address: bigint): number {

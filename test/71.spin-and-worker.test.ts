@@ -92,6 +92,46 @@ describe('spinning on the loop thread (serve with spin: true)', () => {
   });
 });
 
+describe('serveBatch: a JavaScript handler with nothing allocated per fault', () => {
+  it('serves the same bytes with spinning on and off, one call per batch', async () => {
+    for (const spin of [false, true]) {
+      const pages = 256;
+      const { uffd, memory, image } = setup(pages);
+      const bytes = new Uint8Array(image);
+      const base = Number(memory.address);
+      let calls = 0;
+      void uffd.serveBatch((batch) => {
+        calls++;
+        for (let i = 0; i < batch.length; i++) {
+          expect(batch.kind(i)).toBe('missing');
+          const at = batch.pageAddress(i) - base;
+          batch.copy(i, bytes.subarray(at, at + batch.pageSize(i)));
+        }
+      }, { spin });
+      const touchers = [0, 1].map((half) => touch({
+        address: memory.address + BigInt((half * pages * PAGE) / 2), length: (pages * PAGE) / 2,
+        order: shuffled(pages / 2, 5 + half), expected: image.slice((half * pages * PAGE) / 2, ((half + 1) * pages * PAGE) / 2),
+      }));
+      for (const t of touchers) expect(await t.result).toMatchObject({ ok: true });
+      expect(uffd.stats().jsFaults).toBe(pages);
+      expect(calls).toBeLessThanOrEqual(pages);
+    }
+  });
+
+  it('fills what the handler leaves unresolved, and reports what it throws', async () => {
+    const pages = 8;
+    const { uffd, memory } = setup(pages);
+    const errors: unknown[] = [];
+    void uffd.serveBatch(() => {
+      throw new Error('no answer');
+    }, { onError: (error) => errors.push(error) });
+    const { result } = touch({ address: memory.address, length: memory.length, expected: new SharedArrayBuffer(pages * PAGE) });
+    expect(await result).toMatchObject({ ok: true });
+    expect(errors.length).toBeGreaterThan(0);
+    expect(() => uffd.serve(() => {})).toThrow(expect.objectContaining({ code: 'ERR_UFFD_BUSY' }));
+  });
+});
+
 describe('the worker-thread handler (lend, borrow, serveSync)', () => {
   it('serves faults while the main thread is blocked', async () => {
     const pages = 512;
