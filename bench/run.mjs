@@ -286,7 +286,7 @@ async function main() {
   const faultsPerPass = (IMAGE_MIB << 20) / 4096;
   md.push('', `## Resident memory over ${(RSS_REPEAT * faultsPerPass).toLocaleString('en')} faults (anon, 1 thread, sequential; after the first pass the peer drops its memory with MADV_DONTNEED and touches it again, ${RSS_REPEAT} passes)`, '');
   md.push('| handler | faults | RSS at the first sample (KiB) | RSS at the last sample (KiB) | growth (KiB) | pages/s (first pass) |', '|---|---|---|---|---|---|');
-  for (const v of [NATIVE_SPIN, JS, BATCH]) {
+  for (const v of [NATIVE_SPIN, JS]) {
     const rw = { type: 'anon', memory: 'anon', mode: 'missing', zero: false, threads: 1, order: 'seq' };
     const r = await measure(rw, v, 'unpinned', { repeat: RSS_REPEAT, rssEvery: faultsPerPass * 2 });
     const rss = r.handler.rss;
