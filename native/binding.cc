@@ -422,6 +422,9 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     if (started_ || server_ != nullptr) ThrowCode(env, "ERR_UFFD_BUSY", "serveFrom");
     if (!info[0].IsTypedArray() || !info[3].IsTypedArray()) throw Napi::TypeError::New(env, "serveNative(bytes, present, presentPage, ranges, readAhead, spin)");
     Bytes bytes = BytesOf(info, 0);
+    // The native thread reads the source inside UFFDIO_COPY: registered
+    // memory that only this uffd could fill would block it for good.
+    GuardServingThread(env, bytes.address, bytes.length, "serveFrom");
     PageServer::Source source;
     source.bytes = reinterpret_cast<const uint8_t*>(bytes.address);
     source.size = bytes.length;
