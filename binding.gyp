@@ -13,6 +13,7 @@
             "native/memory.cc",
             "native/message_queue.cc",
             "native/page_server.cc",
+            "native/pidfd.cc",
             "native/spin_policy.cc",
             "native/uffd.cc",
             "native/uffd_share.cc",
