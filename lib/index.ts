@@ -20,3 +20,11 @@ export type { PageSource, FetchOptions, BufferPageSourceOptions } from './page-s
 export { FirecrackerServer, FirecrackerSession, parseHandshake, receiveHandshake } from './firecracker';
 export type { FailurePolicy, SessionOptions, SessionStats, SessionEnd, SessionResult, ServerOptions, GuestRegion, Handshake } from './firecracker';
 export { LatencyHistogram } from './latency';
+export { PageServer, PageSession } from './postcopy/page-server';
+export type { PageServerOptions, SessionStats as PageSessionStats } from './postcopy/page-server';
+export { PostcopyClient } from './postcopy/client';
+export type { ClientOptions as PostcopyClientOptions, ClientStats as PostcopyClientStats } from './postcopy/client';
+export { PostcopyDestination } from './postcopy/destination';
+export type { DestinationOptions as PostcopyDestinationOptions, DestinationStats as PostcopyDestinationStats } from './postcopy/destination';
+export { HttpPageSource, HTTP_SOURCE_DEFAULTS, HEADERS_ENV, parseHeaderLines, redactUrl } from './http-source';
+export type { HttpSourceOptions, HttpSourceStats, HttpRequestInfo } from './http-source';
