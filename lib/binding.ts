@@ -7,19 +7,29 @@ export interface UffdHandle {
   readonly fd: number;
   register(start: bigint, length: bigint, mode: bigint): bigint;
   unregister(start: bigint, length: bigint): void;
-  copy(dst: bigint, source: ArrayBufferView | ArrayBuffer, mode: bigint): number;
-  zeroPage(start: bigint, length: bigint, mode: bigint): number;
-  continue(start: bigint, length: bigint, mode: bigint): number;
+  // Addresses and lengths: a bigint, or a number that is a safe integer.
+  copy(dst: bigint | number, source: ArrayBufferView | ArrayBuffer, mode: bigint): number;
+  zeroPage(start: bigint | number, length: bigint | number, mode: bigint): number;
+  continue(start: bigint | number, length: bigint | number, mode: bigint): number;
   poison(start: bigint, length: bigint, mode: bigint): number;
   move(dst: bigint, src: bigint, length: bigint, mode: bigint): number;
-  wake(start: bigint, length: bigint): void;
-  writeProtect(start: bigint, length: bigint, mode: bigint): void;
-  rwProtect(start: bigint, length: bigint, mode: bigint): void;
+  wake(start: bigint | number, length: bigint | number): void;
+  writeProtect(start: bigint | number, length: bigint | number, mode: bigint): void;
+  rwProtect(start: bigint | number, length: bigint | number, mode: bigint): void;
   setMode(enable: bigint, disable: bigint): void;
   start(): void;
   stop(): void;
   setRef(ref: boolean): void;
   close(): void;
+  /** Starts the native fast path (native/page_server.h); ranges: [start, length, pageSize, sourceOffset, fill] per range. */
+  serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean): void;
+  /** The counters, in the order lib/stats.ts reads them. */
+  stats(): Float64Array;
+  setSpin(enabled: boolean): void;
+  /** Blocks until messages are in the messages buffer: their count, 0 after timeoutMs, -1 once closed. */
+  wait(timeoutMs: number, spin: boolean): number;
+  /** An id another thread can share this uffd by (new UffdHandle(-1, ..., id)). */
+  lend(): number;
 }
 
 export interface WatchHandle {
@@ -37,7 +47,9 @@ export interface Native {
   socketReceive(fd: number, maxBytes: number, maxFds: number): { data: Buffer; fds: number[]; fdsTruncated: boolean } | null;
   socketPeer(fd: number): { pid: number; uid: number; gid: number };
   descriptorKind(fd: number): string;
-  UffdHandle: new (fd: number, onMessages: (count: number) => void, messages: ArrayBuffer) => UffdHandle;
+  pidfdOpen(pid: number): number;
+  pidfdSignal(fd: number, signal: number): void;
+  UffdHandle: new (fd: number, onMessages: (count: number) => void, messages: ArrayBuffer, lentId?: number) => UffdHandle;
   setErrorFactory(make: (errno: number, syscall: string, extra: Record<string, unknown>) => Error): void;
   open(userModeOnly: boolean): { fd: number; method: 'syscall' | 'device' };
   api(fd: number, features: bigint): { offered: bigint; ioctls: bigint };
@@ -45,7 +57,7 @@ export interface Native {
   closeFd(fd: number): void;
   memfdCreate(name: string, size: number, hugePageLog2: number): [number, number];
   filePageSize(fd: number): number;
-  createGuestMemfd(size: number, flags: bigint): [number, number, number];
+  createGuestMemfd(size: number, wantedFlags: bigint): [number, number, bigint];
   systemPageSize(): number;
   mapShared(fd: number, offset: number, length: number, readOnly: boolean): bigint;
   mapAnonymous(length: number, hugePageLog2: number): bigint;

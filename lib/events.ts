@@ -23,8 +23,8 @@ export interface FaultResolver {
 /** What a resolution did: 'done', or 'exists' when the page was already there (the faulting thread has been woken). */
 export type Outcome = 'done' | 'exists';
 
-function isEexist(error: unknown): boolean {
-  return (error as UffdError | undefined)?.code === 'EEXIST';
+function codeOf(error: unknown): string | undefined {
+  return (error as UffdError | null | undefined)?.code;
 }
 
 export class Fault {
@@ -98,13 +98,33 @@ export class Fault {
     this.#resolver.wake(this.pageAddress, this.pageSize);
   }
 
+  /**
+   * UFFDIO_WAKE for a fault the kernel now handles by itself, because its
+   * range was unregistered (or its page made present some other way) since
+   * the fault was queued: the woken thread retries its access and does not
+   * fault to this uffd again. Counts as a resolution.
+   */
+  release(): Outcome {
+    return this.#resolve(() => this.#resolver.wake(this.pageAddress, this.pageSize));
+  }
+
   #resolve(operation: () => unknown): Outcome {
     try {
       operation();
       this.#resolved = true;
       return 'done';
     } catch (error) {
-      if (!isEexist(error)) throw error;
+      if (codeOf(error) === 'ENOENT') {
+        // The range was unregistered or unmapped since the fault: nothing can
+        // resolve it now, but the thread must not wait forever; woken, it
+        // retries against whatever is mapped there now.
+        try {
+          this.#resolver.wake(this.pageAddress, this.pageSize);
+        } catch {
+          // The error that matters is the one thrown below.
+        }
+      }
+      if (codeOf(error) !== 'EEXIST') throw error;
       // Another resolution put the page there first; this thread's fault
       // still waits for a wake.
       this.#resolver.wake(this.pageAddress, this.pageSize);
@@ -138,6 +158,10 @@ export interface UnmapEvent {
 export type UffdEvent<U> = Fault | ForkEvent<U> | RemapEvent | RemoveEvent | UnmapEvent;
 
 const LITTLE_ENDIAN = os.endianness() === 'LE';
+const FLAG_WRITE = Number(PAGEFAULT_FLAG.WRITE);
+const FLAG_WP = Number(PAGEFAULT_FLAG.WP);
+const FLAG_MINOR = Number(PAGEFAULT_FLAG.MINOR);
+const FLAG_RWP = Number(PAGEFAULT_FLAG.RWP);
 
 export interface DecodeContext<U> {
   resolver: FaultResolver;
@@ -155,11 +179,12 @@ export function decode<U>(view: DataView, index: number, context: DecodeContext<
   const u64 = (offset: number): bigint => view.getBigUint64(arg + offset, LITTLE_ENDIAN);
   switch (event) {
     case EVENT.PAGEFAULT: {
-      const flags = u64(0);
+      // The flags fit in the low word: read them as a number, not a bigint.
+      const flags = view.getUint32(arg + (LITTLE_ENDIAN ? 0 : 4), LITTLE_ENDIAN);
       const address = u64(8);
-      const kind: FaultKind = flags & PAGEFAULT_FLAG.RWP ? 'rwp' : flags & PAGEFAULT_FLAG.WP ? 'wp' : flags & PAGEFAULT_FLAG.MINOR ? 'minor' : 'missing';
+      const kind: FaultKind = flags & FLAG_RWP ? 'rwp' : flags & FLAG_WP ? 'wp' : flags & FLAG_MINOR ? 'minor' : 'missing';
       const tid = context.threadIds ? view.getUint32(arg + 16, LITTLE_ENDIAN) : undefined;
-      return new Fault(context.resolver, kind, (flags & PAGEFAULT_FLAG.WRITE) !== 0n, address, context.pageSizeAt(address), tid, context.receivedAt);
+      return new Fault(context.resolver, kind, (flags & FLAG_WRITE) !== 0, address, context.pageSizeAt(address), tid, context.receivedAt);
     }
     case EVENT.FORK:
       return { type: 'fork', uffd: context.adopt(view.getUint32(arg, LITTLE_ENDIAN)) };

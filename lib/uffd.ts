@@ -10,14 +10,18 @@
 import { performance } from 'node:perf_hooks';
 import { native, type UffdHandle } from './binding';
 import {
-  COPY_MODE_WP, CONTINUE_MODE_WP, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
+  COPY_MODE_WP, CONTINUE_MODE_WP, EVENT, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
   RUNTIME_FEATURES, RWPROTECT_MODE_DONTWAKE, RWPROTECT_MODE_RWP,
   WRITEPROTECT_MODE_DONTWAKE, WRITEPROTECT_MODE_WP, FEATURES, featureBits, featureNames, ioctlNames,
   type Feature, type Ioctl,
 } from './constants';
 import { UffdError, argTypeError, argValueError, invalid, libraryError, systemError } from './errors';
-import { decode, Fault, type FaultResolver, type ForkEvent, type RemapEvent, type RemoveEvent, type UffdEvent, type UnmapEvent } from './events';
+import { FaultBatch } from './fault-batch';
+import { decode, Fault, type DecodeContext, type FaultResolver, type ForkEvent, type RemapEvent, type RemoveEvent, type UffdEvent, type UnmapEvent } from './events';
 import { Mapping, systemPageSize } from './memory';
+import type { PageSource } from './page-source';
+import { checkSource, fetchAndResolve, locate, planRanges, rangeTable, readAhead, type ServeFromOptions, type ServeRange } from './serve-from';
+import { readStats, type ServeStats } from './stats';
 import * as validate from './validate';
 
 native.setErrorFactory(systemError);
@@ -84,7 +88,29 @@ export interface ServeOptions {
    * 'poison': UFFDIO_POISON, the faulting thread gets SIGBUS ('fill' where the range does not allow POISON).
    */
   failure?: 'fill' | 'poison';
+  /**
+   * Adaptive spinning on this thread after each batch (default false): faster
+   * when faults come back to back, but the loop runs nothing else for up to
+   * 1 ms at a time (see docs/performance.md).
+   */
+  spin?: boolean;
 }
+
+export interface ServeSyncOptions extends Omit<ServeOptions, 'spin'> {
+  /** Adaptive spinning in wait (default true: this thread does nothing else). */
+  spin?: boolean;
+}
+
+/** What a worker needs to serve this uffd's faults (Userfaultfd.borrow); plain data, for workerData. */
+export interface UffdLoan {
+  readonly id: number;
+  readonly features: Feature[];
+  readonly ranges: AdoptedRange[];
+}
+
+// How long a blocking wait lasts before it returns to JavaScript, so that a
+// worker asked to terminate gets the chance (an idle worker wakes this often).
+const WAIT_SLICE_MS = 50;
 
 export class Userfaultfd implements FaultResolver {
   readonly #handle: UffdHandle;
@@ -100,16 +126,21 @@ export class Userfaultfd implements FaultResolver {
   #waiting: ((result: IteratorResult<Event>) => void)[] = [];
   #failure: UffdError | undefined;
   #ended: (() => void)[] = [];
+  #jsFaults = 0;
+  #context: DecodeContext<Userfaultfd> | undefined;
+  #batchHandler: ((count: number) => void) | undefined;
+  #retryNow: () => boolean = () => false;
+  #finalStats: Float64Array = new Float64Array(20);
 
-  /** How the descriptor was obtained: 'syscall', 'device' (/dev/userfaultfd), or 'adopted' (an fd given to fromFd or a fork event). */
-  readonly openedWith: 'syscall' | 'device' | 'adopted';
+  /** How the descriptor was obtained: 'syscall', 'device' (/dev/userfaultfd), 'adopted' (an fd given to fromFd or a fork event), or 'borrowed' (lent by another thread). */
+  readonly openedWith: 'syscall' | 'device' | 'adopted' | 'borrowed';
   /** Features the kernel offers, as UFFDIO_API answered (empty for an adopted uffd). */
   readonly offeredFeatures: ReadonlySet<Feature>;
   /** Features enabled on this uffd (UFFDIO_API's request, then setMode's changes). */
   readonly enabledFeatures: ReadonlySet<Feature>;
   readonly #enabled: Set<Feature>;
 
-  private constructor(fd: number, openedWith: Userfaultfd['openedWith'], offered: bigint, enabled: bigint) {
+  private constructor(fd: number, openedWith: Userfaultfd['openedWith'], offered: bigint, enabled: bigint, lentId?: number) {
     this.openedWith = openedWith;
     this.offeredFeatures = featureNames(offered);
     this.#enabled = featureNames(enabled);
@@ -117,7 +148,7 @@ export class Userfaultfd implements FaultResolver {
     // The handle holds this callback weakly until the stream starts; a
     // Userfaultfd nobody holds is collected and its handle closes the fd.
     this.#callback = (count: number) => this.#onMessages(count);
-    this.#handle = new native.UffdHandle(fd, this.#callback, this.#messages);
+    this.#handle = new native.UffdHandle(fd, this.#callback, this.#messages, lentId);
   }
 
   /**
@@ -153,19 +184,36 @@ export class Userfaultfd implements FaultResolver {
    * know their page size (default: this system's page size).
    */
   static fromFd(fd: number, options?: { features?: Feature[]; ranges?: AdoptedRange[] }): Userfaultfd {
-    if (!Number.isInteger(fd) || fd < 0) throw argTypeError('fd', 'a file descriptor (non-negative integer)', fd);
+    validate.fd(fd, 'fd');
     const opts = validate.options<{ features: Feature[]; ranges: AdoptedRange[] }>(options, 'options');
     const uffd = new Userfaultfd(fd, 'adopted', 0n, featureBits(opts.features ?? []));
-    for (const range of opts.ranges ?? []) {
-      const start = validate.address(range.address, 'range.address');
-      const length = validate.size(range.length, 'range.length');
-      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.size(range.pageSize, 'range.pageSize');
-      validate.range('userfaultfd', start, length, pageSize);
-      uffd.#registrations.push({
-        start, end: start + BigInt(length), pageSize, ioctls: new Set(),
-        modes: { missing: range.modes?.missing ?? true, minor: range.modes?.minor ?? false, wp: range.modes?.wp ?? false, rwp: range.modes?.rwp ?? false },
-      });
+    uffd.#adopt(opts.ranges ?? []);
+    return uffd;
+  }
+
+  /**
+   * Shares this uffd with a worker thread: pass the loan in workerData, and
+   * the worker's Userfaultfd.borrow(loan) serves faults with serveSync(),
+   * blocked in the addon, so that nothing this thread does delays a fault.
+   * This thread keeps the uffd: its close() ends the worker's serveSync(),
+   * and the descriptor closes once the worker lets go.
+   */
+  lend(): UffdLoan {
+    this.#checkOpen('userfaultfd');
+    return {
+      id: this.#handle.lend(),
+      features: [...this.enabledFeatures],
+      ranges: this.#registrations.map((r) => ({ address: r.start, length: r.end - r.start, pageSize: r.pageSize, modes: { ...r.modes } })),
+    };
+  }
+
+  /** The worker's side of lend(): the same uffd, to serve with serveSync() (or any resolving method). */
+  static borrow(loan: UffdLoan): Userfaultfd {
+    if (loan === null || typeof loan !== 'object' || !Number.isSafeInteger(loan.id) || loan.id <= 0) {
+      throw argTypeError('loan', 'the object uffd.lend() returned', loan);
     }
+    const uffd = new Userfaultfd(-1, 'borrowed', 0n, featureBits(loan.features ?? []), loan.id);
+    uffd.#adopt(loan.ranges ?? []);
     return uffd;
   }
 
@@ -377,51 +425,218 @@ export class Userfaultfd implements FaultResolver {
   serve(handler: (fault: Fault) => void | Promise<void>, options?: ServeOptions): Promise<void> {
     if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
     const opts = validate.options<ServeOptions>(options, 'options');
+    const served = this.#serveWith(handler, opts, false);
+    this.#handle.setSpin(opts.spin === true);
+    this.#handle.start();
+    return served;
+  }
+
+  /**
+   * The native fast path: a thread of the addon resolves every fault whose
+   * page `source` holds (present), from the source's bytes at each range's
+   * offset, with no JavaScript involved: UFFDIO_COPY for missing faults,
+   * UFFDIO_CONTINUE for minor ones, UFFDIO_ZEROPAGE in `zero` ranges and on
+   * pages a REMOVE event dropped. Faults on adjacent pages go in one ioctl;
+   * readAhead fills the aligned chunk around each fault. Everything else
+   * (pages not present yet, write-protect faults, faults outside the ranges)
+   * reaches options.onMiss as a Fault, and non-fault events reach onEvent,
+   * on this thread, with serve()'s failure policy. `source` null: only minor
+   * faults and zero ranges are served natively. The source's memory is held
+   * until the uffd is closed. Resolves when the uffd is closed.
+   * See docs/performance.md.
+   */
+  serveFrom(source: PageSource | null, options?: ServeFromOptions): Promise<void> {
+    const src = checkSource(source);
+    const opts = validate.options<ServeFromOptions>(options, 'options');
+    this.#checkOpen('serveFrom');
+    const ranges = planRanges(opts.ranges ?? this.#defaultRanges(), src, (address) => this.#pageSizeAt(address));
+    const pages = readAhead(opts.readAhead);
+    const onMiss = opts.onMiss ?? fetchAndResolve;
+    if (typeof onMiss !== 'function') throw argTypeError('options.onMiss', 'a function', onMiss);
+    const table = rangeTable(ranges, src);
+    const served = this.#serveWith((fault) => onMiss(fault, locate(ranges, src, fault)), opts, false);
+    const bytes = src ? src.bytes : new Uint8Array(0);
+    this.#handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false);
+    return served;
+  }
+
+  /**
+   * Serves faults on this thread, blocking it: it waits for faults inside
+   * the addon (no event loop involved), calls handler for each, and returns
+   * when the uffd is closed (by this thread's handler, or by the thread that
+   * lent it). Meant for a worker thread given a Userfaultfd.borrow(loan): a
+   * busy main thread then never delays a fault. Handlers must resolve their
+   * fault before returning (nothing asynchronous runs while this blocks); a
+   * fault left unresolved gets the failure policy. See docs/performance.md.
+   */
+  serveSync(handler: (fault: Fault) => void, options?: ServeSyncOptions): void {
+    if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
+    const opts = validate.options<ServeSyncOptions>(options, 'options');
+    this.#serveWith(handler, opts, true).catch(() => {});
+    const spin = opts.spin !== false;
+    let retrying = false;
+    try {
+      for (;;) {
+        // Faults refused with EAGAIN are retried after at most 1 ms.
+        const count = this.#handle.wait(retrying ? 1 : WAIT_SLICE_MS, spin);
+        if (count < 0 || this.#closed) break;
+        if (count > 0) this.#onMessages(count);
+        if (this.#closed) break;
+        retrying = this.#retryNow();
+      }
+    } finally {
+      this.close();
+    }
+  }
+
+  /**
+   * serve() without a Fault per fault: handler gets each batch the kernel
+   * delivered (up to 64 faults) as one reused FaultBatch, and resolves fault
+   * i with batch.copy(i, data), batch.zero(i) or batch.continue(i) before it
+   * returns; addresses are numbers. Nothing is allocated per fault, so the
+   * garbage collector has nothing to chase. Faults left unresolved (or a
+   * handler that throws, reported to onError) get the 'fill' policy.
+   * Non-fault events reach onEvent first. Resolves when the uffd is closed.
+   */
+  serveBatch(handler: (batch: FaultBatch) => void, options?: Pick<ServeOptions, 'onEvent' | 'spin'> & { onError?: (error: unknown) => void }): Promise<void> {
+    if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
+    const opts = validate.options<Pick<ServeOptions, 'onEvent' | 'spin'> & { onError?: (error: unknown) => void }>(options, 'options');
+    checkServeOptions(opts);
     this.#claim('serve');
+    const batch = new FaultBatch(this.#view, MESSAGE_CAPACITY, this.#handle, (address) => this.#pageSizeAtNumber(address));
     const report = opts.onError ?? ((error: unknown) => process.emitWarning(error as Error, 'UffdHandlerWarning'));
+    this.#batchHandler = (count) => {
+      batch.load(count);
+      if (batch.length < count) {
+        // Events first, as serve() does; they are rare, so they may allocate.
+        for (let i = 0; i < count; i++) {
+          const event = this.#view.getUint8(i * MSG_SIZE) === EVENT.PAGEFAULT ? undefined : decode(this.#view, i, this.#decodeContext());
+          if (!event || event.type === 'pagefault') continue;
+          if (opts.onEvent) guarded(() => opts.onEvent!(event));
+          else if (event.type === 'fork') event.uffd.close();
+        }
+      }
+      if (batch.length === 0) return;
+      this.#jsFaults += batch.length;
+      try {
+        handler(batch);
+      } catch (error) {
+        guarded(() => report(error));
+      }
+      if (!this.#closed) batch.fillUnresolved();
+    };
+    this.#handle.setSpin(opts.spin === true);
+    this.#handle.start();
+    return new Promise<void>((resolve, reject) => {
+      this.#ended.push(() => (this.#failure ? reject(this.#failure) : resolve()));
+    });
+  }
+
+  /** Counters of what serving has done so far (cheap: one call into the addon). */
+  stats(): ServeStats {
+    return readStats(this.#closed ? this.#finalStats : this.#handle.stats(), this.#jsFaults);
+  }
+
+  // Claims the uffd for serving and sets the delivery of batches: events
+  // first, then faults to handler. sync: handlers cannot await (serveSync).
+  #serveWith(handler: (fault: Fault) => void | Promise<void>, opts: Partial<ServeOptions>, sync: boolean): Promise<void> {
+    checkServeOptions(opts);
+    this.#claim('serve');
+    const report = opts.onError ?? warnHandlerFailure;
     const failure = opts.failure ?? 'fill';
     const fail = (error: unknown, fault: Fault): void => {
       if (this.#closed) return;
       if (!fault.resolved) resolveAfterFailure(fault, failure);
-      report(error, fault);
+      // A throwing onError must not cost the rest of the batch its handling.
+      guarded(() => report(error, fault));
     };
     // A resolution refused with EAGAIN (an event is queued that this side
     // has not read yet) is tried again after the next batch's events.
     let retry: Fault[] = [];
+    const failed = (error: unknown, fault: Fault): void => {
+      // Handlers may throw anything, undefined and null included.
+      if ((error as UffdError | null | undefined)?.code === 'EAGAIN' && !fault.resolved) {
+        retry.push(fault);
+        scheduleRetry();
+      } else {
+        fail(error, fault);
+      }
+    };
     const dispatch = (fault: Fault): void => {
-      const failed = (error: unknown): void => {
-        if ((error as UffdError).code === 'EAGAIN' && !fault.resolved) retry.push(fault);
-        else fail(error, fault);
-      };
+      this.#jsFaults++;
       let result: void | Promise<void>;
       try {
         result = handler(fault);
       } catch (error) {
-        failed(error);
+        failed(error, fault);
         return;
       }
-      if (result && typeof (result as Promise<void>).then === 'function') {
-        (result as Promise<void>).then(() => { if (!fault.resolved) fail(unresolved(fault), fault); }, failed);
-      } else if (!fault.resolved) {
+      if (fault.resolved) return;
+      // Closures only for handlers that are still working on their fault.
+      if (!sync && result && typeof (result as Promise<void>).then === 'function') {
+        (result as Promise<void>).then(() => { if (!fault.resolved) fail(unresolved(fault), fault); }, (error) => failed(error, fault));
+      } else {
         fail(unresolved(fault), fault);
       }
+    };
+    // The event that made the kernel refuse with EAGAIN is usually read in
+    // the next batch; but the kernel lowers its "address space changing" mark
+    // only after the changing thread resumes, a moment after its event was
+    // read, and then no further batch may come. So refused faults are also
+    // retried on the next turn of the event loop (after its poll phase has
+    // read whatever is queued), backing off to 1 ms after many tries.
+    let retryScheduled = false;
+    let retryTurns = 0;
+    // serveSync blocks the loop: it retries between its waits instead.
+    this.#retryNow = () => {
+      const again = retry;
+      retry = [];
+      for (const fault of again) if (!this.#closed) dispatch(fault);
+      return retry.length > 0;
+    };
+    const scheduleRetry = (): void => {
+      if (sync || retryScheduled || retry.length === 0 || this.#closed) return;
+      retryScheduled = true;
+      const run = (): void => {
+        retryScheduled = false;
+        retryTurns++;
+        const again = retry;
+        retry = [];
+        for (const fault of again) if (!this.#closed) dispatch(fault);
+        if (retry.length === 0) retryTurns = 0;
+        scheduleRetry();
+      };
+      if (retryTurns < 100) setImmediate(run);
+      else setTimeout(run, 1);
     };
     this.#deliver = (batch) => {
       // Events first: a fault read in the same batch as a REMOVE of its page
       // must be served after the removal is known, or stale data lands there.
       for (const event of batch) {
         if (event.type === 'pagefault') continue;
-        if (opts.onEvent) opts.onEvent(event);
+        if (opts.onEvent) guarded(() => opts.onEvent!(event));
         else if (event.type === 'fork') event.uffd.close();
       }
-      const again = retry;
-      retry = [];
-      for (const fault of again) if (!this.#closed) dispatch(fault);
+      if (retry.length > 0) {
+        const again = retry;
+        retry = [];
+        for (const fault of again) if (!this.#closed) dispatch(fault);
+      }
       for (const event of batch) if (event.type === 'pagefault' && !this.#closed) dispatch(event);
+      scheduleRetry();
     };
-    this.#handle.start();
     return new Promise<void>((resolve, reject) => {
       this.#ended.push(() => (this.#failure ? reject(this.#failure) : resolve()));
+    });
+  }
+
+  // serveFrom's default: every registration, back to back in address order from source offset 0.
+  #defaultRanges(): ServeRange[] {
+    let offset = 0;
+    return [...this.#registrations].sort((a, b) => (a.start < b.start ? -1 : 1)).map((r) => {
+      const range = { address: r.start, length: Number(r.end - r.start), offset };
+      offset += range.length;
+      return range;
     });
   }
 
@@ -447,6 +662,8 @@ export class Userfaultfd implements FaultResolver {
     if (this.#closed) return;
     this.#closed = true;
     this.#handle.close();
+    // After close: the native thread has been joined, its counters are final.
+    this.#finalStats = this.#handle.stats();
     this.#registrations = [];
     this.#queue = [];
     this.#end();
@@ -464,19 +681,29 @@ export class Userfaultfd implements FaultResolver {
       this.close();
       return;
     }
-    const context = {
-      resolver: this as FaultResolver,
-      pageSizeAt: (address: bigint) => this.#pageSizeAt(address),
-      threadIds: this.enabledFeatures.has('THREAD_ID'),
-      receivedAt: performance.now(),
-      adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
-    };
+    if (this.#batchHandler) {
+      this.#batchHandler(count);
+      return;
+    }
+    const context = this.#decodeContext();
+    context.receivedAt = performance.now();
     const batch: Event[] = [];
     for (let i = 0; i < count; i++) {
       const event = decode(this.#view, i, context);
       if (event) batch.push(event);
     }
     this.#deliver(batch);
+  }
+
+  // One context for the uffd's life: a batch allocates its events and nothing else.
+  #decodeContext(): DecodeContext<Userfaultfd> {
+    return (this.#context ??= {
+      resolver: this as FaultResolver,
+      pageSizeAt: (address: bigint) => this.#pageSizeAt(address),
+      threadIds: this.enabledFeatures.has('THREAD_ID'),
+      receivedAt: 0,
+      adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
+    });
   }
 
   #end(): void {
@@ -501,6 +728,23 @@ export class Userfaultfd implements FaultResolver {
     this.#consumer = consumer;
   }
 
+  // Records ranges another process or thread registered: faults there learn
+  // their page size and modes from them.
+  #adopt(ranges: unknown): void {
+    if (!Array.isArray(ranges)) throw argTypeError('options.ranges', 'an array of { address, length, pageSize?, modes? }', ranges);
+    for (const range of ranges as AdoptedRange[]) {
+      if (range === null || typeof range !== 'object') throw argTypeError('range', 'an object { address, length, pageSize?, modes? }', range);
+      const start = validate.address(range.address, 'range.address');
+      const length = validate.size(range.length, 'range.length');
+      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.pageSize(range.pageSize, 'range.pageSize');
+      validate.range('userfaultfd', start, length, pageSize);
+      this.#registrations.push({
+        start, end: start + BigInt(length), pageSize, ioctls: new Set(),
+        modes: { missing: range.modes?.missing ?? true, minor: range.modes?.minor ?? false, wp: range.modes?.wp ?? false, rwp: range.modes?.rwp ?? false },
+      });
+    }
+  }
+
   #checkOpen(syscall: string): void {
     if (this.#closed) throw libraryError('ERR_UFFD_CLOSED', syscall);
   }
@@ -511,6 +755,11 @@ export class Userfaultfd implements FaultResolver {
     const bytes = validate.size(length, 'length');
     validate.range(syscall, start, bytes, this.#pageSizeAt(start));
     return [start, bytes];
+  }
+
+  #pageSizeAtNumber(address: number): number {
+    for (const r of this.#registrations) if (address >= Number(r.start) && address < Number(r.end)) return r.pageSize;
+    return systemPageSize();
   }
 
   #pageSizeAt(address: bigint): number {
@@ -554,8 +803,40 @@ function targetRange(target: Target): { start: bigint; length: number; pageSize:
   if (target === null || typeof target !== 'object') throw argTypeError('target', 'a Mapping or { address, length }', target);
   const start = validate.address(target.address, 'target.address');
   const length = validate.size(target.length, 'target.length');
-  const pageSize = target.pageSize === undefined ? systemPageSize() : validate.size(target.pageSize, 'target.pageSize');
+  const pageSize = target.pageSize === undefined ? systemPageSize() : validate.pageSize(target.pageSize, 'target.pageSize');
   return { start, length, pageSize };
+}
+
+// Runs a user callback of serve(); what it throws becomes an uncaught
+// exception once the current batch has been handled, as from any callback.
+// The options every serving method shares.
+function checkServeOptions(opts: Partial<Pick<ServeOptions, 'onError' | 'onEvent' | 'failure'>>): void {
+  for (const name of ['onError', 'onEvent'] as const) {
+    if (opts[name] !== undefined && typeof opts[name] !== 'function') throw argTypeError(`options.${name}`, 'a function', opts[name]);
+  }
+  if (opts.failure !== undefined && opts.failure !== 'fill' && opts.failure !== 'poison') {
+    throw argValueError('options.failure', `must be 'fill' or 'poison'. Received ${String(opts.failure)}`);
+  }
+}
+
+function guarded(callback: () => void): void {
+  try {
+    callback();
+  } catch (error) {
+    process.nextTick(() => {
+      throw error;
+    });
+  }
+}
+
+function warnHandlerFailure(error: unknown, fault: Fault): void {
+  if (error instanceof Error) {
+    process.emitWarning(error, 'UffdHandlerWarning');
+    return;
+  }
+  process.emitWarning(
+    `the handler for the ${fault.kind} fault at 0x${fault.address.toString(16)} threw or rejected with ${typeof error === 'string' ? `'${error}'` : String(error)}, not an Error; the fault was resolved by the failure policy`,
+    'UffdHandlerWarning');
 }
 
 function unresolved(fault: Fault): UffdError {

@@ -60,9 +60,27 @@ export function shuffled(count: number, seed = 42): number[] {
   return order;
 }
 
-/** Where the kernel has a thread waiting (as root: the function name). */
+/** Where the kernel has a thread waiting (as root: the function name; '0' while it runs). */
 export function wchan(tid: number): string {
   return fs.readFileSync(`/proc/self/task/${tid}/wchan`, 'utf8');
+}
+
+/** Resolves once `count` threads of this process sleep in handle_userfault; throws after timeoutMs. */
+export async function threadsWaitingOnFaults(count: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let waiting = 0;
+    for (const tid of fs.readdirSync('/proc/self/task')) {
+      try {
+        if (wchan(Number(tid)) === 'handle_userfault') waiting++;
+      } catch {
+        // The thread exited meanwhile.
+      }
+    }
+    if (waiting >= count) return;
+    if (Date.now() > deadline) throw new Error(`only ${waiting} of ${count} threads reached handle_userfault in ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }
 
 /**
