@@ -14,18 +14,25 @@ export function reserveHugePages(count: number, pageSize = 2 * 1024 * 1024): Hug
   const none = (skipReason: string): HugePageReservation => ({ skipReason, pageSize, restore() {} });
   if (!fs.existsSync(dir)) return none(`this kernel has no ${pageSize / 1024} kB huge pages (${dir} is missing)`);
   const read = (file: string): number => Number(fs.readFileSync(`${dir}/${file}`, 'utf8'));
+  // Test files run in parallel and each reserves its own pages: always add
+  // `count` and take back only what was added, so that one file's restore
+  // never takes pages another file still counts on.
   const before = read('nr_hugepages');
-  const free = read('free_hugepages');
-  if (free >= count) return { skipReason: undefined, pageSize, restore() {} };
   try {
-    fs.writeFileSync(`${dir}/nr_hugepages`, String(before + count - free));
+    fs.writeFileSync(`${dir}/nr_hugepages`, String(before + count));
   } catch (error) {
     return none(`cannot reserve ${count} huge pages: ${(error as Error).message} (run as root)`);
   }
-  const restore = (): void => fs.writeFileSync(`${dir}/nr_hugepages`, String(before));
-  if (read('free_hugepages') < count) {
+  const added = read('nr_hugepages') - before;
+  let restored = false;
+  const restore = (): void => {
+    if (restored) return;
+    restored = true;
+    fs.writeFileSync(`${dir}/nr_hugepages`, String(Math.max(0, read('nr_hugepages') - added)));
+  };
+  if (added < count) {
     restore();
-    return none(`the kernel granted only ${read('free_hugepages')} of ${count} huge pages (memory too fragmented?)`);
+    return none(`the kernel granted only ${added} of ${count} huge pages (memory too fragmented?)`);
   }
   return { skipReason: undefined, pageSize, restore };
 }
