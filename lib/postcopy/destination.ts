@@ -81,6 +81,7 @@ export interface DestinationStats {
 // Bytes the installer copies per turn of the event loop, so that faults read
 // in between are served promptly; and how often it looks for new pages.
 const INSTALL_BURST = 4 << 20;
+const INSTALL_SLICE = 256 << 10;
 const INSTALL_POLL_MS = 2;
 
 export class PostcopyDestination {
@@ -274,17 +275,22 @@ export class PostcopyDestination {
     }
   }
 
-  // UFFDIO_COPY of [first, end): pages a fault copied in meanwhile are skipped.
+  // UFFDIO_COPY of [first, end), INSTALL_SLICE bytes per ioctl: the kernel
+  // holds the address space's lock for reading across one ioctl, and a
+  // workload thread that maps memory (its heap growing) waits for it.
+  // Pages a fault copied in meanwhile are skipped.
   #install(first: number, end: number): boolean {
     const bytes = this.#source.bytes;
+    const slice = Math.max(1, Math.floor(INSTALL_SLICE / this.#pageSize));
     let page = first;
     while (page < end) {
       const offset = page * this.#pageSize;
+      const stop = Math.min(end, page + slice);
       try {
-        this.#uffd.copy(this.#address + BigInt(offset), bytes.subarray(offset, end * this.#pageSize));
-        this.stats.pagesInstalled += end - page;
-        this.#markInstalled(page, end);
-        return true;
+        this.#uffd.copy(this.#address + BigInt(offset), bytes.subarray(offset, stop * this.#pageSize));
+        this.stats.pagesInstalled += stop - page;
+        this.#markInstalled(page, stop);
+        page = stop;
       } catch (error) {
         const e = error as UffdError;
         if (e.code !== 'EEXIST') {
