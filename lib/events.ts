@@ -21,8 +21,8 @@ export interface FaultResolver {
 /** What a resolution did: 'done', or 'exists' when the page was already there (the faulting thread has been woken). */
 export type Outcome = 'done' | 'exists';
 
-function isEexist(error: unknown): boolean {
-  return (error as UffdError | undefined)?.code === 'EEXIST';
+function codeOf(error: unknown): string | undefined {
+  return (error as UffdError | null | undefined)?.code;
 }
 
 export class Fault {
@@ -95,13 +95,33 @@ export class Fault {
     this.#resolver.wake(this.pageAddress, this.pageSize);
   }
 
+  /**
+   * UFFDIO_WAKE for a fault the kernel now handles by itself, because its
+   * range was unregistered (or its page made present some other way) since
+   * the fault was queued: the woken thread retries its access and does not
+   * fault to this uffd again. Counts as a resolution.
+   */
+  release(): Outcome {
+    return this.#resolve(() => this.#resolver.wake(this.pageAddress, this.pageSize));
+  }
+
   #resolve(operation: () => unknown): Outcome {
     try {
       operation();
       this.#resolved = true;
       return 'done';
     } catch (error) {
-      if (!isEexist(error)) throw error;
+      if (codeOf(error) === 'ENOENT') {
+        // The range was unregistered or unmapped since the fault: nothing can
+        // resolve it now, but the thread must not wait forever; woken, it
+        // retries against whatever is mapped there now.
+        try {
+          this.#resolver.wake(this.pageAddress, this.pageSize);
+        } catch {
+          // The error that matters is the one thrown below.
+        }
+      }
+      if (codeOf(error) !== 'EEXIST') throw error;
       // Another resolution put the page there first; this thread's fault
       // still waits for a wake.
       this.#resolver.wake(this.pageAddress, this.pageSize);

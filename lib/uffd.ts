@@ -144,13 +144,16 @@ export class Userfaultfd implements FaultResolver {
    * know their page size (default: this system's page size).
    */
   static fromFd(fd: number, options?: { features?: Feature[]; ranges?: AdoptedRange[] }): Userfaultfd {
-    if (!Number.isInteger(fd) || fd < 0) throw argTypeError('fd', 'a file descriptor (non-negative integer)', fd);
+    validate.fd(fd, 'fd');
     const opts = validate.options<{ features: Feature[]; ranges: AdoptedRange[] }>(options, 'options');
     const uffd = new Userfaultfd(fd, 'adopted', 0n, featureBits(opts.features ?? []));
-    for (const range of opts.ranges ?? []) {
+    const ranges = opts.ranges ?? [];
+    if (!Array.isArray(ranges)) throw argTypeError('options.ranges', 'an array of { address, length, pageSize?, modes? }', ranges);
+    for (const range of ranges) {
+      if (range === null || typeof range !== 'object') throw argTypeError('range', 'an object { address, length, pageSize?, modes? }', range);
       const start = validate.address(range.address, 'range.address');
       const length = validate.size(range.length, 'range.length');
-      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.size(range.pageSize, 'range.pageSize');
+      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.pageSize(range.pageSize, 'range.pageSize');
       validate.range('userfaultfd', start, length, pageSize);
       uffd.#registrations.push({
         start, end: start + BigInt(length), pageSize, ioctls: new Set(),
@@ -321,21 +324,33 @@ export class Userfaultfd implements FaultResolver {
   serve(handler: (fault: Fault) => void | Promise<void>, options?: ServeOptions): Promise<void> {
     if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
     const opts = validate.options<ServeOptions>(options, 'options');
+    for (const name of ['onError', 'onEvent'] as const) {
+      if (opts[name] !== undefined && typeof opts[name] !== 'function') throw argTypeError(`options.${name}`, 'a function', opts[name]);
+    }
+    if (opts.failure !== undefined && opts.failure !== 'fill' && opts.failure !== 'poison') {
+      throw argValueError('options.failure', `must be 'fill' or 'poison'. Received ${String(opts.failure)}`);
+    }
     this.#claim('serve');
-    const report = opts.onError ?? ((error: unknown) => process.emitWarning(error as Error, 'UffdHandlerWarning'));
+    const report = opts.onError ?? warnHandlerFailure;
     const failure = opts.failure ?? 'fill';
     const fail = (error: unknown, fault: Fault): void => {
       if (this.#closed) return;
       if (!fault.resolved) resolveAfterFailure(fault, failure);
-      report(error, fault);
+      // A throwing onError must not cost the rest of the batch its handling.
+      guarded(() => report(error, fault));
     };
     // A resolution refused with EAGAIN (an event is queued that this side
     // has not read yet) is tried again after the next batch's events.
     let retry: Fault[] = [];
     const dispatch = (fault: Fault): void => {
       const failed = (error: unknown): void => {
-        if ((error as UffdError).code === 'EAGAIN' && !fault.resolved) retry.push(fault);
-        else fail(error, fault);
+        // Handlers may throw anything, undefined and null included.
+        if ((error as UffdError | null | undefined)?.code === 'EAGAIN' && !fault.resolved) {
+          retry.push(fault);
+          scheduleRetry();
+        } else {
+          fail(error, fault);
+        }
       };
       let result: void | Promise<void>;
       try {
@@ -350,18 +365,42 @@ export class Userfaultfd implements FaultResolver {
         fail(unresolved(fault), fault);
       }
     };
+    // The event that made the kernel refuse with EAGAIN is usually read in
+    // the next batch; but the kernel lowers its "address space changing" mark
+    // only after the changing thread resumes, a moment after its event was
+    // read, and then no further batch may come. So refused faults are also
+    // retried on the next turn of the event loop (after its poll phase has
+    // read whatever is queued), backing off to 1 ms after many tries.
+    let retryScheduled = false;
+    let retryTurns = 0;
+    const scheduleRetry = (): void => {
+      if (retryScheduled || retry.length === 0 || this.#closed) return;
+      retryScheduled = true;
+      const run = (): void => {
+        retryScheduled = false;
+        retryTurns++;
+        const again = retry;
+        retry = [];
+        for (const fault of again) if (!this.#closed) dispatch(fault);
+        if (retry.length === 0) retryTurns = 0;
+        scheduleRetry();
+      };
+      if (retryTurns < 100) setImmediate(run);
+      else setTimeout(run, 1);
+    };
     this.#deliver = (batch) => {
       // Events first: a fault read in the same batch as a REMOVE of its page
       // must be served after the removal is known, or stale data lands there.
       for (const event of batch) {
         if (event.type === 'pagefault') continue;
-        if (opts.onEvent) opts.onEvent(event);
+        if (opts.onEvent) guarded(() => opts.onEvent!(event));
         else if (event.type === 'fork') event.uffd.close();
       }
       const again = retry;
       retry = [];
       for (const fault of again) if (!this.#closed) dispatch(fault);
       for (const event of batch) if (event.type === 'pagefault' && !this.#closed) dispatch(event);
+      scheduleRetry();
     };
     this.#handle.start();
     return new Promise<void>((resolve, reject) => {
@@ -498,8 +537,30 @@ function targetRange(target: Target): { start: bigint; length: number; pageSize:
   if (target === null || typeof target !== 'object') throw argTypeError('target', 'a Mapping or { address, length }', target);
   const start = validate.address(target.address, 'target.address');
   const length = validate.size(target.length, 'target.length');
-  const pageSize = target.pageSize === undefined ? systemPageSize() : validate.size(target.pageSize, 'target.pageSize');
+  const pageSize = target.pageSize === undefined ? systemPageSize() : validate.pageSize(target.pageSize, 'target.pageSize');
   return { start, length, pageSize };
+}
+
+// Runs a user callback of serve(); what it throws becomes an uncaught
+// exception once the current batch has been handled, as from any callback.
+function guarded(callback: () => void): void {
+  try {
+    callback();
+  } catch (error) {
+    process.nextTick(() => {
+      throw error;
+    });
+  }
+}
+
+function warnHandlerFailure(error: unknown, fault: Fault): void {
+  if (error instanceof Error) {
+    process.emitWarning(error, 'UffdHandlerWarning');
+    return;
+  }
+  process.emitWarning(
+    `the handler for the ${fault.kind} fault at 0x${fault.address.toString(16)} threw or rejected with ${typeof error === 'string' ? `'${error}'` : String(error)}, not an Error; the fault was resolved by the failure policy`,
+    'UffdHandlerWarning');
 }
 
 function unresolved(fault: Fault): UffdError {

@@ -3,7 +3,8 @@
 // uffd (and a memfd) moves between processes; Node's net module cannot do it.
 import fs from 'node:fs';
 import { native, type WatchHandle } from './binding';
-import { UffdError, argTypeError, libraryError, systemError } from './errors';
+import { UffdError, argTypeError, argValueError, libraryError, systemError } from './errors';
+import * as validate from './validate';
 
 export interface Message {
   /** Bytes of one recvmsg (a stream socket may split or join the sender's messages). */
@@ -61,7 +62,9 @@ export class UnixConnection {
     if (this.#closed) throw libraryError('ERR_UFFD_CLOSED', 'sendmsg', 'this connection is closed');
     const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
     if (!ArrayBuffer.isView(bytes)) throw argTypeError('data', 'a string, Buffer or TypedArray', data);
-    if (!Array.isArray(fds) || !fds.every((fd) => Number.isInteger(fd) && fd >= 0)) throw argTypeError('fds', 'an array of descriptors', fds);
+    if (bytes.byteLength === 0 && isDetached(bytes)) throw argValueError('data', 'is detached (transferred or destroyed); pass a live buffer');
+    if (!Array.isArray(fds)) throw argTypeError('fds', 'an array of descriptors', fds);
+    for (const fd of fds) validate.fd(fd, 'fds[]');
     const sent = native.socketSend(this.fd, bytes, fds);
     if (sent !== bytes.byteLength) {
       throw new UffdError('EAGAIN', `EAGAIN: only ${sent} of ${bytes.byteLength} bytes fit in the socket buffer, sendmsg — send smaller messages`, { syscall: 'sendmsg' });
@@ -69,7 +72,9 @@ export class UnixConnection {
   }
 
   /** The next recvmsg's data and descriptors, or null at end of stream. */
-  receive(options: ReceiveOptions = {}): Promise<Message | null> {
+  receive(options?: ReceiveOptions): Promise<Message | null> {
+    const opts = validate.options<ReceiveOptions>(options, 'options');
+    const timeoutMs = opts.timeoutMs === undefined ? undefined : validate.timeout(opts.timeoutMs, 'options.timeoutMs');
     const message = this.#queue.shift();
     if (message) {
       this.#queued -= message.data.length;
@@ -81,13 +86,13 @@ export class UnixConnection {
     return new Promise<Message | null>((resolve, reject) => {
       const waiter = { resolve, reject };
       this.#waiting.push(waiter);
-      if (options.timeoutMs !== undefined) {
+      if (timeoutMs !== undefined) {
         const timer = setTimeout(() => {
           const at = this.#waiting.indexOf(waiter);
           if (at < 0) return;
           this.#waiting.splice(at, 1);
-          reject(libraryError('ERR_UFFD_TIMEOUT', 'recvmsg', `nothing arrived within ${options.timeoutMs} ms`));
-        }, options.timeoutMs);
+          reject(libraryError('ERR_UFFD_TIMEOUT', 'recvmsg', `nothing arrived within ${timeoutMs} ms`));
+        }, timeoutMs);
         const settle = (): void => clearTimeout(timer);
         waiter.resolve = (m) => (settle(), resolve(m));
         waiter.reject = (e) => (settle(), reject(e));
@@ -183,9 +188,12 @@ export class UnixServer {
   }
 
   /** Listens on path (a stale socket file there is replaced). */
-  static listen(path: string, options: { backlog?: number } = {}): UnixServer {
+  static listen(path: string, options?: { backlog?: number }): UnixServer {
     if (typeof path !== 'string') throw argTypeError('path', 'of type string', path);
-    return new UnixServer(path, native.socketListen(path, options.backlog ?? 16));
+    const backlog = validate.options<{ backlog: number }>(options, 'options').backlog ?? 16;
+    // listen(2) caps the backlog at net.core.somaxconn itself.
+    if (!Number.isSafeInteger(backlog) || backlog < 0 || backlog > 0x7fffffff) throw argTypeError('options.backlog', 'an integer >= 0 and < 2 ** 31', backlog);
+    return new UnixServer(path, native.socketListen(path, backlog));
   }
 
   /** The next connection, or null once the server is closed. */
@@ -242,5 +250,14 @@ export class UnixServer {
 
 /** What a descriptor is, from /proc/self/fd: 'userfaultfd', 'memfd', 'file', 'socket', 'closed', or an anon_inode name. */
 export function descriptorKind(fd: number): string {
-  return native.descriptorKind(fd);
+  return native.descriptorKind(validate.fd(fd, 'fd'));
+}
+
+function isDetached(view: ArrayBufferView): boolean {
+  try {
+    new Uint8Array(view.buffer);
+    return false;
+  } catch {
+    return true;
+  }
 }

@@ -1,7 +1,8 @@
 // Argument checks, in one place: addresses are bigint, lengths and offsets
 // are safe non-negative integers (number or bigint), ranges are aligned to
 // the page size that governs them.
-import { argRangeError, argTypeError, invalid } from './errors';
+import { native } from './binding';
+import { argRangeError, argTypeError, argValueError, invalid } from './errors';
 
 const MAX_ADDRESS = (1n << 64n) - 1n;
 
@@ -18,6 +19,30 @@ export function size(value: unknown, name: string): number {
   }
   if (typeof value !== 'number') throw argTypeError(name, 'of type number or bigint', value);
   if (!Number.isSafeInteger(value) || value < 0) throw argRangeError(name, 'a non-negative safe integer', value);
+  return value;
+}
+
+/** A file descriptor: an integer in [0, 2^31) (the kernel's int). */
+export function fd(value: unknown, name: string): number {
+  if (typeof value !== 'number') throw argTypeError(name, 'a file descriptor (of type number)', value);
+  if (!Number.isInteger(value) || value < 0 || value > 0x7fffffff) throw argRangeError(name, 'an integer >= 0 and < 2 ** 31', value);
+  return value;
+}
+
+/** A page size: a power of two, at least the system's base page size. */
+export function pageSize(value: unknown, name: string): number {
+  const bytes = size(value, name);
+  const base = native.systemPageSize();
+  if (bytes < base || !Number.isInteger(Math.log2(bytes))) {
+    throw argValueError(name, `must be a power of two of at least the system page size (${base} bytes). Received ${bytes}`);
+  }
+  return bytes;
+}
+
+/** A timeout in milliseconds that setTimeout can honour. */
+export function timeout(value: unknown, name: string): number {
+  if (typeof value !== 'number') throw argTypeError(name, 'of type number', value);
+  if (!(value >= 0 && value <= 0x7fffffff)) throw argRangeError(name, '>= 0 and <= 2 ** 31 - 1 (milliseconds)', value);
   return value;
 }
 

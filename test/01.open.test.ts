@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { FEATURES, Userfaultfd } from '../dist/index.js';
+import { PAGE } from './helpers';
 
 describe('Userfaultfd.open()', () => {
   it('opens a uffd and reports the features the kernel offers and those enabled', () => {
@@ -40,9 +41,9 @@ describe('Userfaultfd.open()', () => {
     uffd.close();
     expect(uffd.closed).toBe(true);
     const closed = expect.objectContaining({ code: 'ERR_UFFD_CLOSED', syscall: 'ioctl(UFFDIO_WAKE)' });
-    expect(() => uffd.wake(0n, 4096)).toThrow(closed);
-    expect(() => uffd.register({ address: 0n, length: 4096 })).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
-    expect(() => uffd.copy(0n, new Uint8Array(4096))).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
+    expect(() => uffd.wake(0n, PAGE)).toThrow(closed);
+    expect(() => uffd.register({ address: 0n, length: PAGE })).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
+    expect(() => uffd.copy(0n, new Uint8Array(PAGE))).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
     expect(() => uffd.events()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
   });
 });

@@ -2,7 +2,7 @@
 // and what closing or unregistering does to a thread waiting on a fault.
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Userfaultfd, type Fault } from '../dist/index.js';
-import { PAGE, pattern, touch, wchan } from './helpers';
+import { PAGE, pattern, settledWchan, touch } from './helpers';
 
 const cleanup: (() => void)[] = [];
 afterEach(() => {
@@ -84,7 +84,7 @@ describe('DONTWAKE and WAKE', () => {
     expect(fault.tid).toBeGreaterThan(0);
     uffd.copy(fault.pageAddress, new Uint8Array(PAGE).fill(8), { dontWake: true });
     // The page is there, but the thread still sleeps in the kernel's fault handler.
-    expect(wchan(fault.tid!)).toBe('handle_userfault');
+    expect(await settledWchan(fault.tid!, 'handle_userfault')).toBe('handle_userfault');
     uffd.wake(fault.pageAddress, PAGE);
     expect((await peer.result).sum).toBe(8);
   });

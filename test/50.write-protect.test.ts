@@ -2,7 +2,7 @@
 // makes a real fault or a real write happen and checks the memory.
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Memfd, Userfaultfd, scanWritten, type Fault } from '../dist/index.js';
-import { PAGE, pattern, touch, wchan } from './helpers';
+import { PAGE, pattern, settledWchan, touch } from './helpers';
 
 const cleanup: (() => void)[] = [];
 afterEach(() => {
@@ -58,7 +58,7 @@ describe('write-protect (WP mode)', () => {
     if (!fault || fault.type !== 'pagefault') throw new Error('expected a fault');
     expect(fault.kind).toBe('wp');
     uffd.writeProtect(mapping.address, PAGE, false, { dontWake: true });
-    expect(wchan(fault.tid!)).toBe('handle_userfault');
+    expect(await settledWchan(fault.tid!, 'handle_userfault')).toBe('handle_userfault');
     uffd.wake(mapping.address, PAGE);
     expect((await writer.result).touched).toBe(1);
   });

@@ -3,7 +3,7 @@
 // the duration of this file (as root) and the old reservation restored.
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Memfd, Userfaultfd, type Fault } from '../dist/index.js';
-import { pattern, touch } from './helpers';
+import { PAGE, pattern, touch } from './helpers';
 import { reserveHugePages } from './hugepages';
 
 const HUGE = 2 * 1024 * 1024;
@@ -45,7 +45,7 @@ describe.skipIf(reservation.skipReason !== undefined)(`hugetlb (2 MiB)${reservat
     cleanup.push(() => uffd.close(), () => mapping.unmap());
     uffd.register(mapping);
     void uffd.serve((fault) => void fault.copy(Buffer.alloc(HUGE, 8)));
-    expect((await touch({ address: mapping.address, length: HUGE }).result).sum).toBe((HUGE / 4096) * 8);
+    expect((await touch({ address: mapping.address, length: HUGE }).result).sum).toBe((HUGE / PAGE) * 8);
   });
 
   it('MINOR + CONTINUE with the page cache filled through a second mapping', async () => {
@@ -87,11 +87,11 @@ describe.skipIf(reservation.skipReason !== undefined)(`hugetlb (2 MiB)${reservat
     const uffd = Userfaultfd.open();
     cleanup.push(() => uffd.close(), () => mapping.unmap());
     uffd.register(mapping);
-    expect(() => uffd.copy(mapping.address, Buffer.alloc(4096))).toThrow(
+    expect(() => uffd.copy(mapping.address, Buffer.alloc(PAGE))).toThrow(
       expect.objectContaining({ code: 'EINVAL', message: expect.stringContaining(`(${HUGE} bytes)`) }),
     );
-    expect(() => uffd.wake(mapping.address + 4096n, HUGE)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
-    expect(() => Memfd.create(HUGE + 4096, { hugePages: HUGE }).map()).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    expect(() => uffd.wake(mapping.address + BigInt(PAGE), HUGE)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    expect(() => Memfd.create(HUGE + PAGE, { hugePages: HUGE }).map()).toThrow(expect.objectContaining({ code: 'EINVAL' }));
   });
 });
 
@@ -114,7 +114,7 @@ describe.skipIf(gigReservation.skipReason !== undefined)(`hugetlb (1 GiB)${gigRe
       fault.copy(Buffer.alloc(GIG, 2));
     });
     // A handful of pages spread over the gigabyte: one fault serves them all.
-    const order = [0, 1000, 100_000, GIG / 4096 - 1];
+    const order = [0, 1000, GIG / PAGE / 2, GIG / PAGE - 1];
     expect((await touch({ address: mapping.address, length: GIG, order }).result).sum).toBe(8);
     expect(faults).toHaveLength(1);
   });

@@ -60,9 +60,42 @@ export function shuffled(count: number, seed = 42): number[] {
   return order;
 }
 
-/** Where the kernel has a thread waiting (as root: the function name). */
+/** Where the kernel has a thread waiting (as root: the function name; '0' while it runs). */
 export function wchan(tid: number): string {
   return fs.readFileSync(`/proc/self/task/${tid}/wchan`, 'utf8');
+}
+
+/**
+ * Resolves with the thread's wchan once it is `where`, or with the last one
+ * seen after timeoutMs. The kernel queues a fault's message before the
+ * faulting thread goes to sleep, so the handler can see the fault while that
+ * thread still runs (wchan '0'), for longer on a loaded machine.
+ */
+export async function settledWchan(tid: number, where: string, timeoutMs = 5000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const seen = wchan(tid);
+    if (seen === where || Date.now() > deadline) return seen;
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+}
+
+/** Resolves once `count` threads of this process sleep in handle_userfault; throws after timeoutMs. */
+export async function threadsWaitingOnFaults(count: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let waiting = 0;
+    for (const tid of fs.readdirSync('/proc/self/task')) {
+      try {
+        if (wchan(Number(tid)) === 'handle_userfault') waiting++;
+      } catch {
+        // The thread exited meanwhile.
+      }
+    }
+    if (waiting >= count) return;
+    if (Date.now() > deadline) throw new Error(`only ${waiting} of ${count} threads reached handle_userfault in ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }
 
 export function pageOf(shared: SharedArrayBuffer, offset: number, length = PAGE): Uint8Array {

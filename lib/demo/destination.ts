@@ -125,7 +125,7 @@ async function main(): Promise<void> {
     progress: progress(),
     blockedMsByThread: [...(destination?.stats.blockedMsByThread ?? [])],
     faultsFetched: destination?.stats.faultsFetched ?? 0,
-    faultP50Us: latency?.percentile(50) ?? 0, faultP99Us: latency?.percentile(99) ?? 0, faultMaxUs: latency?.max ?? 0,
+    faultP50Us: latency?.percentile(50) ?? 0, faultP99Us: latency?.percentile(99) ?? 0, faultMaxUs: latency?.maxUs ?? 0,
   };
   send({ type: 'done', report });
   await workload.worker.terminate();

@@ -19,6 +19,7 @@ import type { PageSource } from '../page-source';
 import type { Userfaultfd } from '../uffd';
 import * as validate from '../validate';
 import { PostcopyClient } from './client';
+import { LatencyHistogram } from '../latency';
 
 export interface DestinationOptions {
   /** Pages after a demanded page to request with it, urgently (default 0). */
@@ -32,35 +33,6 @@ export interface DestinationOptions {
   failure?: 'fill' | 'poison';
   /** Called once, with the first error (the source lost, an ioctl refused). */
   onError?: (error: UffdError) => void;
-}
-
-/** Fault latencies in a log-scale histogram: percentiles without keeping every sample. */
-export class LatencyHistogram {
-  // Buckets grow by 5 %, from 1 µs to well over a minute.
-  static readonly #GROWTH = Math.log(1.05);
-  readonly #counts = new Float64Array(400);
-  count = 0;
-  max = 0;
-
-  record(microseconds: number): void {
-    const us = Math.max(1, microseconds);
-    const bucket = Math.min(this.#counts.length - 1, Math.floor(Math.log(us) / LatencyHistogram.#GROWTH));
-    this.#counts[bucket]!++;
-    this.count++;
-    if (us > this.max) this.max = us;
-  }
-
-  /** The p-th percentile (0..100) in microseconds, as the upper edge of its bucket; 0 when empty. */
-  percentile(p: number): number {
-    if (this.count === 0) return 0;
-    const rank = Math.ceil((p / 100) * this.count);
-    let seen = 0;
-    for (let i = 0; i < this.#counts.length; i++) {
-      seen += this.#counts[i]!;
-      if (seen >= rank) return Math.min(this.max, Math.exp((i + 1) * LatencyHistogram.#GROWTH));
-    }
-    return this.max;
-  }
 }
 
 export interface DestinationStats {
