@@ -3,14 +3,16 @@
 // other source), and whose pages are installed as they land in the source's
 // cache, so that the workload stops faulting on pages pushed in the
 // background. The workload runs on other threads (workers with attachView)
-// or in another process; faults are read and served on this thread.
+// or in another process. Faults on pages in the cache are resolved by the
+// addon's native thread (serveFrom); faults that need the network are
+// handled on this thread.
 //
-// Blocked time ("downtime" of a post-copy migration, QEMU's postcopy
-// blocktime): for each fault, from the moment its batch was read from the
-// uffd to the moment the page was copied in and the thread woken, summed per
-// faulting thread. It leaves out the kernel's few microseconds from the
-// fault to the read, and counts a thread once per fault (a thread waits on
-// one fault at a time).
+// Blocked time of the faults that needed the network: for each, from the
+// moment its batch was read from the uffd to the moment the page was copied
+// in and the thread woken, summed per faulting thread. It leaves out the
+// time from the fault to the read, and counts a thread once per fault (a
+// thread waits on one fault at a time). The demo measures the whole of it
+// from the kernel's side as well (schedstat; docs/postcopy.md).
 import { performance } from 'node:perf_hooks';
 import { argRangeError, argTypeError, UffdError } from '../errors';
 import type { Fault } from '../events';
