@@ -224,6 +224,9 @@ async function main() {
     }
   }
 
+  const save = () => fs.writeFileSync(outFile, `${md.join('\n')}\n\n(run in progress: later sections follow when it completes)\n`);
+  save();
+
   // ---- read-ahead ----
   log('read-ahead ...');
   md.push('', '## Read-ahead: 16 pages per fault against page by page (anon MISSING+COPY, sequential)', '');
@@ -240,6 +243,8 @@ async function main() {
       md.push(`| ${threads} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.mbPerSec.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.last.handler.faults} | ${(r.pagesPerSec / base).toFixed(2)}x |`);
     }
   }
+
+  save();
 
   // ---- issue 12: spinning and placements ----
   log('spinning and placements ...');
@@ -259,6 +264,8 @@ async function main() {
     }
   }
 
+  save();
+
   // ---- busy main thread ----
   log('busy main thread ...');
   // 2 MiB: a handler on a busy loop serves about one fault per 10 ms task.
@@ -271,6 +278,8 @@ async function main() {
     md.push(`| ${name(v)} | busy (10 ms tasks) | ${fmt(rows[1].pagesPerSec)} | ${rows[1].p50.toFixed(1)} | ${rows[1].p99.toFixed(1)} | ${rows[1].p99Ratio.toFixed(2)}x |`);
   }
 
+  save();
+
   // ---- idle CPU ----
   log('idle CPU ...');
   md.push('', '## Idle: a served uffd with no faults for 1 s', '');
@@ -280,6 +289,8 @@ async function main() {
     if (!r.json) throw new Error(`idle run failed: ${r.out}${r.err}`);
     md.push(`| ${name(v)} | ${r.json.cpuMs.toFixed(2)} | ${r.json.cpuPercent.toFixed(2)}% |`);
   }
+
+  save();
 
   // ---- resident memory over 1,000,000 faults ----
   log('resident memory over many faults ...');
