@@ -15,6 +15,8 @@ export interface UffdHandle {
   move(dst: bigint, src: bigint, length: bigint, mode: bigint): number;
   wake(start: bigint | number, length: bigint | number): void;
   writeProtect(start: bigint | number, length: bigint | number, mode: bigint): void;
+  rwProtect(start: bigint | number, length: bigint | number, mode: bigint): void;
+  setMode(enable: bigint, disable: bigint): void;
   start(): void;
   stop(): void;
   setRef(ref: boolean): void;
@@ -63,6 +65,7 @@ export interface Native {
   view(address: bigint, length: number): ArrayBuffer;
   discard(address: bigint, length: number, remove: boolean): void;
   scanWritten(pid: number, start: bigint, length: number, rearm: boolean): BigUint64Array;
+  scanAccessed(pid: number, start: bigint, length: number): BigUint64Array;
   read(address: bigint, length: number): Buffer;
   constants: Record<string, bigint | number>;
 }

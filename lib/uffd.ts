@@ -11,6 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { native, type UffdHandle } from './binding';
 import {
   COPY_MODE_WP, CONTINUE_MODE_WP, EVENT, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
+  RUNTIME_FEATURES, RWPROTECT_MODE_DONTWAKE, RWPROTECT_MODE_RWP,
   WRITEPROTECT_MODE_DONTWAKE, WRITEPROTECT_MODE_WP, FEATURES, featureBits, featureNames, ioctlNames,
   type Feature, type Ioctl,
 } from './constants';
@@ -45,6 +46,12 @@ export interface RegisterModes {
   minor?: boolean;
   /** Faults on writes to write-protected pages (resolve with writeProtect(..., false)). */
   wp?: boolean;
+  /**
+   * Linux 7.3, feature RWP: faults on any access, read or write, to pages made
+   * read-write protected with rwProtect(..., true) (resolve with
+   * rwProtect(..., false)). Cannot be combined with wp: both use the same PTE bit.
+   */
+  rwp?: boolean;
 }
 
 /** A range to register: a Mapping, or any page-aligned range of this process (or of the process that created the uffd). */
@@ -129,13 +136,15 @@ export class Userfaultfd implements FaultResolver {
   readonly openedWith: 'syscall' | 'device' | 'adopted' | 'borrowed';
   /** Features the kernel offers, as UFFDIO_API answered (empty for an adopted uffd). */
   readonly offeredFeatures: ReadonlySet<Feature>;
-  /** Features enabled on this uffd. */
+  /** Features enabled on this uffd (UFFDIO_API's request, then setMode's changes). */
   readonly enabledFeatures: ReadonlySet<Feature>;
+  readonly #enabled: Set<Feature>;
 
   private constructor(fd: number, openedWith: Userfaultfd['openedWith'], offered: bigint, enabled: bigint, lentId?: number) {
     this.openedWith = openedWith;
     this.offeredFeatures = featureNames(offered);
-    this.enabledFeatures = featureNames(enabled);
+    this.#enabled = featureNames(enabled);
+    this.enabledFeatures = this.#enabled;
     // The handle holds this callback weakly until the stream starts; a
     // Userfaultfd nobody holds is collected and its handle closes the fd.
     this.#callback = (count: number) => this.#onMessages(count);
@@ -178,19 +187,7 @@ export class Userfaultfd implements FaultResolver {
     validate.fd(fd, 'fd');
     const opts = validate.options<{ features: Feature[]; ranges: AdoptedRange[] }>(options, 'options');
     const uffd = new Userfaultfd(fd, 'adopted', 0n, featureBits(opts.features ?? []));
-    const ranges = opts.ranges ?? [];
-    if (!Array.isArray(ranges)) throw argTypeError('options.ranges', 'an array of { address, length, pageSize?, modes? }', ranges);
-    for (const range of ranges) {
-      if (range === null || typeof range !== 'object') throw argTypeError('range', 'an object { address, length, pageSize?, modes? }', range);
-      const start = validate.address(range.address, 'range.address');
-      const length = validate.size(range.length, 'range.length');
-      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.pageSize(range.pageSize, 'range.pageSize');
-      validate.range('userfaultfd', start, length, pageSize);
-      uffd.#registrations.push({
-        start, end: start + BigInt(length), pageSize, ioctls: new Set(),
-        modes: { missing: range.modes?.missing ?? true, minor: range.modes?.minor ?? false, wp: range.modes?.wp ?? false },
-      });
-    }
+    uffd.#adopt(opts.ranges ?? []);
     return uffd;
   }
 
@@ -216,15 +213,7 @@ export class Userfaultfd implements FaultResolver {
       throw argTypeError('loan', 'the object uffd.lend() returned', loan);
     }
     const uffd = new Userfaultfd(-1, 'borrowed', 0n, featureBits(loan.features ?? []), loan.id);
-    for (const range of loan.ranges ?? []) {
-      const start = validate.address(range.address, 'range.address');
-      const length = validate.size(range.length, 'range.length');
-      const pageSize = range.pageSize ?? systemPageSize();
-      uffd.#registrations.push({
-        start, end: start + BigInt(length), pageSize, ioctls: new Set(),
-        modes: { missing: range.modes?.missing ?? true, minor: range.modes?.minor ?? false, wp: range.modes?.wp ?? false },
-      });
-    }
+    uffd.#adopt(loan.ranges ?? []);
     return uffd;
   }
 
@@ -245,8 +234,10 @@ export class Userfaultfd implements FaultResolver {
     this.#checkOpen('ioctl(UFFDIO_REGISTER)');
     const { start, length, pageSize } = targetRange(target);
     const m = validate.options<RegisterModes>(modes, 'modes');
-    const bits = (m.missing ? REGISTER_MODE.MISSING : 0n) | (m.minor ? REGISTER_MODE.MINOR : 0n) | (m.wp ? REGISTER_MODE.WP : 0n);
-    if (bits === 0n) throw invalid('ioctl(UFFDIO_REGISTER)', 'no mode given: set missing, minor or wp');
+    const bits = (m.missing ? REGISTER_MODE.MISSING : 0n) | (m.minor ? REGISTER_MODE.MINOR : 0n) | (m.wp ? REGISTER_MODE.WP : 0n) |
+      (m.rwp ? REGISTER_MODE.RWP : 0n);
+    if (bits === 0n) throw invalid('ioctl(UFFDIO_REGISTER)', 'no mode given: set missing, minor, wp or rwp');
+    if (m.wp && m.rwp) throw invalid('ioctl(UFFDIO_REGISTER)', 'wp and rwp cannot be combined on one range (the kernel tracks both with the same PTE bit); register one of them');
     validate.range('ioctl(UFFDIO_REGISTER)', start, length, pageSize);
     let mask: bigint;
     try {
@@ -258,7 +249,7 @@ export class Userfaultfd implements FaultResolver {
     this.#forget(start, start + BigInt(length));
     this.#registrations.push({
       start, end: start + BigInt(length), pageSize, ioctls,
-      modes: { missing: !!m.missing, minor: !!m.minor, wp: !!m.wp },
+      modes: { missing: !!m.missing, minor: !!m.minor, wp: !!m.wp, rwp: !!m.rwp },
     });
     return ioctls;
   }
@@ -317,6 +308,51 @@ export class Userfaultfd implements FaultResolver {
     const opts = validate.options<{ dontWake: boolean }>(options, 'options');
     const mode = (enable ? WRITEPROTECT_MODE_WP : 0n) | (opts.dontWake ? WRITEPROTECT_MODE_DONTWAKE : 0n);
     this.#handle.writeProtect(start, BigInt(bytes), mode);
+  }
+
+  /**
+   * UFFDIO_RWPROTECT (Linux 7.3, ranges registered with rwp): enable=true makes
+   * the pages present in the range fault on any access (pages not present are
+   * left alone); enable=false removes the protection, which is how an 'rwp'
+   * fault is resolved, and wakes the waiting threads unless dontWake.
+   * dontWake is only meaningful when removing.
+   */
+  rwProtect(address: bigint, length: number | bigint, enable: boolean, options?: { dontWake?: boolean }): void {
+    const syscall = 'ioctl(UFFDIO_RWPROTECT)';
+    const [start, bytes] = this.#range(syscall, address, length);
+    if (typeof enable !== 'boolean') throw argTypeError('enable', 'a boolean', enable);
+    const opts = validate.options<{ dontWake: boolean }>(options, 'options');
+    if (enable && opts.dontWake) throw invalid(syscall, 'dontWake applies only when removing protection (enable=false): installing it wakes nobody');
+    const mode = (enable ? RWPROTECT_MODE_RWP : 0n) | (opts.dontWake ? RWPROTECT_MODE_DONTWAKE : 0n);
+    this.#handle.rwProtect(start, BigInt(bytes), mode);
+  }
+
+  /**
+   * UFFDIO_SET_MODE (Linux 7.3): turns features on or off while the uffd is in
+   * use, without registering again. Only RWP_ASYNC can be toggled (it needs
+   * RWP enabled at open): switching to async wakes the threads waiting on RWP
+   * faults, which the kernel then resolves itself.
+   */
+  setMode(changes: { enable?: Feature[]; disable?: Feature[] }): void {
+    const syscall = 'ioctl(UFFDIO_SET_MODE)';
+    this.#checkOpen(syscall);
+    const c = validate.options<{ enable: Feature[]; disable: Feature[] }>(changes, 'changes');
+    const list = (names: unknown, what: string): Feature[] => {
+      if (names === undefined) return [];
+      if (!Array.isArray(names)) throw argTypeError(`changes.${what}`, 'an array of feature names', names);
+      for (const name of names) {
+        if (!(RUNTIME_FEATURES as readonly unknown[]).includes(name)) {
+          throw argValueError(`changes.${what}`, `holds ${String(name)}, which cannot be changed at run time; only ${RUNTIME_FEATURES.join(', ')} can`);
+        }
+      }
+      return names as Feature[];
+    };
+    const enable = list(c.enable, 'enable');
+    const disable = list(c.disable, 'disable');
+    if (enable.some((name) => disable.includes(name))) throw invalid(syscall, 'a feature is both enabled and disabled; name each once');
+    this.#handle.setMode(featureBits(enable), featureBits(disable));
+    for (const name of enable) this.#enabled.add(name);
+    for (const name of disable) this.#enabled.delete(name);
   }
 
   /** UFFDIO_MOVE: moves anonymous pages from src to dst without copying. Returns the bytes moved. */
@@ -692,6 +728,23 @@ export class Userfaultfd implements FaultResolver {
     this.#consumer = consumer;
   }
 
+  // Records ranges another process or thread registered: faults there learn
+  // their page size and modes from them.
+  #adopt(ranges: unknown): void {
+    if (!Array.isArray(ranges)) throw argTypeError('options.ranges', 'an array of { address, length, pageSize?, modes? }', ranges);
+    for (const range of ranges as AdoptedRange[]) {
+      if (range === null || typeof range !== 'object') throw argTypeError('range', 'an object { address, length, pageSize?, modes? }', range);
+      const start = validate.address(range.address, 'range.address');
+      const length = validate.size(range.length, 'range.length');
+      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.pageSize(range.pageSize, 'range.pageSize');
+      validate.range('userfaultfd', start, length, pageSize);
+      this.#registrations.push({
+        start, end: start + BigInt(length), pageSize, ioctls: new Set(),
+        modes: { missing: range.modes?.missing ?? true, minor: range.modes?.minor ?? false, wp: range.modes?.wp ?? false, rwp: range.modes?.rwp ?? false },
+      });
+    }
+  }
+
   #checkOpen(syscall: string): void {
     if (this.#closed) throw libraryError('ERR_UFFD_CLOSED', syscall);
   }
@@ -798,7 +851,7 @@ function resolveAfterFailure(fault: Fault, failure: 'fill' | 'poison'): void {
   const attempts: (() => unknown)[] = [];
   if (failure === 'poison') attempts.push(() => fault.poison());
   if (fault.kind === 'minor') attempts.push(() => fault.continue());
-  if (fault.kind === 'wp') attempts.push(() => fault.unprotect());
+  if (fault.kind === 'wp' || fault.kind === 'rwp') attempts.push(() => fault.unprotect());
   attempts.push(() => fault.zero());
   // hugetlb ranges have no ZEROPAGE: copy zeros instead.
   attempts.push(() => {

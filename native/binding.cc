@@ -167,6 +167,8 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
                            InstanceMethod<&UffdHandle::JsMove>("move"),
                            InstanceMethod<&UffdHandle::JsWake>("wake"),
                            InstanceMethod<&UffdHandle::JsWriteProtect>("writeProtect"),
+                           InstanceMethod<&UffdHandle::JsRwProtect>("rwProtect"),
+                           InstanceMethod<&UffdHandle::JsSetMode>("setMode"),
                            InstanceMethod<&UffdHandle::JsStart>("start"),
                            InstanceMethod<&UffdHandle::JsStop>("stop"),
                            InstanceMethod<&UffdHandle::JsSetRef>("setRef"),
@@ -349,6 +351,20 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     int fd = Fd(info);
     int r = uffd::WriteProtect(fd, U64(info, 0), U64(info, 1), U64(info, 2));
     if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_WRITEPROTECT)");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsRwProtect(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::RwProtect(fd, U64(info, 0), U64(info, 1), U64(info, 2));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_RWPROTECT)");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsSetMode(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::SetMode(fd, U64(info, 0), U64(info, 1));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_SET_MODE)");
     return info.Env().Undefined();
   }
 
@@ -744,11 +760,9 @@ Napi::Value Discard(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// scanWritten(pid, start, length, rearm) -> BigUint64Array [start0, end0, start1, end1, ...]
-Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::vector<memory::Range> ranges;
-  int r = memory::ScanWritten(Int(info, 0), U64(info, 1), U64(info, 2), info[3].ToBoolean(), &ranges);
+// scanWritten(pid, start, length, rearm) and scanAccessed(pid, start, length)
+// -> BigUint64Array [start0, end0, start1, end1, ...]
+Napi::Value RangesOut(Napi::Env env, int r, const std::vector<memory::Range>& ranges) {
   if (r < 0) ThrowErrno(env, r, "ioctl(PAGEMAP_SCAN)");
   auto out = Napi::BigUint64Array::New(env, ranges.size() * 2);
   for (size_t i = 0; i < ranges.size(); i++) {
@@ -756,6 +770,18 @@ Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
     out[2 * i + 1] = ranges[i].end;
   }
   return out;
+}
+
+Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
+  std::vector<memory::Range> ranges;
+  int r = memory::ScanWritten(Int(info, 0), U64(info, 1), U64(info, 2), info[3].ToBoolean(), &ranges);
+  return RangesOut(info.Env(), r, ranges);
+}
+
+Napi::Value ScanAccessed(const Napi::CallbackInfo& info) {
+  std::vector<memory::Range> ranges;
+  int r = memory::ScanAccessed(Int(info, 0), U64(info, 1), U64(info, 2), &ranges);
+  return RangesOut(info.Env(), r, ranges);
 }
 
 // view(address, length) -> ArrayBuffer over the mapping, from any thread.
@@ -899,6 +925,16 @@ Napi::Value Constants(Napi::Env env) {
   c.Set("UFFD_FEATURE_WP_ASYNC", Big(env, UFFD_FEATURE_WP_ASYNC));
   c.Set("UFFD_FEATURE_POISON", Big(env, UFFD_FEATURE_POISON));
   c.Set("UFFD_FEATURE_WP_UNPOPULATED", Big(env, UFFD_FEATURE_WP_UNPOPULATED));
+  c.Set("UFFD_FEATURE_RWP", Big(env, UFFD_FEATURE_RWP));
+  c.Set("UFFD_FEATURE_RWP_ASYNC", Big(env, UFFD_FEATURE_RWP_ASYNC));
+  c.Set("UFFDIO_RWPROTECT", Big(env, UFFDIO_RWPROTECT));
+  c.Set("UFFDIO_SET_MODE", Big(env, UFFDIO_SET_MODE));
+  c.Set("UFFDIO_REGISTER_MODE_RWP", Big(env, UFFDIO_REGISTER_MODE_RWP));
+  c.Set("UFFDIO_RWPROTECT_MODE_RWP", Big(env, UFFDIO_RWPROTECT_MODE_RWP));
+  c.Set("UFFDIO_RWPROTECT_MODE_DONTWAKE", Big(env, UFFDIO_RWPROTECT_MODE_DONTWAKE));
+  c.Set("UFFD_PAGEFAULT_FLAG_RWP", Big(env, UFFD_PAGEFAULT_FLAG_RWP));
+  c.Set("sizeofUffdioRwprotect", Napi::Number::New(env, sizeof(uffdio_rwprotect)));
+  c.Set("sizeofUffdioSetMode", Napi::Number::New(env, sizeof(uffdio_set_mode)));
   c.Set("UFFD_EVENT_PAGEFAULT", Napi::Number::New(env, UFFD_EVENT_PAGEFAULT));
   c.Set("UFFD_EVENT_FORK", Napi::Number::New(env, UFFD_EVENT_FORK));
   c.Set("UFFD_EVENT_REMAP", Napi::Number::New(env, UFFD_EVENT_REMAP));
@@ -943,6 +979,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("view", Napi::Function::New<View>(env));
   exports.Set("discard", Napi::Function::New<Discard>(env));
   exports.Set("scanWritten", Napi::Function::New<ScanWritten>(env));
+  exports.Set("scanAccessed", Napi::Function::New<ScanAccessed>(env));
   exports.Set("read", Napi::Function::New<Read>(env));
   exports.Set("WatchHandle", WatchHandle::Define(env));
   exports.Set("socketListen", Napi::Function::New<SocketListen>(env));
