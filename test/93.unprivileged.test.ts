@@ -85,6 +85,7 @@ describe.skipIf(dropReason)('unprivileged use', () => {
 
   const noDevice = !root ? 'needs root to grant /dev/userfaultfd to another user in a private mount namespace'
     : !hasCommand('unshare') ? 'unshare (util-linux) is not installed'
+    : spawnSync('unshare', ['--mount', 'true']).status !== 0 ? 'cannot make a mount namespace here (no CAP_SYS_ADMIN, as in a container)'
     : !fs.existsSync('/dev/userfaultfd') ? 'this kernel has no /dev/userfaultfd (Linux 6.1+)'
     : undefined;
   if (noDevice) console.warn(`skipping the /dev/userfaultfd test: ${noDevice}`);
