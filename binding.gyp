@@ -11,6 +11,7 @@
             "native/kvm.cc",
             "native/mapping_table.cc",
             "native/memory.cc",
+            "native/pidfd.cc",
             "native/uffd.cc",
             "native/unix_socket.cc"
           ],

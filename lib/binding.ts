@@ -35,6 +35,8 @@ export interface Native {
   socketReceive(fd: number, maxBytes: number, maxFds: number): { data: Buffer; fds: number[]; fdsTruncated: boolean } | null;
   socketPeer(fd: number): { pid: number; uid: number; gid: number };
   descriptorKind(fd: number): string;
+  pidfdOpen(pid: number): number;
+  pidfdSignal(fd: number, signal: number): void;
   UffdHandle: new (fd: number, onMessages: (count: number) => void, messages: ArrayBuffer) => UffdHandle;
   setErrorFactory(make: (errno: number, syscall: string, extra: Record<string, unknown>) => Error): void;
   open(userModeOnly: boolean): { fd: number; method: 'syscall' | 'device' };
@@ -43,7 +45,7 @@ export interface Native {
   closeFd(fd: number): void;
   memfdCreate(name: string, size: number, hugePageLog2: number): [number, number];
   filePageSize(fd: number): number;
-  createGuestMemfd(size: number, flags: bigint): [number, number, number];
+  createGuestMemfd(size: number, wantedFlags: bigint): [number, number, bigint];
   systemPageSize(): number;
   mapShared(fd: number, offset: number, length: number, readOnly: boolean): bigint;
   mapAnonymous(length: number, hugePageLog2: number): bigint;

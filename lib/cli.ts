@@ -4,7 +4,8 @@
 import { formatProbe, probe } from './probe';
 
 const USAGE = `usage: userfaultfd probe [--json]
-       userfaultfd serve --socket PATH --mem-file FILE [--prefetch] [--quiet]`;
+       userfaultfd serve --socket PATH --mem-file FILE [--prefetch] [--peers N] [--on-failure kill|sigbus] [--quiet] [--json]
+       (userfaultfd serve --help for every option)`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -14,7 +15,11 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (command === 'serve') {
-    const { serveCommand } = await import('./serve-command.js');
+    const { serveCommand, SERVE_USAGE } = await import('./serve-command.js');
+    if (rest.includes('--help') || rest.includes('-h')) {
+      process.stdout.write(`${SERVE_USAGE}\n`);
+      return 0;
+    }
     return serveCommand(rest);
   }
   process.stderr.write(`${USAGE}\n`);

@@ -54,6 +54,9 @@ export const EVENT = { PAGEFAULT: 0x12, FORK: 0x13, REMAP: 0x14, REMOVE: 0x15, U
 
 export const PAGEFAULT_FLAG = { WRITE: 1n << 0n, WP: 1n << 1n, MINOR: 1n << 2n } as const;
 
+/** KVM_CREATE_GUEST_MEMFD flags (include/uapi/linux/kvm.h, Linux 6.18). */
+export const GUEST_MEMFD_FLAG = { MMAP: 1n << 0n, INIT_SHARED: 1n << 1n } as const;
+
 /** Size of struct uffd_msg. */
 export const MSG_SIZE = 32;
 

@@ -34,7 +34,7 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
     return code === 'ENOENT' ? 'this host has no /dev/kvm (no KVM here, or it was not passed into the container)' : 'no access to /dev/kvm (add this user to the kvm group)';
   }
   if (syscall === 'ioctl(KVM_CREATE_GUEST_MEMFD)') {
-    return 'this kernel cannot create a guest_memfd with GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED (needs Linux 6.18 or newer with KVM_CAP_GUEST_MEMFD_FLAGS)';
+    return 'this kernel\'s KVM cannot create a guest_memfd for this VM (KVM_CREATE_GUEST_MEMFD needs Linux 6.8 or newer; one a process can map, 6.18 or newer)';
   }
   if (syscall === 'userfaultfd') {
     const device = typeof extra.deviceErrno === 'number' && extra.deviceErrno !== 0
@@ -90,6 +90,7 @@ const LIBRARY: Record<string, string> = {
   ERR_UFFD_WOULD_DEADLOCK:
     'the thread that serves this userfaultfd would touch registered memory that is not present yet, and only this thread can make it present: it would block forever. Touch registered memory from a worker thread (attachView) or another process, never from the thread that serves its faults',
   ERR_UFFD_TIMEOUT: 'timed out',
+  ERR_UFFD_UNSERVABLE: 'a page fault could not be served',
   ERR_UFFD_NOT_MAPPED: 'no live mapping made by this library holds this range (unmapped already, or never made by Memfd.map / Mapping.anonymous)',
 };
 

@@ -95,6 +95,16 @@ export class Fault {
     this.#resolver.wake(this.pageAddress, this.pageSize);
   }
 
+  /**
+   * UFFDIO_WAKE for a fault the kernel now handles by itself, because its
+   * range was unregistered (or its page made present some other way) since
+   * the fault was queued: the woken thread retries its access and does not
+   * fault to this uffd again. Counts as a resolution.
+   */
+  release(): Outcome {
+    return this.#resolve(() => this.#resolver.wake(this.pageAddress, this.pageSize));
+  }
+
   #resolve(operation: () => unknown): Outcome {
     try {
       operation();

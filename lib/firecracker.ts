@@ -1,202 +1,82 @@
 // A page-fault handler for Firecracker's snapshot restore with a UFFD memory
-// backend (docs/snapshotting/handling-page-faults-on-snapshot-resume.md in
-// Firecracker; ../shared/FIRECRACKER-PROTOCOL.md): listen on a Unix socket,
-// receive one message per VM (a JSON array of guest memory regions, and the
-// uffd as the only SCM_RIGHTS descriptor), then serve the VM's faults from the
-// snapshot's memory file. Everything a peer sends is validated; a bad
-// handshake closes that connection and never disturbs other peers.
+// backend (Firecracker's docs/snapshotting/handling-page-faults-on-snapshot-resume.md
+// and src/firecracker/examples/uffd/): listen on a Unix socket, take one
+// handshake per VMM (firecracker-handshake.ts), then serve that VMM's faults
+// from a PageSource until it exits. Peers are independent: a bad handshake or
+// a failing session closes that connection only.
+//
+// Failure policy (docs/firecracker.md): a fault that cannot be served (the
+// source fails, the kernel refuses the copy, the address lies outside every
+// region) is never answered with made-up data and never left waiting. With
+// 'kill' (the default, as Firecracker's own handlers do on panic) the peer is
+// killed with SIGKILL through a pidfd and the session ends with the reason;
+// with 'sigbus' the page is poisoned (UFFDIO_POISON), the faulting thread gets
+// SIGBUS, and the session goes on serving other pages.
+import os from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { UffdError } from './errors';
+import { native, type WatchHandle } from './binding';
+import { UffdError, argTypeError, argValueError } from './errors';
 import type { Fault } from './events';
-import { Mapping, systemPageSize } from './memory';
+import { receiveHandshake, type GuestRegion, type Handshake } from './firecracker-handshake';
+import { LatencyHistogram } from './latency';
+import { systemPageSize } from './memory';
+import type { PageSource } from './page-source';
 import { Userfaultfd } from './uffd';
-import { UnixServer, descriptorKind, type UnixConnection } from './unix-socket';
-import { native } from './binding';
+import { UnixServer, type UnixConnection } from './unix-socket';
 
-/** One guest memory region as Firecracker describes it. */
-export interface GuestRegion {
-  /** Start of the region in the VMM's address space. */
-  readonly base: bigint;
-  readonly size: number;
-  /** Where the region's bytes start in the memory file. */
-  readonly offset: number;
-  readonly pageSize: number;
-}
+export type { GuestRegion, Handshake } from './firecracker-handshake';
+export { parseHandshake, receiveHandshake } from './firecracker-handshake';
 
-export interface Handshake {
-  readonly uffdFd: number;
-  readonly regions: GuestRegion[];
-}
+/** What happens when a fault cannot be served. */
+export type FailurePolicy = 'kill' | 'sigbus';
 
-const MAX_HANDSHAKE = 1 << 20;
-// Huge page sizes Firecracker may announce besides the base page size.
-const HUGE_PAGE_SIZES = new Set([2 * 1024 * 1024]);
-// Addresses above this are not user addresses on any 64-bit Linux (57-bit VA).
-const ADDRESS_LIMIT = 1n << 57n;
-
-function bad(reason: string): UffdError {
-  return new UffdError('ERR_UFFD_BAD_HANDSHAKE', `ERR_UFFD_BAD_HANDSHAKE: ${reason}`);
-}
-
-/**
- * JSON.parse, except that every integer becomes a bigint, so u64 fields above
- * 2^53 keep their exact value (Node 20's JSON.parse rounds them).
- */
-export function parseJsonWithBigInts(text: string): unknown {
-  const marker = '\u0000int:';
-  let out = '';
-  let inString = false;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text[i]!;
-    if (inString) {
-      out += ch;
-      if (ch === '\\') out += text[++i] ?? '';
-      else if (ch === '"') inString = false;
-      continue;
-    }
-    if (ch === '"') {
-      inString = true;
-      out += ch;
-      continue;
-    }
-    if (ch === '-' || (ch >= '0' && ch <= '9')) {
-      let j = i + 1;
-      while (j < text.length && /[0-9.eE+-]/.test(text[j]!)) j++;
-      const token = text.slice(i, j);
-      // Only plain integers are wrapped; anything else is left for JSON.parse to judge.
-      out += /^-?(0|[1-9]\d*)$/.test(token) ? `"${marker}${token}"` : token;
-      i = j - 1;
-      continue;
-    }
-    out += ch;
-  }
-  return JSON.parse(out, (_key, value: unknown) =>
-    typeof value === 'string' && value.startsWith(marker) ? BigInt(value.slice(marker.length)) : value);
-}
-
-function u64Field(entry: Record<string, unknown>, name: string, index: number, required: boolean): bigint | undefined {
-  const value = entry[name];
-  if (value === undefined) {
-    if (required) throw bad(`region ${index} has no "${name}"`);
-    return undefined;
-  }
-  if (typeof value !== 'bigint' || value < 0n || value >= 1n << 64n) {
-    throw bad(`region ${index}: "${name}" must be an unsigned 64-bit integer, not ${typeof value === 'bigint' ? value : JSON.stringify(value)}`);
-  }
-  return value;
-}
-
-/**
- * Checks one handshake: the JSON text and the descriptors that came with it.
- * Closes nothing; the caller owns fds either way.
- */
-export function parseHandshake(text: string, fds: number[], options: { sourceSize: number; hostPageSize?: number }): Handshake {
-  const hostPageSize = options.hostPageSize ?? systemPageSize();
-  if (fds.length === 0) throw bad('no descriptor came with the message: Firecracker sends the uffd with SCM_RIGHTS');
-  if (fds.length > 1) throw bad(`${fds.length} descriptors came with the message: Firecracker sends exactly one, the uffd`);
-  const kind = descriptorKind(fds[0]!);
-  if (kind !== 'userfaultfd') throw bad(`the descriptor sent is a ${kind}, not a userfaultfd`);
-  let parsed: unknown;
-  try {
-    parsed = parseJsonWithBigInts(text);
-  } catch (error) {
-    throw bad(`the message is not valid JSON (${(error as Error).message}): ${JSON.stringify(text.slice(0, 80))}`);
-  }
-  if (!Array.isArray(parsed)) throw bad('the message must be a JSON array of guest memory regions');
-  if (parsed.length === 0) throw bad('the message lists no guest memory region');
-  const regions: GuestRegion[] = parsed.map((raw, index) => {
-    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw bad(`region ${index} is not an object`);
-    const entry = raw as Record<string, unknown>;
-    const base = u64Field(entry, 'base_host_virt_addr', index, true)!;
-    const size = u64Field(entry, 'size', index, true)!;
-    const offset = u64Field(entry, 'offset', index, true)!;
-    // page_size since v1.12; page_size_kib (in bytes, despite its name) v1.7-v1.11; neither before.
-    const announced = u64Field(entry, 'page_size', index, false) ?? u64Field(entry, 'page_size_kib', index, false);
-    // Firecracker announces 4096 for ordinary memory whatever the host's page size.
-    let pageSize = hostPageSize;
-    if (announced !== undefined && announced !== 4096n && announced !== BigInt(hostPageSize)) {
-      if (!HUGE_PAGE_SIZES.has(Number(announced))) throw bad(`region ${index}: page size ${announced} is neither the host's (${hostPageSize}) nor a huge page size`);
-      pageSize = Number(announced);
-    }
-    const page = BigInt(pageSize);
-    if (size === 0n) throw bad(`region ${index} is empty`);
-    if (base % page !== 0n || size % page !== 0n || offset % BigInt(hostPageSize) !== 0n) {
-      throw bad(`region ${index}: base 0x${base.toString(16)}, size ${size} and offset ${offset} must be multiples of the page size (${pageSize})`);
-    }
-    if (base + size > ADDRESS_LIMIT) throw bad(`region ${index}: [0x${base.toString(16)}, +${size}) is outside any user address space`);
-    if (offset + size > BigInt(options.sourceSize)) {
-      throw bad(`region ${index}: bytes [${offset}, ${offset + size}) lie beyond the ${options.sourceSize}-byte memory file`);
-    }
-    return { base, size: Number(size), offset: Number(offset), pageSize };
-  });
-  const sorted = [...regions].sort((a, b) => (a.base < b.base ? -1 : 1));
-  for (let i = 1; i < sorted.length; i++) {
-    const previous = sorted[i - 1]!;
-    if (previous.base + BigInt(previous.size) > sorted[i]!.base) {
-      throw bad(`regions at 0x${previous.base.toString(16)} and 0x${sorted[i]!.base.toString(16)} overlap`);
-    }
-  }
-  return { uffdFd: fds[0]!, regions };
-}
-
-/** Reads one handshake from a new connection; closes received descriptors and throws on a bad one. */
-export async function receiveHandshake(connection: UnixConnection, options: { sourceSize: number; timeoutMs?: number; hostPageSize?: number }): Promise<Handshake> {
-  const timeoutMs = options.timeoutMs ?? 10_000;
-  const first = await connection.receive({ timeoutMs }).catch((error: unknown) => {
-    throw (error as UffdError).code === 'ERR_UFFD_TIMEOUT' ? bad(`nothing arrived within ${timeoutMs} ms`) : error;
-  });
-  if (!first) throw bad('the peer closed the connection without sending anything');
-  const fds = [...first.fds];
-  let text = first.data.toString('utf8');
-  const closeAll = (): void => fds.forEach((fd) => native.closeFd(fd));
-  try {
-    if (first.fdsTruncated) throw bad('more descriptors came than the one Firecracker sends; the kernel dropped the rest');
-    // One sendmsg usually arrives in one read, but a stream socket may split
-    // it: while the text does not parse, wait briefly for the rest.
-    for (;;) {
-      try {
-        parseJsonWithBigInts(text);
-        break;
-      } catch {
-        if (text.length > MAX_HANDSHAKE) throw bad(`the message exceeds ${MAX_HANDSHAKE} bytes without being valid JSON`);
-        const more = await connection.receive({ timeoutMs: 250 }).catch(() => null);
-        if (!more) break;
-        fds.push(...more.fds);
-        text += more.data.toString('utf8');
-      }
-    }
-    return parseHandshake(text, fds, options);
-  } catch (error) {
-    closeAll();
-    throw error;
-  }
+export interface SessionOptions {
+  /** After the first fault, copy every page nobody asked for yet, in the background; faults always go first. */
+  prefetch?: boolean;
+  /** Bytes per background copy (default 64 KiB; at least one page). An on-demand fault that arrives during a copy waits for at most that one copy. */
+  pushChunkBytes?: number;
+  /** Default 'kill'. */
+  failure?: FailurePolicy;
 }
 
 export interface SessionStats {
+  /** Page-fault messages handled (each once, however often EAGAIN made it wait). */
   faults: number;
-  /** Pages written by faults (COPY or CONTINUE) and by the background push. */
+  /** Pages made present for faults, from the source (COPY) or the page cache (CONTINUE). */
   pagesOnDemand: number;
-  pagesPushed: number;
+  /** Pages removed by the peer (balloon) and answered with zeros or left to the kernel. */
   zeroPages: number;
+  /** Pages copied by the background push. */
+  pagesPushed: number;
+  /** Bytes copied into the peer, on demand and pushed. */
   bytes: number;
+  /** REMOVE events (balloon inflation, hot-unplug). */
   removes: number;
+  /** Resolutions that found the page already there (several faults on one page, or the push first). */
   eexist: number;
-  /** Per fault, from its batch being read to its resolution, in microseconds. */
-  latenciesUs: number[];
+  /** Resolutions refused with EAGAIN (a REMOVE was queued and unread) and retried. */
+  eagain: number;
+  /** Per fault: from its message being read to its resolution. */
+  readonly latency: LatencyHistogram;
 }
+
+/**
+ * Why a session ended: 'exited' (the peer process is gone), 'hangup' (its
+ * connection closed and its process could not be watched), 'served' (it hung
+ * up, every page is present or removed, and its ranges were unregistered: the
+ * kernel answers the rest), 'failed' (a fault
+ * could not be served; see the failure policy), 'closed' (close() was called).
+ */
+export type SessionEnd = 'exited' | 'hangup' | 'served' | 'failed' | 'closed';
 
 export interface SessionResult {
   pid: number;
+  end: SessionEnd;
   stats: SessionStats;
-  /** Why the session ended with faults unserved or the peer gone mid-fault, if it did. */
+  /** Pages not yet present or removed when the session ended. */
+  pagesMissing: number;
+  /** Set when faults were left unserved or failed: the peer died mid-fault (ESRCH), or the failure policy acted. */
   error?: UffdError;
-}
-
-export interface SessionOptions {
-  /** Push every page nobody asked for yet in the background, after the first fault. */
-  prefetch?: boolean;
-  /** Pages per background copy (default 64). */
-  pushChunkPages?: number;
 }
 
 // Page states within a region.
@@ -204,209 +84,457 @@ const MISSING = 0;
 const PRESENT = 1;
 const REMOVED = 2;
 
-/** One VMM's memory, served from the snapshot file until the VMM hangs up. */
+const DEFAULT_PUSH_CHUNK = 64 * 1024;
+const SIGKILL = os.constants.signals.SIGKILL;
+
+interface Location {
+  region: GuestRegion;
+  index: number;
+  page: number;
+}
+
+function unservable(reason: string, cause?: unknown): UffdError {
+  const error = new UffdError('ERR_UFFD_UNSERVABLE', `ERR_UFFD_UNSERVABLE: ${reason}`, {
+    errno: (cause as UffdError | undefined)?.errno,
+    syscall: (cause as UffdError | undefined)?.syscall,
+  });
+  if (cause !== undefined) (error as Error & { cause?: unknown }).cause = cause;
+  return error;
+}
+
+const codeOf = (error: unknown): string | undefined => (error as UffdError | undefined)?.code;
+
+/** One VMM's memory, served from a PageSource until the VMM exits. */
 export class FirecrackerSession {
   readonly pid: number;
-  readonly regions: GuestRegion[];
-  readonly stats: SessionStats = { faults: 0, pagesOnDemand: 0, pagesPushed: 0, zeroPages: 0, bytes: 0, removes: 0, eexist: 0, latenciesUs: [] };
+  readonly regions: readonly GuestRegion[];
+  readonly stats: SessionStats = {
+    faults: 0, pagesOnDemand: 0, zeroPages: 0, pagesPushed: 0, bytes: 0, removes: 0, eexist: 0, eagain: 0, latency: new LatencyHistogram(),
+  };
+  /** Settles once the session has ended and freed its uffd, connection and process handle. Never rejects. */
   readonly done: Promise<SessionResult>;
   readonly #uffd: Userfaultfd;
   readonly #connection: UnixConnection;
-  readonly #source: Uint8Array;
+  readonly #source: PageSource;
   readonly #states: Uint8Array[];
   readonly #options: SessionOptions;
+  readonly #seen = new WeakSet<Fault>();
+  #pidfd = -1;
+  #pidWatch: WatchHandle | undefined;
   #error: UffdError | undefined;
+  #end: SessionEnd | undefined;
+  #resolveDone!: (result: SessionResult) => void;
   #pushing = false;
-  #ended = false;
+  #pending = 0;
+  #missing: number;
+  #hungUp = false;
 
-  constructor(connection: UnixConnection, handshake: Handshake, source: Uint8Array, options: SessionOptions = {}) {
+  constructor(connection: UnixConnection, handshake: Handshake, source: PageSource, options: SessionOptions = {}) {
     this.#connection = connection;
-    this.pid = peerPid(connection) ?? 0;
+    this.pid = peerPid(connection);
     this.regions = handshake.regions;
     this.#source = source;
     this.#options = options;
     this.#states = handshake.regions.map((r) => new Uint8Array(r.size / r.pageSize));
-    // Firecracker enables exactly EVENT_REMOVE on the uffd it sends.
+    this.#missing = this.#states.reduce((n, state) => n + state.length, 0);
+    this.done = new Promise((resolve) => (this.#resolveDone = resolve));
+    // Firecracker enables exactly EVENT_REMOVE on the uffd it sends (no
+    // THREAD_ID, so messages decode without it).
     this.#uffd = Userfaultfd.fromFd(handshake.uffdFd, {
       features: ['EVENT_REMOVE'],
       ranges: handshake.regions.map((r) => ({ address: r.base, length: r.size, pageSize: r.pageSize })),
     });
-    const served = this.#uffd.serve((fault) => this.#onFault(fault), {
+    this.#watchProcess();
+    void this.#drain();
+    void this.#uffd.serve((fault) => this.#onFault(fault), {
       onEvent: (event) => {
         if (event.type === 'remove') this.#onRemove(event.start, event.end);
+        else if (event.type === 'unmap') this.#forget(event.start, event.end);
+        else if (event.type === 'remap') this.#forget(event.from, event.from + BigInt(event.length));
+        else event.uffd.close();
       },
-      onError: (error) => this.#fail(error),
-    });
-    this.done = Promise.race([connection.waitEnd(), served]).then(() => this.#finish());
+      // Only reached if this class has a bug: never answer with zeros silently.
+      failure: 'poison',
+      onError: (error) => this.#fail(unservable('the handler failed', error)),
+    }).catch((error: unknown) => this.#finish('failed', error as UffdError));
   }
 
-  #region(address: bigint): { region: GuestRegion; index: number; page: number } | undefined {
+  /** Faults received whose resolution is still waiting for the source. */
+  get pendingFaults(): number {
+    return this.#pending;
+  }
+
+  /** Whether the peer has closed its end of the socket (Firecracker before v1.12 does so right after the handshake). */
+  get peerHungUp(): boolean {
+    return this.#hungUp;
+  }
+
+  get ended(): boolean {
+    return this.#end !== undefined;
+  }
+
+  /** Ends the session: closes the uffd (the peer's faulting threads stay blocked, as with any handler that goes away) and the connection. */
+  close(): void {
+    this.#finish('closed');
+  }
+
+  // The peer's process: its exit ends the session. The connection alone
+  // cannot tell, since Firecracker before v1.12 closes it right after the
+  // handshake and keeps running.
+  #watchProcess(): void {
+    try {
+      this.#pidfd = native.pidfdOpen(this.pid);
+      this.#pidWatch = new native.WatchHandle(this.#pidfd, (status, readable) => {
+        if (status < 0 || readable) this.#finish('exited');
+      });
+      this.#pidWatch.start();
+    } catch {
+      // No pid (the peer is in another pid namespace) or no pidfd: the hangup ends the session.
+      this.#pidfd = -1;
+    }
+  }
+
+  // Nothing more comes from Firecracker after the handshake; anything that
+  // does is discarded, descriptors closed, so a peer cannot pile them up here.
+  async #drain(): Promise<void> {
+    for (;;) {
+      const message = await this.#connection.receive().catch(() => null);
+      if (!message) break;
+      for (const fd of message.fds) native.closeFd(fd);
+    }
+    if (this.#pidfd < 0) {
+      this.#finish('hangup');
+      return;
+    }
+    this.#hungUp = true;
+    this.#maybeServed();
+  }
+
+  #locate(address: bigint): Location | undefined {
     for (let index = 0; index < this.regions.length; index++) {
       const region = this.regions[index]!;
       if (address >= region.base && address < region.base + BigInt(region.size)) {
-        return { region, index, page: Number(address - region.base) / region.pageSize };
+        return { region, index, page: Math.floor(Number(address - region.base) / region.pageSize) };
       }
     }
     return undefined;
   }
 
-  #onFault(fault: Fault): void {
-    const found = this.#region(fault.pageAddress);
-    if (!found) throw new UffdError('ERR_UFFD_BAD_HANDSHAKE', `ERR_UFFD_BAD_HANDSHAKE: a fault at 0x${fault.address.toString(16)} lies outside every region the peer announced`);
-    const { region, index, page } = found;
+  #present(offset: number, length: number): boolean {
+    const flags = this.#source.present;
+    if (flags === null) return true;
+    const size = this.#source.pageSize;
+    for (let i = Math.floor(offset / size), end = Math.ceil((offset + length) / size); i < end; i++) if (flags[i] === 0) return false;
+    return true;
+  }
+
+  // The source's pages holding [offset, offset + length): fetch() takes ranges aligned to them.
+  #fetch(offset: number, length: number, options?: { urgent: boolean }): Promise<void> {
+    const size = this.#source.pageSize;
+    const start = Math.floor(offset / size) * size;
+    const end = Math.min(this.#source.size, Math.ceil((offset + length) / size) * size);
+    return this.#source.fetch(start, end - start, options);
+  }
+
+  #onFault(fault: Fault): void | Promise<void> {
+    if (this.#end !== undefined) return;
+    if (!this.#seen.has(fault)) {
+      this.#seen.add(fault);
+      this.stats.faults++;
+    }
+    const where = this.#locate(fault.address);
+    if (!where) {
+      this.#unservable(fault, unservable(`a fault at 0x${fault.address.toString(16)} lies outside every region the peer announced`));
+      return;
+    }
+    if (fault.kind === 'wp') {
+      // Firecracker never registers write-protect; waking would only repeat the fault.
+      this.#unservable(fault, unservable(`a write-protect fault at 0x${fault.address.toString(16)}: this handler serves MISSING and MINOR faults only`));
+      return;
+    }
+    return this.#serve(fault, where);
+  }
+
+  #serve(fault: Fault, where: Location): void | Promise<void> {
+    const { region, index, page } = where;
     const state = this.#states[index]!;
-    this.stats.faults++;
-    let outcome;
-    if (state[page] === REMOVED) {
-      // A page the balloon took back reads as zeros, never as snapshot data.
-      outcome = region.pageSize === systemPageSize() ? fault.zero() : fault.copy(zeros(region.pageSize));
-      this.stats.zeroPages++;
-    } else if (fault.kind === 'minor') {
-      outcome = fault.continue();
-    } else {
-      const at = region.offset + page * region.pageSize;
-      outcome = fault.copy(this.#source.subarray(at, at + region.pageSize));
+    const at = region.offset + page * region.pageSize;
+    if (state[page] !== REMOVED && fault.kind !== 'minor' && !this.#present(at, region.pageSize)) {
+      this.#pending++;
+      return this.#fetch(at, region.pageSize, { urgent: true }).then(
+        () => {
+          this.#pending--;
+          if (this.#end === undefined) return this.#serve(fault, where);
+        },
+        (error: unknown) => {
+          this.#pending--;
+          if (this.#end === undefined) this.#unservable(fault, unservable(`the source could not deliver bytes [${at}, ${at + region.pageSize}) for the fault at 0x${fault.address.toString(16)}`, error));
+        },
+      );
     }
-    if (outcome === 'exists') this.stats.eexist++;
-    else if (state[page] !== REMOVED) {
-      this.stats.pagesOnDemand++;
-      this.stats.bytes += region.pageSize;
+    try {
+      let outcome;
+      if (state[page] === REMOVED) {
+        outcome = zeroFill(fault, region.pageSize);
+        this.stats.zeroPages++;
+      } else if (fault.kind === 'minor') {
+        outcome = fault.continue();
+        if (outcome === 'done') this.stats.pagesOnDemand++;
+        this.#mark(index, page, page + 1, PRESENT);
+      } else {
+        outcome = fault.copy(this.#source.bytes.subarray(at, at + region.pageSize));
+        if (outcome === 'done') {
+          this.stats.pagesOnDemand++;
+          this.stats.bytes += region.pageSize;
+        }
+        this.#mark(index, page, page + 1, PRESENT);
+      }
+      if (outcome === 'exists') this.stats.eexist++;
+      this.stats.latency.record((performance.now() - fault.receivedAt) * 1000);
+    } catch (error) {
+      const code = codeOf(error);
+      // A REMOVE is queued and unread: serve() reads it, then hands the fault back.
+      if (code === 'EAGAIN') {
+        this.stats.eagain++;
+        throw error;
+      }
+      if (code === 'ESRCH') {
+        this.#peerGone(error);
+        return;
+      }
+      this.#unservable(fault, unservable(`the kernel refused to resolve the ${fault.kind} fault at 0x${fault.address.toString(16)}`, error));
+      return;
     }
-    state[page] = PRESENT;
-    this.stats.latenciesUs.push((performance.now() - fault.receivedAt) * 1000);
     if (this.#options.prefetch && !this.#pushing) this.#startPush();
+    this.#maybeServed();
   }
 
   #onRemove(start: bigint, end: bigint): void {
     this.stats.removes++;
+    this.#forget(start, end, true);
+    this.#maybeServed();
+  }
+
+  // Marks [start, end) removed. Huge-page ranges are unregistered (as
+  // Firecracker's reference handler does since v1.14): the kernel then gives
+  // the peer fresh zero pages itself, and nothing stale can be copied there.
+  #forget(start: bigint, end: bigint, unregisterHuge = false): void {
     for (let index = 0; index < this.regions.length; index++) {
       const region = this.regions[index]!;
       const regionEnd = region.base + BigInt(region.size);
       if (end <= region.base || start >= regionEnd) continue;
-      const from = Number((start > region.base ? start : region.base) - region.base) / region.pageSize;
-      const to = Math.ceil(Number((end < regionEnd ? end : regionEnd) - region.base) / region.pageSize);
-      this.#states[index]!.fill(REMOVED, from, to);
+      const page = BigInt(region.pageSize);
+      const from = ((start > region.base ? start : region.base) - region.base) / page;
+      const to = ((end < regionEnd ? end : regionEnd) - region.base + page - 1n) / page;
+      this.#mark(index, Number(from), Number(to), REMOVED);
+      if (unregisterHuge && region.pageSize !== systemPageSize()) {
+        try {
+          this.#uffd.unregister({ address: region.base + from * page, length: (to - from) * page, pageSize: region.pageSize });
+        } catch (error) {
+          if (codeOf(error) === 'ESRCH') this.#peerGone(error);
+          // Otherwise faults there are still answered with zeros, by copy.
+        }
+      }
     }
   }
 
   // Copies every page still missing, a chunk at a time, yielding to the event
-  // loop between chunks so that faults are never queued behind the push.
+  // loop between chunks: its poll phase reads queued faults, which are served
+  // before the next chunk, so the push never holds an on-demand fault back by
+  // more than one chunk's copy.
   #startPush(): void {
     this.#pushing = true;
-    const chunk = this.#options.pushChunkPages ?? 64;
     let index = 0;
     let page = 0;
-    const step = (): void => {
-      if (this.#ended) return;
-      while (index < this.regions.length) {
+    const step = async (): Promise<void> => {
+      while (this.#end === undefined && index < this.regions.length) {
         const region = this.regions[index]!;
         const state = this.#states[index]!;
-        const pages = state.length;
-        while (page < pages && state[page] !== MISSING) page++;
-        if (page >= pages) {
+        const chunkPages = Math.max(1, Math.floor((this.#options.pushChunkBytes ?? DEFAULT_PUSH_CHUNK) / region.pageSize));
+        while (page < state.length && state[page] !== MISSING) page++;
+        if (page >= state.length) {
           index++;
           page = 0;
           continue;
         }
         let last = page;
-        while (last < pages && last - page < chunk && state[last] === MISSING) last++;
+        while (last < state.length && last - page < chunkPages && state[last] === MISSING) last++;
         const at = region.offset + page * region.pageSize;
-        const address = region.base + BigInt(page * region.pageSize);
+        if (!this.#present(at, (last - page) * region.pageSize)) {
+          try {
+            await this.#fetch(at, (last - page) * region.pageSize);
+          } catch {
+            return; // Background work only: faults fetch (urgently) what they need.
+          }
+          continue; // States may have changed while waiting: look again.
+        }
         try {
-          this.#uffd.copy(address, this.#source.subarray(at, at + (last - page) * region.pageSize), { dontWake: true });
+          this.#uffd.copy(region.base + BigInt(page * region.pageSize), this.#source.bytes.subarray(at, at + (last - page) * region.pageSize), { dontWake: true });
           this.#pushed(index, page, last);
           page = last;
         } catch (error) {
-          const e = error as UffdError;
-          const done = (e.bytesDone ?? 0) / region.pageSize;
+          const done = Math.floor(((error as UffdError).bytesDone ?? 0) / region.pageSize);
           this.#pushed(index, page, page + done);
           page += done;
-          if (e.code === 'EEXIST') {
-            state[page] = PRESENT; // a fault got there first
+          const code = codeOf(error);
+          if (code === 'EEXIST') {
+            this.#mark(index, page, page + 1, PRESENT); // A fault got there first.
             this.stats.eexist++;
-          } else if (e.code === 'EAGAIN') {
-            setImmediate(step); // an event is queued: let the loop read it first
+          } else if (code === 'ENOENT') {
+            this.#mark(index, page, page + 1, REMOVED); // Unregistered: the kernel serves it now.
+          } else if (code === 'ESRCH') {
+            this.#peerGone(error);
             return;
-          } else {
-            this.#fail(error);
-            return;
+          } else if (code !== 'EAGAIN') {
+            return; // Leave the rest to on-demand faults.
           }
         }
-        setImmediate(step);
-        return;
+        await new Promise<void>((resolve) => setImmediate(resolve));
       }
     };
-    setImmediate(step);
+    void step();
+  }
+
+  #mark(index: number, from: number, to: number, value: number): void {
+    const state = this.#states[index]!;
+    for (let page = from; page < to; page++) {
+      if (state[page] === MISSING && value !== MISSING) this.#missing--;
+      state[page] = value;
+    }
+  }
+
+  // Firecracker before v1.12 hangs up right after the handshake and runs on.
+  // Once it has, and every page is present or removed, nothing is left for
+  // this handler to do: unregister every region, so that the kernel answers
+  // whatever comes next by itself (a removed page faults in as zeros), and end.
+  #maybeServed(): void {
+    if (!this.#hungUp || this.#missing > 0 || this.#pending > 0 || this.#end !== undefined) return;
+    try {
+      for (const region of this.regions) this.#uffd.unregister({ address: region.base, length: region.size, pageSize: region.pageSize });
+    } catch (error) {
+      if (codeOf(error) === 'ESRCH') this.#peerGone(error);
+      return; // Keep serving: whatever stayed registered still faults here.
+    }
+    this.#finish('served');
   }
 
   #pushed(index: number, from: number, to: number): void {
     if (to <= from) return;
-    this.#states[index]!.fill(PRESENT, from, to);
+    this.#mark(index, from, to, PRESENT);
     this.stats.pagesPushed += to - from;
     this.stats.bytes += (to - from) * this.regions[index]!.pageSize;
+    this.#maybeServed();
   }
 
-  #fail(error: unknown): void {
-    const e = error as UffdError;
-    // ESRCH: the VMM's address space is gone (it exited mid-run).
-    this.#error ??= e.code === 'ESRCH'
-      ? new UffdError('ESRCH', `ESRCH: the VMM (pid ${this.pid}) exited while its faults were being served`, { errno: e.errno, syscall: e.syscall })
-      : e;
-    this.#connection.close();
+  #peerGone(cause: unknown): void {
+    const e = cause as UffdError;
+    this.#error ??= new UffdError('ESRCH', `ESRCH: the peer (pid ${this.pid}) exited while its faults were being served`, { errno: e.errno, syscall: e.syscall });
+    this.#finish('exited');
   }
 
-  #finish(): SessionResult {
-    this.#ended = true;
+  // The failure policy, for a fault that cannot be served.
+  #unservable(fault: Fault, error: UffdError): void {
+    this.#error ??= error;
+    if (this.#options.failure === 'sigbus') {
+      try {
+        fault.poison();
+        return;
+      } catch {
+        // No UFFDIO_POISON here (Linux < 6.6, or this memory type): kill instead.
+      }
+    }
+    this.#kill();
+    this.#finish('failed');
+  }
+
+  #fail(error: UffdError): void {
+    this.#error ??= error;
+  }
+
+  #kill(): void {
+    try {
+      if (this.#pidfd >= 0) native.pidfdSignal(this.#pidfd, SIGKILL);
+      else if (this.pid > 0) process.kill(this.pid, 'SIGKILL');
+    } catch {
+      // Gone already.
+    }
+  }
+
+  #finish(end: SessionEnd, error?: UffdError): void {
+    if (this.#end !== undefined) return;
+    this.#end = end;
+    if (error) this.#error ??= error;
     this.#uffd.close();
     this.#connection.close();
-    return { pid: this.pid, stats: this.stats, ...(this.#error ? { error: this.#error } : {}) };
-  }
-
-  /** Ends the session: closes the uffd (waking the VMM's faulting threads) and the connection. */
-  close(): void {
-    this.#connection.close();
-  }
-}
-
-function peerPid(connection: UnixConnection): number | undefined {
-  try {
-    return connection.peer.pid;
-  } catch {
-    return undefined; // the peer is gone already
+    if (this.#pidWatch) this.#pidWatch.close();
+    if (this.#pidfd >= 0) native.closeFd(this.#pidfd);
+    this.#pidfd = -1;
+    if (end === 'exited' && this.#pending > 0) {
+      this.#error ??= new UffdError('ESRCH', `ESRCH: the peer (pid ${this.pid}) exited with ${this.#pending} fault(s) still waiting for the source`, { errno: -3 });
+    }
+    this.#resolveDone({ pid: this.pid, end, stats: this.stats, pagesMissing: this.#missing, ...(this.#error ? { error: this.#error } : {}) });
   }
 }
 
 let zeroBuffer = new Uint8Array(0);
-function zeros(length: number): Uint8Array {
-  if (zeroBuffer.length < length) zeroBuffer = new Uint8Array(length);
-  return zeroBuffer.subarray(0, length);
+
+// A page the balloon took back reads as zeros, never as snapshot data.
+// Huge-page ranges are unregistered when removed, and the kernel supplies
+// their zeros (ENOENT here: wake the thread and let it retry); hugetlb has no
+// ZEROPAGE, so a still-registered huge page gets a copy of zeros.
+function zeroFill(fault: Fault, pageSize: number): 'done' | 'exists' {
+  if (pageSize === systemPageSize()) return fault.zero();
+  if (zeroBuffer.length < pageSize) zeroBuffer = new Uint8Array(pageSize);
+  try {
+    return fault.copy(zeroBuffer.subarray(0, pageSize));
+  } catch (error) {
+    if (codeOf(error) === 'ENOENT') return fault.release();
+    throw error;
+  }
+}
+
+function peerPid(connection: UnixConnection): number {
+  try {
+    return connection.peer.pid;
+  } catch {
+    return 0; // The peer is gone already.
+  }
 }
 
 export interface ServerOptions extends SessionOptions {
-  /** The snapshot's memory file: regions are served from it at their offsets. */
-  memFile: string;
+  /** Where every peer's pages come from (a FilePageSource for a snapshot's memory file). The server does not close it. */
+  source: PageSource;
   /** How long a new connection may take to send its handshake (default 10 s). */
   handshakeTimeoutMs?: number;
   onSession?: (session: FirecrackerSession) => void;
-  /** A connection whose handshake was refused (the connection is closed; the server goes on). */
-  onRefused?: (error: unknown, pid: number | undefined) => void;
+  /** A connection whose handshake was refused (it is closed; the server goes on). */
+  onRefused?: (error: UffdError, pid: number) => void;
 }
 
-/** Listens for Firecracker VMMs and serves each one's memory from memFile. */
+/** Listens for Firecracker VMMs and serves each one's memory from options.source. */
 export class FirecrackerServer {
   readonly path: string;
   readonly #server: UnixServer;
-  readonly #source: Mapping;
   readonly #sessions = new Set<FirecrackerSession>();
+  readonly #handshaking = new Set<UnixConnection>();
 
   private constructor(path: string, options: ServerOptions) {
     this.path = path;
-    this.#source = Mapping.file(options.memFile);
     this.#server = UnixServer.listen(path);
     void this.#accept(options);
   }
 
+  /** Listens on path (a stale socket file there is replaced). */
   static listen(path: string, options: ServerOptions): FirecrackerServer {
+    if (typeof path !== 'string') throw argTypeError('path', 'of type string', path);
+    if (options === null || typeof options !== 'object') throw argTypeError('options', 'an object', options);
+    const source = options.source as Partial<PageSource> | undefined;
+    if (!source || !(source.bytes instanceof Uint8Array) || typeof source.fetch !== 'function' || !Number.isSafeInteger(source.size)) {
+      throw argTypeError('options.source', 'a PageSource (new FilePageSource(memFile), for one)', source);
+    }
+    if (options.failure !== undefined && options.failure !== 'kill' && options.failure !== 'sigbus') {
+      throw argValueError('options.failure', `must be 'kill' or 'sigbus'. Received ${String(options.failure)}`);
+    }
     return new FirecrackerServer(path, options);
   }
 
@@ -415,27 +543,30 @@ export class FirecrackerServer {
   }
 
   async #accept(options: ServerOptions): Promise<void> {
-    const source = this.#source.view();
     for await (const connection of this.#server.connections()) {
       const pid = peerPid(connection);
-      receiveHandshake(connection, { sourceSize: this.#source.length, timeoutMs: options.handshakeTimeoutMs }).then(
+      this.#handshaking.add(connection);
+      receiveHandshake(connection, { sourceSize: options.source.size, timeoutMs: options.handshakeTimeoutMs }).then(
         (handshake) => {
-          const session = new FirecrackerSession(connection, handshake, source, options);
+          this.#handshaking.delete(connection);
+          const session = new FirecrackerSession(connection, handshake, options.source, options);
           this.#sessions.add(session);
           void session.done.then(() => this.#sessions.delete(session));
           options.onSession?.(session);
         },
         (error: unknown) => {
+          this.#handshaking.delete(connection);
           connection.close();
-          options.onRefused?.(error, pid);
+          options.onRefused?.(error as UffdError, pid);
         },
       );
     }
   }
 
+  /** Stops listening (removing the socket file) and ends every session. */
   close(): void {
     this.#server.close();
+    for (const connection of this.#handshaking) connection.close();
     for (const session of this.#sessions) session.close();
-    this.#source.unmap();
   }
 }

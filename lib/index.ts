@@ -14,3 +14,6 @@ export { probe, formatProbe } from './probe';
 export type { ProbeReport, MemoryType, Mode } from './probe';
 export { FilePageSource } from './page-source';
 export type { PageSource, FetchOptions } from './page-source';
+export { FirecrackerServer, FirecrackerSession, parseHandshake, receiveHandshake } from './firecracker';
+export type { FailurePolicy, SessionOptions, SessionStats, SessionEnd, SessionResult, ServerOptions, GuestRegion, Handshake } from './firecracker';
+export { LatencyHistogram } from './latency';

@@ -6,11 +6,10 @@
 // another thread serves its faults.
 import fs from 'node:fs';
 import { native } from './binding';
-import { argValueError, invalid, libraryError } from './errors';
+import { GUEST_MEMFD_FLAG } from './constants';
+import { UffdError, argValueError, invalid, libraryError } from './errors';
 import * as validate from './validate';
 
-const GUEST_MEMFD_FLAG_MMAP = 1n << 0n;
-const GUEST_MEMFD_FLAG_INIT_SHARED = 1n << 1n;
 
 /** false: ordinary pages. true: the system's default huge page size. A number: that huge page size in bytes. */
 export type HugePages = boolean | number;
@@ -223,8 +222,10 @@ export class Memfd {
 
   /**
    * A KVM guest_memfd of `size` bytes on a new VM (/dev/kvm), created with
-   * GUEST_MEMFD_FLAG_MMAP and GUEST_MEMFD_FLAG_INIT_SHARED so that this process
-   * can map, read and write it (the only kind userfaultfd can register).
+   * GUEST_MEMFD_FLAG_MMAP and GUEST_MEMFD_FLAG_INIT_SHARED where the kernel
+   * has them (Linux 6.18+), so that this process can map, read and write it
+   * (the only kind userfaultfd can register). `guestMemfdFlags` says what it
+   * got; without MMAP, map() refuses with the reason.
    */
   static createGuestMemfd(size: number | bigint): Memfd {
     const bytes = validate.size(size, 'size');
@@ -232,13 +233,22 @@ export class Memfd {
     if (bytes === 0 || !validate.isAligned(bytes, pageSize)) {
       throw invalid('ioctl(KVM_CREATE_GUEST_MEMFD)', `size ${bytes} must be a non-zero multiple of the page size (${pageSize} bytes)`);
     }
-    const [fd] = native.createGuestMemfd(bytes, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED);
-    return new Memfd(fd, bytes, pageSize, 'guest_memfd', 'guest_memfd');
+    const [fd, , flags] = native.createGuestMemfd(bytes, GUEST_MEMFD_FLAG.MMAP | GUEST_MEMFD_FLAG.INIT_SHARED);
+    const memfd = new Memfd(fd, bytes, pageSize, 'guest_memfd', 'guest_memfd');
+    memfd.guestMemfdFlags = flags;
+    return memfd;
   }
+
+  /** For a guest_memfd: the GUEST_MEMFD_FLAG_* bits it was created with. */
+  guestMemfdFlags = 0n;
 
   /** Maps [offset, offset+length) of the file shared and read-write. */
   map(options?: { offset?: number | bigint; length?: number | bigint }): Mapping {
     if (!this.#open) throw libraryError('ERR_UFFD_CLOSED', 'mmap', 'this memfd is closed');
+    if (this.backing === 'guest_memfd' && !(this.guestMemfdFlags & GUEST_MEMFD_FLAG.MMAP)) {
+      throw new UffdError('ENODEV', 'ENODEV: no such device, mmap — this kernel\'s guest_memfd cannot be mapped by a process ' +
+        '(GUEST_MEMFD_FLAG_MMAP needs Linux 6.18 or newer), so userfaultfd cannot serve it', { errno: -19, syscall: 'mmap' });
+    }
     const opts = validate.options<{ offset: number; length: number }>(options, 'options');
     const offset = validate.size(opts.offset ?? 0, 'options.offset');
     const length = opts.length === undefined ? this.size - offset : validate.size(opts.length, 'options.length');

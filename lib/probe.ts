@@ -81,11 +81,26 @@ function makeMemory(type: MemoryType, huge: ProbeReport['hugePages']): { mapping
       return { mapping, release: () => (mapping.unmap(), memfd.close()) };
     }
     const memfd = type === 'shmem' ? Memfd.create(systemPageSize()) : Memfd.createGuestMemfd(systemPageSize());
-    const mapping = memfd.map();
+    let mapping: Mapping;
+    try {
+      mapping = memfd.map();
+    } catch (error) {
+      memfd.close();
+      throw error;
+    }
     return { mapping, release: () => (mapping.unmap(), memfd.close()) };
   } catch (error) {
-    return { release() {}, error: describeError(error) };
+    return { release() {}, error: type === 'guest_memfd' ? describeGuestMemfdError(error) : describeError(error) };
   }
+}
+
+// Which step kept a guest_memfd from being made, in words.
+function describeGuestMemfdError(error: unknown): string {
+  const e = error as UffdError;
+  if (e.syscall === 'open(/dev/kvm)') return e.code === 'ENOENT' ? 'no /dev/kvm on this host (ENOENT)' : `no access to /dev/kvm (${e.code})`;
+  if (e.syscall === 'ioctl(KVM_CREATE_GUEST_MEMFD)') return `this kernel's KVM cannot create a guest_memfd (${e.code}, ioctl(KVM_CREATE_GUEST_MEMFD))`;
+  if (e.syscall === 'mmap') return `this kernel's guest_memfd cannot be mapped by a process (${e.code}; GUEST_MEMFD_FLAG_MMAP needs Linux 6.18)`;
+  return describeError(error);
 }
 
 export function probe(): ProbeReport {

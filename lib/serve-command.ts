@@ -1,84 +1,215 @@
 // `npx userfaultfd serve`: a Firecracker-compatible page-fault handler. Prints
-// a progress line a second and a summary per VMM; exits 0 once the expected
-// number of VMMs have hung up with every fault served.
+// a progress line a second and a summary per peer; exits 0 once the expected
+// number of peers have gone with every fault served, 1 when a peer's faults
+// could not all be served, 2 on bad arguments.
 import { parseArgs } from 'node:util';
-import type { UffdError } from './errors';
-import { FirecrackerServer, type FirecrackerSession, type SessionResult } from './firecracker';
+import { FirecrackerServer, type FailurePolicy, type FirecrackerSession, type SessionResult } from './firecracker';
+import { LatencyHistogram } from './latency';
+import { FilePageSource } from './page-source';
 
-export function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+export const SERVE_USAGE = `usage: userfaultfd serve --socket PATH --mem-file FILE [options]
+  --socket PATH            listen here for Firecracker (its mem_backend backend_path)
+  --mem-file FILE          the snapshot's memory file
+  --prefetch               after the first fault, push every other page in the background
+  --peers N                exit after N peers have gone (default 1; 0: serve until killed)
+  --on-failure kill|sigbus what to do with a fault that cannot be served (default kill)
+  --handshake-timeout S    seconds a connection may take to send its handshake (default 10)
+  --connect-timeout S      give up (exit 1) if no peer connects within S seconds (default: wait)
+  --quiet                  no progress lines
+  --json                   progress and summaries as JSON lines`;
+
+class UsageError extends Error {}
+
+function seconds(value: string | undefined, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!/^\d+(\.\d+)?$/.test(value) || !Number.isFinite(n) || n <= 0) throw new UsageError(`${name} must be a positive number of seconds, not '${value}'`);
+  return n;
 }
 
-function summary(stats: SessionResult['stats']): string {
-  const sorted = [...stats.latenciesUs].sort((a, b) => a - b);
-  return `faults ${stats.faults}, pages on demand ${stats.pagesOnDemand}, pushed ${stats.pagesPushed}, zero ${stats.zeroPages}, ` +
-    `${(stats.bytes / 1e6).toFixed(1)} MB, removes ${stats.removes}, latency p50 ${percentile(sorted, 50).toFixed(1)} µs p99 ${percentile(sorted, 99).toFixed(1)} µs`;
+interface Arguments {
+  socket: string;
+  memFile: string;
+  prefetch: boolean;
+  peers: number;
+  failure: FailurePolicy;
+  handshakeTimeoutMs: number;
+  connectTimeoutMs: number;
+  quiet: boolean;
+  json: boolean;
+}
+
+function parse(args: string[]): Arguments {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        socket: { type: 'string' },
+        'mem-file': { type: 'string' },
+        prefetch: { type: 'boolean', default: false },
+        peers: { type: 'string' },
+        'on-failure': { type: 'string' },
+        'handshake-timeout': { type: 'string' },
+        'connect-timeout': { type: 'string' },
+        quiet: { type: 'boolean', default: false },
+        json: { type: 'boolean', default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  if (!values.socket) throw new UsageError('--socket PATH is required');
+  if (!values['mem-file']) throw new UsageError('--mem-file FILE is required');
+  const peers = values.peers === undefined ? 1 : Number(values.peers);
+  if (!/^\d+$/.test(values.peers ?? '1') || !Number.isSafeInteger(peers)) throw new UsageError(`--peers must be a non-negative integer, not '${values.peers}'`);
+  const failure = values['on-failure'] ?? 'kill';
+  if (failure !== 'kill' && failure !== 'sigbus') throw new UsageError(`--on-failure must be kill or sigbus, not '${failure}'`);
+  return {
+    socket: values.socket,
+    memFile: values['mem-file'],
+    prefetch: values.prefetch === true,
+    peers,
+    failure,
+    handshakeTimeoutMs: seconds(values['handshake-timeout'], '--handshake-timeout', 10) * 1000,
+    connectTimeoutMs: values['connect-timeout'] === undefined ? 0 : seconds(values['connect-timeout'], '--connect-timeout', 0) * 1000,
+    quiet: values.quiet === true,
+    json: values.json === true,
+  };
+}
+
+const us = (value: number): string => `${value.toFixed(1)} µs`;
+const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
+
+function summary(result: SessionResult): Record<string, unknown> {
+  const { stats } = result;
+  return {
+    pid: result.pid, end: result.end, error: result.error?.message,
+    faults: stats.faults, pagesOnDemand: stats.pagesOnDemand, pagesPushed: stats.pagesPushed, zeroPages: stats.zeroPages,
+    bytes: stats.bytes, removes: stats.removes, eexist: stats.eexist, eagain: stats.eagain, pagesMissing: result.pagesMissing,
+    p50us: stats.latency.percentile(50), p99us: stats.latency.percentile(99), maxus: stats.latency.maxUs,
+  };
 }
 
 export async function serveCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      socket: { type: 'string' },
-      'mem-file': { type: 'string' },
-      prefetch: { type: 'boolean', default: false },
-      peers: { type: 'string', default: '1' },
-      quiet: { type: 'boolean', default: false },
-      json: { type: 'boolean', default: false },
-    },
-    strict: true,
-  });
-  if (!values.socket || !values['mem-file']) {
-    process.stderr.write('usage: userfaultfd serve --socket PATH --mem-file FILE [--prefetch] [--peers N (0: forever)] [--quiet] [--json]\n');
+  let options: Arguments;
+  try {
+    options = parse(args);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    process.stderr.write(`userfaultfd serve: ${error.message}\n${SERVE_USAGE}\n`);
     return 2;
   }
-  const expected = Number(values.peers);
-  if (!Number.isInteger(expected) || expected < 0) {
-    process.stderr.write(`--peers must be a non-negative integer, not ${values.peers}\n`);
+  let source: FilePageSource;
+  try {
+    source = new FilePageSource(options.memFile);
+  } catch (error) {
+    process.stderr.write(`userfaultfd serve: cannot map --mem-file ${options.memFile}: ${(error as Error).message}\n`);
     return 2;
   }
-  const out = (line: string): void => void (values.quiet || process.stdout.write(`${line}\n`));
+  const line = (text: string, json: Record<string, unknown>): void => {
+    if (options.quiet) return;
+    process.stdout.write(options.json ? `${JSON.stringify(json)}\n` : `${text}\n`);
+  };
   const results: SessionResult[] = [];
-  let refused = 0;
-  const started = Date.now();
-  let finish!: () => void;
-  const finished = new Promise<void>((resolve) => (finish = resolve));
   const active = new Set<FirecrackerSession>();
-  const server = FirecrackerServer.listen(values.socket, {
-    memFile: values['mem-file'],
-    prefetch: values.prefetch,
-    onSession: (session) => {
-      active.add(session);
-      out(`peer ${session.pid}: ${session.regions.length} region(s), ${session.regions.reduce((n, r) => n + r.size, 0) / 1e6} MB`);
-      void session.done.then((result) => {
-        active.delete(session);
-        results.push(result);
-        out(`peer ${result.pid} ${result.error ? `failed: ${result.error.message}` : 'closed'}: ${summary(result.stats)}`);
-        if (values.json) process.stdout.write(`${JSON.stringify({ pid: result.pid, error: result.error?.code, ...result.stats, latenciesUs: undefined })}\n`);
-        if (expected !== 0 && results.length >= expected) finish();
-      });
-    },
-    onRefused: (error, pid) => {
-      refused++;
-      out(`peer ${pid ?? '?'} refused: ${(error as UffdError).message}`);
-    },
-  });
-  out(`listening on ${server.path}`);
-  let last = { faults: 0, pages: 0 };
+  let connected = false;
+  let finish!: (code: number) => void;
+  const finished = new Promise<number>((resolve) => (finish = resolve));
+  const exitCode = (): number => (results.some((r) => r.error) ? 1 : 0);
+
+  const seen = new Map<FirecrackerSession, LatencyHistogram>();
+  const done = { faults: 0, pushed: 0, bytes: 0 };
+  let server: FirecrackerServer;
+  try {
+    server = FirecrackerServer.listen(options.socket, {
+      source,
+      prefetch: options.prefetch,
+      failure: options.failure,
+      handshakeTimeoutMs: options.handshakeTimeoutMs,
+      onSession: (session) => {
+        connected = true;
+        active.add(session);
+        const bytes = session.regions.reduce((n, r) => n + r.size, 0);
+        line(`peer ${session.pid}: ${session.regions.length} region(s), ${mb(bytes)}, page size ${[...new Set(session.regions.map((r) => r.pageSize))].join('/')}`,
+          { event: 'session', pid: session.pid, regions: session.regions.length, bytes });
+        void session.done.then((result) => {
+          active.delete(session);
+          seen.delete(session);
+          results.push(result);
+          // Sessions that ended keep counting in the totals.
+          done.faults += result.stats.faults;
+          done.pushed += result.stats.pagesPushed;
+          done.bytes += result.stats.bytes;
+          const s = summary(result);
+          line(`peer ${result.pid} ${result.error ? `failed (${result.end}): ${result.error.message}` : result.end}: faults ${result.stats.faults}, ` +
+            `pages on demand ${result.stats.pagesOnDemand}, pushed ${result.stats.pagesPushed}, zero ${result.stats.zeroPages}, ${mb(result.stats.bytes)}, ` +
+            `removes ${result.stats.removes}, latency p50 ${us(result.stats.latency.percentile(50))} p99 ${us(result.stats.latency.percentile(99))}`,
+          { event: 'end', ...s });
+          if (result.error) process.stderr.write(`userfaultfd serve: peer ${result.pid}: ${result.error.message}\n`);
+          if (options.peers !== 0 && results.length >= options.peers) finish(exitCode());
+        });
+      },
+      onRefused: (error, pid) => {
+        // A refused handshake does not count as a peer: the server waits on for a valid one.
+        process.stderr.write(`userfaultfd serve: refused a connection from pid ${pid || '?'}: ${error.message}\n`);
+        line(`refused pid ${pid || '?'}: ${error.code}`, { event: 'refused', pid, code: error.code, error: error.message });
+      },
+    });
+  } catch (error) {
+    source.close();
+    process.stderr.write(`userfaultfd serve: cannot listen on --socket ${options.socket}: ${(error as Error).message}\n`);
+    return 2;
+  }
+  line(`listening on ${server.path}, serving ${options.memFile} (${mb(source.size)})${options.prefetch ? ', prefetch on' : ''}`,
+    { event: 'listening', socket: server.path, memFile: options.memFile, bytes: source.size });
+
+  // Progress: totals, what changed in the last second, and the latency of that second's faults.
+  const started = Date.now();
+  let last = { faults: 0, pushed: 0, bytes: 0 };
   const ticker = setInterval(() => {
-    const totals = [...active].reduce((t, s) => ({ faults: t.faults + s.stats.faults, pages: t.pages + s.stats.pagesOnDemand + s.stats.pagesPushed, bytes: t.bytes + s.stats.bytes, lat: t.lat.concat(s.stats.latenciesUs.slice(-10_000)) }), { faults: 0, pages: 0, bytes: 0, lat: [] as number[] });
-    const sorted = totals.lat.sort((a, b) => a - b);
-    out(`[${((Date.now() - started) / 1000).toFixed(0)}s] peers ${active.size}, faults ${totals.faults} (+${totals.faults - last.faults}/s), pages ${totals.pages} (+${totals.pages - last.pages}/s), ${(totals.bytes / 1e6).toFixed(1)} MB, p50 ${percentile(sorted, 50).toFixed(1)} µs p99 ${percentile(sorted, 99).toFixed(1)} µs`);
-    last = { faults: totals.faults, pages: totals.pages };
+    const total = { ...done };
+    const second = new LatencyHistogram();
+    for (const session of active) {
+      const s = session.stats;
+      total.faults += s.faults;
+      total.pushed += s.pagesPushed;
+      total.bytes += s.bytes;
+      // The latencies of this second: this snapshot minus the last one.
+      const snapshot = s.latency.clone();
+      const previous = seen.get(session);
+      second.add(previous ? snapshot.minus(previous) : snapshot);
+      seen.set(session, snapshot);
+    }
+    const elapsed = (Date.now() - started) / 1000;
+    line(`[${elapsed.toFixed(0)}s] peers ${active.size}, faults served ${total.faults} (+${total.faults - last.faults}/s), ` +
+      `pages pushed ${total.pushed} (+${total.pushed - last.pushed}/s), ${mb(total.bytes)} (+${mb(total.bytes - last.bytes)}/s), ` +
+      `latency p50 ${us(second.percentile(50))} p90 ${us(second.percentile(90))} p99 ${us(second.percentile(99))}`,
+    { event: 'progress', seconds: elapsed, peers: active.size, faults: total.faults, pagesPushed: total.pushed, bytes: total.bytes,
+      p50us: second.percentile(50), p90us: second.percentile(90), p99us: second.percentile(99) });
+    last = total;
   }, 1000);
-  ticker.unref();
-  const stop = (): void => finish();
+  const connectTimer = options.connectTimeoutMs > 0 ? setTimeout(() => {
+    if (connected) return;
+    process.stderr.write(`userfaultfd serve: no peer connected within ${options.connectTimeoutMs / 1000} s\n`);
+    finish(1);
+  }, options.connectTimeoutMs) : undefined;
+  const stop = (signal: NodeJS.Signals): void => {
+    process.stderr.write(`userfaultfd serve: ${signal}: stopping with ${active.size} peer(s) still served\n`);
+    finish(active.size > 0 ? 1 : exitCode());
+  };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  await finished;
+
+  const code = await finished;
   clearInterval(ticker);
+  if (connectTimer) clearTimeout(connectTimer);
+  process.removeListener('SIGINT', stop);
+  process.removeListener('SIGTERM', stop);
   server.close();
-  const failed = results.filter((r) => r.error).length;
-  return failed > 0 || refused > 0 || results.length < expected ? 1 : 0;
+  source.close();
+  return code;
 }
+

@@ -345,8 +345,12 @@ export class Userfaultfd implements FaultResolver {
     const dispatch = (fault: Fault): void => {
       const failed = (error: unknown): void => {
         // Handlers may throw anything, undefined and null included.
-        if ((error as UffdError | null | undefined)?.code === 'EAGAIN' && !fault.resolved) retry.push(fault);
-        else fail(error, fault);
+        if ((error as UffdError | null | undefined)?.code === 'EAGAIN' && !fault.resolved) {
+          retry.push(fault);
+          scheduleRetry();
+        } else {
+          fail(error, fault);
+        }
       };
       let result: void | Promise<void>;
       try {
@@ -361,6 +365,29 @@ export class Userfaultfd implements FaultResolver {
         fail(unresolved(fault), fault);
       }
     };
+    // The event that made the kernel refuse with EAGAIN is usually read in
+    // the next batch; but the kernel lowers its "address space changing" mark
+    // only after the changing thread resumes, a moment after its event was
+    // read, and then no further batch may come. So refused faults are also
+    // retried on the next turn of the event loop (after its poll phase has
+    // read whatever is queued), backing off to 1 ms after many tries.
+    let retryScheduled = false;
+    let retryTurns = 0;
+    const scheduleRetry = (): void => {
+      if (retryScheduled || retry.length === 0 || this.#closed) return;
+      retryScheduled = true;
+      const run = (): void => {
+        retryScheduled = false;
+        retryTurns++;
+        const again = retry;
+        retry = [];
+        for (const fault of again) if (!this.#closed) dispatch(fault);
+        if (retry.length === 0) retryTurns = 0;
+        scheduleRetry();
+      };
+      if (retryTurns < 100) setImmediate(run);
+      else setTimeout(run, 1);
+    };
     this.#deliver = (batch) => {
       // Events first: a fault read in the same batch as a REMOVE of its page
       // must be served after the removal is known, or stale data lands there.
@@ -373,6 +400,7 @@ export class Userfaultfd implements FaultResolver {
       retry = [];
       for (const fault of again) if (!this.#closed) dispatch(fault);
       for (const event of batch) if (event.type === 'pagefault' && !this.#closed) dispatch(event);
+      scheduleRetry();
     };
     this.#handle.start();
     return new Promise<void>((resolve, reject) => {

@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <set>
 #include <string>
@@ -16,6 +17,7 @@
 #include "kvm.h"
 #include "mapping_table.h"
 #include "memory.h"
+#include "pidfd.h"
 #include "uffd.h"
 #include "unix_socket.h"
 
@@ -522,7 +524,7 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   return result;
 }
 
-// createGuestMemfd(size, flags) -> [fd, pageSize, supportedFlags]
+// createGuestMemfd(size, wantedFlags) -> [fd, pageSize, flags it was created with]
 Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   kvm::GuestMemfdResult result;
@@ -535,7 +537,7 @@ Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
   Napi::Array out = Napi::Array::New(env, 3);
   out.Set(0u, Napi::Number::New(env, result.fd));
   out.Set(1u, Napi::Number::New(env, static_cast<double>(memory::SystemPageSize())));
-  out.Set(2u, Napi::Number::New(env, static_cast<double>(result.supported_flags)));
+  out.Set(2u, Big(env, result.flags));
   return out;
 }
 
@@ -703,6 +705,20 @@ Napi::Value SocketPeer(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// pidfdOpen(pid) -> fd
+Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
+  int fd = pidfd::Open(Int(info, 0));
+  if (fd < 0) ThrowErrno(info.Env(), fd, "pidfd_open");
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// pidfdSignal(fd, signal)
+Napi::Value PidfdSignal(const Napi::CallbackInfo& info) {
+  int r = pidfd::SendSignal(Int(info, 0), Int(info, 1));
+  if (r < 0) ThrowErrno(info.Env(), r, "pidfd_send_signal");
+  return info.Env().Undefined();
+}
+
 Napi::Value DescriptorKind(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), unix_socket::DescriptorKind(Int(info, 0)));
 }
@@ -743,6 +759,12 @@ Napi::Value Constants(Napi::Env env) {
   c.Set("sizeofKvmUserspaceMemoryRegion2", Napi::Number::New(env, sizeof(kvm_userspace_memory_region2)));
   c.Set("GUEST_MEMFD_FLAG_MMAP", Big(env, GUEST_MEMFD_FLAG_MMAP));
   c.Set("GUEST_MEMFD_FLAG_INIT_SHARED", Big(env, GUEST_MEMFD_FLAG_INIT_SHARED));
+  c.Set("KVM_MEM_GUEST_MEMFD", Big(env, KVM_MEM_GUEST_MEMFD));
+  c.Set("KVM_CAP_GUEST_MEMFD", Big(env, KVM_CAP_GUEST_MEMFD));
+  c.Set("KVM_CAP_GUEST_MEMFD_FLAGS", Big(env, KVM_CAP_GUEST_MEMFD_FLAGS));
+  c.Set("offsetofKvmCreateGuestMemfdFlags", Napi::Number::New(env, offsetof(kvm_create_guest_memfd, flags)));
+  c.Set("offsetofKvmRegion2GuestMemfdOffset", Napi::Number::New(env, offsetof(kvm_userspace_memory_region2, guest_memfd_offset)));
+  c.Set("offsetofKvmRegion2GuestMemfd", Napi::Number::New(env, offsetof(kvm_userspace_memory_region2, guest_memfd)));
   c.Set("sizeofUffdMsg", Napi::Number::New(env, sizeof(uffd_msg)));
   c.Set("messageCapacity", Napi::Number::New(env, FaultStream::kCapacity));
   return c;
@@ -777,6 +799,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("socketReceive", Napi::Function::New<SocketReceive>(env));
   exports.Set("socketPeer", Napi::Function::New<SocketPeer>(env));
   exports.Set("descriptorKind", Napi::Function::New<DescriptorKind>(env));
+  exports.Set("pidfdOpen", Napi::Function::New<PidfdOpen>(env));
+  exports.Set("pidfdSignal", Napi::Function::New<PidfdSignal>(env));
   exports.Set("constants", Constants(env));
   return exports;
 }

@@ -6,7 +6,7 @@
 
 namespace kvm {
 
-int CreateGuestMemfd(uint64_t size, uint64_t flags, GuestMemfdResult* result) {
+int CreateGuestMemfd(uint64_t size, uint64_t wanted_flags, GuestMemfdResult* result) {
   *result = GuestMemfdResult{};
   int dev = open("/dev/kvm", O_RDWR | O_CLOEXEC);
   if (dev < 0) {
@@ -22,9 +22,10 @@ int CreateGuestMemfd(uint64_t size, uint64_t flags, GuestMemfdResult* result) {
   }
   int caps = ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_GUEST_MEMFD_FLAGS);
   result->supported_flags = caps > 0 ? static_cast<uint64_t>(caps) : 0;
+  result->flags = wanted_flags & result->supported_flags;
   kvm_create_guest_memfd args{};
   args.size = size;
-  args.flags = flags;
+  args.flags = result->flags;
   int fd = ioctl(vm, KVM_CREATE_GUEST_MEMFD, &args);
   int err = fd < 0 ? -errno : 0;
   // The guest_memfd holds its own reference on the VM.

@@ -39,6 +39,9 @@ struct kvm_userspace_memory_region2 {
 #ifndef GUEST_MEMFD_FLAG_INIT_SHARED
 #define GUEST_MEMFD_FLAG_INIT_SHARED (1ULL << 1)
 #endif
+#ifndef KVM_MEM_GUEST_MEMFD
+#define KVM_MEM_GUEST_MEMFD (1UL << 2)
+#endif
 #ifndef KVM_CAP_GUEST_MEMFD
 #define KVM_CAP_GUEST_MEMFD 234
 #endif
@@ -53,12 +56,17 @@ struct GuestMemfdResult {
   // Which step failed: "open(/dev/kvm)", "ioctl(KVM_CREATE_VM)" or
   // "ioctl(KVM_CREATE_GUEST_MEMFD)".
   const char* step = nullptr;
-  // KVM_CHECK_EXTENSION(KVM_CAP_GUEST_MEMFD_FLAGS): the flags this host accepts.
+  // KVM_CHECK_EXTENSION(KVM_CAP_GUEST_MEMFD_FLAGS): the flags this host accepts
+  // (0 before Linux 6.18, which knows no flags and no such capability).
   uint64_t supported_flags = 0;
+  // The flags the guest_memfd was created with.
+  uint64_t flags = 0;
 };
 
-// Creates a guest_memfd of `size` bytes with `flags` on a fresh VM. The VM
-// stays alive as long as the guest_memfd does. Returns 0 or -errno.
-int CreateGuestMemfd(uint64_t size, uint64_t flags, GuestMemfdResult* result);
+// Creates a guest_memfd of `size` bytes on a fresh VM, with those of
+// `wanted_flags` that this host supports (older kernels reject unknown flags
+// with EINVAL; the caller learns from result->flags what it got). The VM stays
+// alive as long as the guest_memfd does. Returns 0 or -errno.
+int CreateGuestMemfd(uint64_t size, uint64_t wanted_flags, GuestMemfdResult* result);
 
 }  // namespace kvm

@@ -1,0 +1,151 @@
+// `npx userfaultfd serve` end to end: the command in its own process, a
+// Firecracker peer in another, progress on stdout, and the exit status.
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { scratch, startFcPeer, type Scratch } from './fc-helpers';
+
+const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+const MiB = 1024 * 1024;
+
+let s: Scratch;
+beforeAll(() => (s = scratch(8 * MiB)));
+afterAll(() => s.remove());
+
+interface Command {
+  child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves with the first stdout line matching pattern (rejects if the command exits first). */
+  line(pattern: RegExp): Promise<string>;
+  exited: Promise<number | null>;
+}
+
+const started: ChildProcess[] = [];
+afterAll(() => started.splice(0).forEach((child) => child.exitCode === null && child.kill('SIGKILL')));
+
+function command(args: string[]): Command {
+  const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  started.push(child);
+  let out = '';
+  let err = '';
+  const watchers: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+  child.stdout!.on('data', (chunk: Buffer) => {
+    out += chunk.toString();
+    for (const w of watchers.splice(0)) {
+      const found = out.split('\n').find((l) => w.pattern.test(l));
+      if (found) w.resolve(found);
+      else watchers.push(w);
+    }
+  });
+  child.stderr!.on('data', (chunk: Buffer) => (err += chunk.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  return {
+    child, exited, stdout: () => out, stderr: () => err,
+    line: (pattern) => {
+      const found = out.split('\n').find((l) => pattern.test(l));
+      if (found) return Promise.resolve(found);
+      return new Promise((resolve, reject) => {
+        watchers.push({ pattern, resolve });
+        void exited.then((code) => reject(new Error(`the command exited (${code}) before printing ${pattern}; stdout: ${out}; stderr: ${err}`)));
+      });
+    },
+  };
+}
+
+const serveArgs = (...extra: string[]): string[] => ['serve', '--socket', s.socket, '--mem-file', s.memFile, ...extra];
+const peerArgs = (...extra: string[]): string[] => ['--socket', s.socket, '--mem-file', s.memFile, ...extra];
+
+describe('userfaultfd serve', () => {
+  it('serves a peer, prints a summary, and exits 0 once the peer has gone with every fault served', async () => {
+    const serve = command(serveArgs());
+    await serve.line(/^listening on /);
+    const peer = startFcPeer(peerArgs('--regions', '2M,1M', '--threads', '2'));
+    expect((await peer.exited).report).toMatchObject({ ok: true, mismatches: 0 });
+    expect(await serve.exited).toBe(0);
+    expect(serve.stdout()).toMatch(new RegExp(`^peer ${peer.child.pid}: 2 region\\(s\\), 3\\.1 MB, page size 4096$`, 'm'));
+    expect(serve.stdout()).toMatch(new RegExp(`^peer ${peer.child.pid} exited: faults \\d+, pages on demand 768, pushed 0, zero 0, 3\\.1 MB, removes 0, latency p50 [\\d.]+ µs p99 [\\d.]+ µs$`, 'm'));
+    expect(serve.stderr()).toBe('');
+  });
+
+  it('prints a progress line every second: faults served, pages pushed, bytes, latency percentiles', async () => {
+    const serve = command(serveArgs());
+    await serve.line(/^listening on /);
+    // The peer stops after 100 pages and waits: the command reports progress meanwhile.
+    const peer = startFcPeer(peerArgs('--regions', '1M', '--pause-after', '100'));
+    await peer.line((r) => r.paused === 100);
+    const progress = await serve.line(/^\[\d+s\] peers 1, faults served 1\d\d /);
+    expect(progress).toMatch(/^\[\d+s\] peers 1, faults served 1\d\d \(\+\d+\/s\), pages pushed 0 \(\+0\/s\), 0\.4 MB \(\+[\d.]+ MB\/s\), latency p50 [\d.]+ µs p90 [\d.]+ µs p99 [\d.]+ µs$/);
+    peer.child.kill('SIGKILL');
+    // Killed between faults: everything it asked for was served.
+    expect(await serve.exited).toBe(0);
+  });
+
+  it('--prefetch pushes the pages nobody asked for (--json: machine-readable lines)', async () => {
+    const serve = command(serveArgs('--prefetch', '--json'));
+    await serve.line(/"event":"listening"/);
+    const peer = startFcPeer(peerArgs('--regions', '4M', '--seed', '4'));
+    expect((await peer.exited).report).toMatchObject({ ok: true });
+    expect(await serve.exited).toBe(0);
+    const end = JSON.parse(serve.stdout().split('\n').find((l) => l.includes('"event":"end"'))!) as Record<string, number>;
+    expect(end.pagesPushed).toBeGreaterThan(0);
+    expect(end.pagesMissing).toBe(0);
+    expect(end.pagesPushed + end.pagesOnDemand).toBeLessThanOrEqual(1024);
+  });
+
+  it('exits 0 once a peer that hung up (Firecracker before v1.12) has every page, while it runs on', async () => {
+    const serve = command(serveArgs('--prefetch'));
+    await serve.line(/^listening on /);
+    const peer = startFcPeer(peerArgs('--regions', '2M', '--close-socket', '--pause-after', '16'));
+    expect(await serve.exited).toBe(0);
+    expect(serve.stdout()).toMatch(new RegExp(`^peer ${peer.child.pid} served: faults \\d+`, 'm'));
+    expect(peer.child.exitCode).toBeNull();
+    peer.child.kill('SIGKILL');
+  });
+
+  it('refuses a malformed handshake with a message on stderr, then serves the next peer and exits 0', async () => {
+    const serve = command(serveArgs());
+    await serve.line(/^listening on /);
+    expect((await startFcPeer(peerArgs('--malformed', 'overlap')).exited).report).toEqual({ malformed: 'overlap', closedByHandler: true });
+    expect((await startFcPeer(peerArgs('--regions', '1M')).exited).report).toMatchObject({ ok: true });
+    expect(await serve.exited).toBe(0);
+    expect(serve.stderr()).toMatch(/^userfaultfd serve: refused a connection from pid \d+: ERR_UFFD_BAD_HANDSHAKE: regions 0 .* overlap/m);
+  });
+
+  it('exits 1 and says why when a peer\'s faults could not all be served', async () => {
+    const serve = command(serveArgs());
+    await serve.line(/^listening on /);
+    // The peer announces one region but faults in a second: the handler kills it.
+    const peer = startFcPeer(peerArgs('--regions', '1M,1M', '--announce', '1', '--order', 'seq'));
+    expect((await peer.exited).signal).toBe('SIGKILL');
+    expect(await serve.exited).toBe(1);
+    expect(serve.stderr()).toMatch(/ERR_UFFD_UNSERVABLE: a fault at 0x[0-9a-f]+ lies outside every region/);
+  });
+
+  it('--connect-timeout: exits 1 when no peer connects in time', async () => {
+    const serve = command(serveArgs('--connect-timeout', '0.2'));
+    expect(await serve.exited).toBe(1);
+    expect(serve.stderr()).toMatch(/no peer connected within 0.2 s/);
+  });
+
+});
+
+// Each runs its own short-lived command; they run side by side.
+describe.concurrent('userfaultfd serve with bad arguments', () => {
+  for (const [args, message] of [
+    [['serve', '--mem-file', '/nonexistent'], /--socket PATH is required/],
+    [['serve', '--socket', '/tmp/x.sock'], /--mem-file FILE is required/],
+    [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/nonexistent/mem'], /cannot map --mem-file \/nonexistent\/mem: ENOENT/],
+    [['serve', '--bogus'], /Unknown option '--bogus'/],
+    [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--peers', 'two'], /--peers must be a non-negative integer, not 'two'/],
+    [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--on-failure', 'ignore'], /--on-failure must be kill or sigbus/],
+    [['serve', '--socket', '/nonexistent/dir/x.sock', '--mem-file', '__MEM__'], /cannot listen on --socket \/nonexistent\/dir\/x.sock: ENOENT/],
+  ] as [string[], RegExp][]) {
+    it(`exits 2 with a clear message: ${args.slice(1).join(' ')}`, async () => {
+      const serve = command(args.map((a) => (a === '__MEM__' ? s.memFile : a)));
+      expect(await serve.exited).toBe(2);
+      expect(serve.stderr()).toMatch(message);
+      expect(serve.stdout()).toBe('');
+    });
+  }
+});
