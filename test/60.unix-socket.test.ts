@@ -121,7 +121,7 @@ describe('Unix sockets with descriptors', () => {
     expect(() => UnixConnection.connect(`/tmp/${'x'.repeat(200)}`)).toThrow(expect.objectContaining({ code: 'ENAMETOOLONG' }));
     const server = UnixServer.listen(path.join(dir, 'ok.sock'));
     const client = UnixConnection.connect(server.path);
-    expect(() => client.send('x', [-1])).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => client.send('x', [-1])).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
     expect(() => client.send(42 as unknown as string)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
     client.close();
     expect(() => client.send('after close')).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));

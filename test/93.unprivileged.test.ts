@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { SLOWDOWN } from './helpers';
 
 const NOBODY = 65534;
 const root = process.getuid!() === 0;
@@ -52,7 +53,7 @@ if (dropReason) console.warn(`skipping the unprivileged tests: ${dropReason}`);
 function runUnprivileged(mode: string, wrap: string[] = []): Record<string, unknown> {
   const command = [process.execPath, fixture, mode];
   const argv = root ? [...wrap, 'setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...command] : command;
-  const out = execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8', timeout: 30_000, cwd: os.tmpdir() });
+  const out = execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8', timeout: 30_000 * SLOWDOWN, cwd: os.tmpdir() });
   return JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>;
 }
 

@@ -8,6 +8,14 @@ import { systemPageSize } from '../dist/index.js';
 
 export const PAGE = systemPageSize();
 
+/**
+ * How much slower than a real machine this one runs: bounds on waits are
+ * multiplied by it (test/arm64/run.sh sets USERFAULTFD_TEST_SLOWDOWN under
+ * full-system emulation). Tests never measure speed; this only keeps a bound
+ * from firing before the awaited thing could have happened.
+ */
+export const SLOWDOWN = Math.max(1, Number(process.env.USERFAULTFD_TEST_SLOWDOWN) || 1);
+
 export interface TouchResult {
   ok: boolean;
   mismatches: number;
@@ -71,7 +79,7 @@ export function wchan(tid: number): string {
  * faulting thread goes to sleep, so the handler can see the fault while that
  * thread still runs (wchan '0'), for longer on a loaded machine.
  */
-export async function settledWchan(tid: number, where: string, timeoutMs = 5000): Promise<string> {
+export async function settledWchan(tid: number, where: string, timeoutMs = 5000 * SLOWDOWN): Promise<string> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const seen = wchan(tid);
@@ -81,7 +89,7 @@ export async function settledWchan(tid: number, where: string, timeoutMs = 5000)
 }
 
 /** Resolves once `count` threads of this process sleep in handle_userfault; throws after timeoutMs. */
-export async function threadsWaitingOnFaults(count: number, timeoutMs = 10_000): Promise<void> {
+export async function threadsWaitingOnFaults(count: number, timeoutMs = 10_000 * SLOWDOWN): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     let waiting = 0;
