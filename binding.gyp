@@ -11,8 +11,12 @@
             "native/kvm.cc",
             "native/mapping_table.cc",
             "native/memory.cc",
+            "native/message_queue.cc",
+            "native/page_server.cc",
             "native/pidfd.cc",
+            "native/spin_policy.cc",
             "native/uffd.cc",
+            "native/uffd_share.cc",
             "native/unix_socket.cc"
           ],
           "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],

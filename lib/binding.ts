@@ -7,17 +7,29 @@ export interface UffdHandle {
   readonly fd: number;
   register(start: bigint, length: bigint, mode: bigint): bigint;
   unregister(start: bigint, length: bigint): void;
-  copy(dst: bigint, source: ArrayBufferView | ArrayBuffer, mode: bigint): number;
-  zeroPage(start: bigint, length: bigint, mode: bigint): number;
-  continue(start: bigint, length: bigint, mode: bigint): number;
+  // Addresses and lengths: a bigint, or a number that is a safe integer.
+  copy(dst: bigint | number, source: ArrayBufferView | ArrayBuffer, mode: bigint): number;
+  zeroPage(start: bigint | number, length: bigint | number, mode: bigint): number;
+  continue(start: bigint | number, length: bigint | number, mode: bigint): number;
   poison(start: bigint, length: bigint, mode: bigint): number;
   move(dst: bigint, src: bigint, length: bigint, mode: bigint): number;
-  wake(start: bigint, length: bigint): void;
-  writeProtect(start: bigint, length: bigint, mode: bigint): void;
+  wake(start: bigint | number, length: bigint | number): void;
+  writeProtect(start: bigint | number, length: bigint | number, mode: bigint): void;
+  rwProtect(start: bigint | number, length: bigint | number, mode: bigint): void;
+  setMode(enable: bigint, disable: bigint): void;
   start(): void;
   stop(): void;
   setRef(ref: boolean): void;
   close(): void;
+  /** Starts the native fast path (native/page_server.h); ranges: [start, length, pageSize, sourceOffset, fill] per range. */
+  serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean): void;
+  /** The counters, in the order lib/stats.ts reads them. */
+  stats(): Float64Array;
+  setSpin(enabled: boolean): void;
+  /** Blocks until messages are in the messages buffer: their count, 0 after timeoutMs, -1 once closed. */
+  wait(timeoutMs: number, spin: boolean): number;
+  /** An id another thread can share this uffd by (new UffdHandle(-1, ..., id)). */
+  lend(): number;
 }
 
 export interface WatchHandle {
@@ -37,7 +49,7 @@ export interface Native {
   descriptorKind(fd: number): string;
   pidfdOpen(pid: number): number;
   pidfdSignal(fd: number, signal: number): void;
-  UffdHandle: new (fd: number, onMessages: (count: number) => void, messages: ArrayBuffer) => UffdHandle;
+  UffdHandle: new (fd: number, onMessages: (count: number) => void, messages: ArrayBuffer, lentId?: number) => UffdHandle;
   setErrorFactory(make: (errno: number, syscall: string, extra: Record<string, unknown>) => Error): void;
   open(userModeOnly: boolean): { fd: number; method: 'syscall' | 'device' };
   api(fd: number, features: bigint): { offered: bigint; ioctls: bigint };
@@ -53,6 +65,7 @@ export interface Native {
   view(address: bigint, length: number): ArrayBuffer;
   discard(address: bigint, length: number, remove: boolean): void;
   scanWritten(pid: number, start: bigint, length: number, rearm: boolean): BigUint64Array;
+  scanAccessed(pid: number, start: bigint, length: number): BigUint64Array;
   read(address: bigint, length: number): Buffer;
   constants: Record<string, bigint | number>;
 }

@@ -4,7 +4,7 @@
 import { formatProbe, probe } from './probe';
 
 const USAGE = `usage: userfaultfd probe [--json]
-       userfaultfd serve --socket PATH --mem-file FILE [--prefetch] [--peers N] [--on-failure kill|sigbus] [--quiet] [--json]
+       userfaultfd serve --socket PATH (--mem-file FILE | --mem-url URL) [--prefetch] [--peers N] [--on-failure kill|sigbus] [--quiet] [--json]
        (userfaultfd serve --help for every option)`;
 
 async function main(argv: string[]): Promise<number> {

@@ -22,6 +22,10 @@ export const FEATURES = {
   POISON: 1n << 14n,
   WP_ASYNC: 1n << 15n,
   MOVE: 1n << 16n,
+  /** Linux 7.3: UFFDIO_REGISTER_MODE_RWP, read-write protection (every access to a protected page faults). */
+  RWP: 1n << 17n,
+  /** Linux 7.3: RWP faults resolved by the kernel itself (no message); toggled at run time with UFFDIO_SET_MODE. */
+  RWP_ASYNC: 1n << 18n,
 } as const;
 export type Feature = keyof typeof FEATURES;
 
@@ -36,11 +40,13 @@ export const IOCTLS = {
   WRITEPROTECT: 0x06,
   CONTINUE: 0x07,
   POISON: 0x08,
+  RWPROTECT: 0x09,
+  SET_MODE: 0x0a,
   API: 0x3f,
 } as const;
 export type Ioctl = keyof typeof IOCTLS;
 
-export const REGISTER_MODE = { MISSING: 1n << 0n, WP: 1n << 1n, MINOR: 1n << 2n } as const;
+export const REGISTER_MODE = { MISSING: 1n << 0n, WP: 1n << 1n, MINOR: 1n << 2n, RWP: 1n << 3n } as const;
 
 // The mode bits of the resolving ioctls. DONTWAKE is bit 0 for all of them.
 export const MODE_DONTWAKE = 1n << 0n;
@@ -49,10 +55,14 @@ export const CONTINUE_MODE_WP = 1n << 1n;
 export const WRITEPROTECT_MODE_WP = 1n << 0n;
 export const WRITEPROTECT_MODE_DONTWAKE = 1n << 1n;
 export const MOVE_MODE_ALLOW_SRC_HOLES = 1n << 1n;
+export const RWPROTECT_MODE_RWP = 1n << 0n;
+export const RWPROTECT_MODE_DONTWAKE = 1n << 1n;
+/** The features UFFDIO_SET_MODE may turn on and off (Linux 7.3). */
+export const RUNTIME_FEATURES = ['RWP_ASYNC'] as const;
 
 export const EVENT = { PAGEFAULT: 0x12, FORK: 0x13, REMAP: 0x14, REMOVE: 0x15, UNMAP: 0x16 } as const;
 
-export const PAGEFAULT_FLAG = { WRITE: 1n << 0n, WP: 1n << 1n, MINOR: 1n << 2n } as const;
+export const PAGEFAULT_FLAG = { WRITE: 1n << 0n, WP: 1n << 1n, MINOR: 1n << 2n, RWP: 1n << 3n } as const;
 
 /** KVM_CREATE_GUEST_MEMFD flags (include/uapi/linux/kvm.h, Linux 6.18). */
 export const GUEST_MEMFD_FLAG = { MMAP: 1n << 0n, INIT_SHARED: 1n << 1n } as const;

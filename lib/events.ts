@@ -5,7 +5,8 @@ import os from 'node:os';
 import { EVENT, MSG_SIZE, PAGEFAULT_FLAG } from './constants';
 import type { UffdError } from './errors';
 
-export type FaultKind = 'missing' | 'minor' | 'wp';
+/** missing: no page; minor: in the page cache, not mapped; wp: a write to a write-protected page; rwp: any access to a read-write-protected page (Linux 7.3). */
+export type FaultKind = 'missing' | 'minor' | 'wp' | 'rwp';
 
 /** The resolving operations a Fault needs from the uffd that delivered it. */
 export interface FaultResolver {
@@ -15,6 +16,7 @@ export interface FaultResolver {
   poison(address: bigint, length: number): number;
   move(dst: bigint, src: bigint, length: number): number;
   writeProtect(address: bigint, length: number, enable: boolean): void;
+  rwProtect(address: bigint, length: number, enable: boolean): void;
   wake(address: bigint, length: number): void;
 }
 
@@ -85,8 +87,9 @@ export class Fault {
     return this.#resolve(() => this.#resolver.poison(this.pageAddress, this.pageSize));
   }
 
-  /** Removes write protection from the page (WP faults) and wakes the thread. */
+  /** Removes the protection that faulted (write protection for wp faults, read-write protection for rwp faults) and wakes the thread. */
   unprotect(): Outcome {
+    if (this.kind === 'rwp') return this.#resolve(() => this.#resolver.rwProtect(this.pageAddress, this.pageSize, false));
     return this.#resolve(() => this.#resolver.writeProtect(this.pageAddress, this.pageSize, false));
   }
 
@@ -155,6 +158,10 @@ export interface UnmapEvent {
 export type UffdEvent<U> = Fault | ForkEvent<U> | RemapEvent | RemoveEvent | UnmapEvent;
 
 const LITTLE_ENDIAN = os.endianness() === 'LE';
+const FLAG_WRITE = Number(PAGEFAULT_FLAG.WRITE);
+const FLAG_WP = Number(PAGEFAULT_FLAG.WP);
+const FLAG_MINOR = Number(PAGEFAULT_FLAG.MINOR);
+const FLAG_RWP = Number(PAGEFAULT_FLAG.RWP);
 
 export interface DecodeContext<U> {
   resolver: FaultResolver;
@@ -172,11 +179,12 @@ export function decode<U>(view: DataView, index: number, context: DecodeContext<
   const u64 = (offset: number): bigint => view.getBigUint64(arg + offset, LITTLE_ENDIAN);
   switch (event) {
     case EVENT.PAGEFAULT: {
-      const flags = u64(0);
+      // The flags fit in the low word: read them as a number, not a bigint.
+      const flags = view.getUint32(arg + (LITTLE_ENDIAN ? 0 : 4), LITTLE_ENDIAN);
       const address = u64(8);
-      const kind: FaultKind = flags & PAGEFAULT_FLAG.WP ? 'wp' : flags & PAGEFAULT_FLAG.MINOR ? 'minor' : 'missing';
+      const kind: FaultKind = flags & FLAG_RWP ? 'rwp' : flags & FLAG_WP ? 'wp' : flags & FLAG_MINOR ? 'minor' : 'missing';
       const tid = context.threadIds ? view.getUint32(arg + 16, LITTLE_ENDIAN) : undefined;
-      return new Fault(context.resolver, kind, (flags & PAGEFAULT_FLAG.WRITE) !== 0n, address, context.pageSizeAt(address), tid, context.receivedAt);
+      return new Fault(context.resolver, kind, (flags & FLAG_WRITE) !== 0, address, context.pageSizeAt(address), tid, context.receivedAt);
     }
     case EVENT.FORK:
       return { type: 'fork', uffd: context.adopt(view.getUint32(arg, LITTLE_ENDIAN)) };

@@ -181,7 +181,25 @@ export function scanWritten(address: bigint, length: number | bigint, options?: 
   const bytes = validate.size(length, 'length');
   const opts = validate.options<{ rearm: boolean; pid: number }>(options, 'options');
   const pid = opts.pid === undefined ? 0 : validate.size(opts.pid, 'options.pid');
-  const flat = native.scanWritten(pid, start, bytes, opts.rearm ?? true);
+  return pairs(native.scanWritten(pid, start, bytes, opts.rearm ?? true));
+}
+
+/**
+ * The pages of [address, address+length) accessed (read or written) since
+ * they were read-write protected, for a range registered in RWP mode on a
+ * uffd with RWP_ASYNC (PAGEMAP_SCAN's PAGE_IS_ACCESSED, Linux 7.3): the
+ * working set. Only pages present when protected are tracked; re-arm with
+ * rwProtect(..., true). pid: another process whose memory this is.
+ */
+export function scanAccessed(address: bigint, length: number | bigint, options?: { pid?: number }): { start: bigint; end: bigint }[] {
+  const start = validate.address(address, 'address');
+  const bytes = validate.size(length, 'length');
+  const opts = validate.options<{ pid: number }>(options, 'options');
+  const pid = opts.pid === undefined ? 0 : validate.size(opts.pid, 'options.pid');
+  return pairs(native.scanAccessed(pid, start, bytes));
+}
+
+function pairs(flat: BigUint64Array): { start: bigint; end: bigint }[] {
   const ranges: { start: bigint; end: bigint }[] = [];
   for (let i = 0; i < flat.length; i += 2) ranges.push({ start: flat[i]!, end: flat[i + 1]! });
   return ranges;

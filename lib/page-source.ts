@@ -12,6 +12,7 @@
 // after the page's bytes, so a native thread that reads the flag and then the
 // bytes never sees a torn page. A source with everything local from the start
 // has `present === null`.
+import { argTypeError, argValueError, libraryError } from './errors';
 import { Mapping, systemPageSize } from './memory';
 
 export interface FetchOptions {
@@ -59,4 +60,45 @@ export class FilePageSource implements PageSource {
   close(): void {
     this.#mapping.unmap();
   }
+}
+
+export interface BufferPageSourceOptions {
+  /** One flag per page (see PageSource.present), e.g. over a SharedArrayBuffer another thread fills; default: all present. */
+  present?: Uint8Array;
+  /** Brings pages in when present says they are not there; default: rejects. */
+  fetch?: (offset: number, length: number, options?: FetchOptions) => Promise<void>;
+  /** The granularity of present (default: the system page size). */
+  pageSize?: number;
+}
+
+/**
+ * An image held in memory: an ArrayBuffer, a SharedArrayBuffer (readable by
+ * workers too), a Buffer, or a view of any of them (a buffer at an offset).
+ */
+export class BufferPageSource implements PageSource {
+  readonly size: number;
+  readonly pageSize: number;
+  readonly bytes: Uint8Array;
+  readonly present: Uint8Array | null;
+  readonly #fetch: BufferPageSourceOptions['fetch'];
+
+  constructor(bytes: ArrayBuffer | SharedArrayBuffer | ArrayBufferView, options: BufferPageSourceOptions = {}) {
+    if (ArrayBuffer.isView(bytes)) this.bytes = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    else if (bytes instanceof ArrayBuffer || bytes instanceof SharedArrayBuffer) this.bytes = new Uint8Array(bytes);
+    else throw argTypeError('bytes', 'an ArrayBuffer, a SharedArrayBuffer or a view of one', bytes);
+    this.size = this.bytes.byteLength;
+    this.pageSize = options.pageSize ?? systemPageSize();
+    this.present = options.present ?? null;
+    if (this.present && this.present.length * this.pageSize < this.size) {
+      throw argValueError('options.present', `needs one flag per ${this.pageSize}-byte page: ${Math.ceil(this.size / this.pageSize)}, has ${this.present.length}`);
+    }
+    this.#fetch = options.fetch;
+  }
+
+  fetch(offset: number, length: number, options?: FetchOptions): Promise<void> {
+    if (this.#fetch) return this.#fetch(offset, length, options);
+    return Promise.reject(libraryError('ERR_UFFD_UNRESOLVED', 'fetch', `this BufferPageSource has no fetch, and bytes ${offset}..${offset + length} are not present`));
+  }
+
+  close(): void {}
 }

@@ -5,11 +5,16 @@
 import { parseArgs } from 'node:util';
 import { FirecrackerServer, type FailurePolicy, type FirecrackerSession, type SessionResult } from './firecracker';
 import { LatencyHistogram } from './latency';
-import { FilePageSource } from './page-source';
+import { HEADERS_ENV, HttpPageSource, parseHeaderLines } from './http-source';
+import { FilePageSource, type PageSource } from './page-source';
 
-export const SERVE_USAGE = `usage: userfaultfd serve --socket PATH --mem-file FILE [options]
+export const SERVE_USAGE = `usage: userfaultfd serve --socket PATH (--mem-file FILE | --mem-url URL) [options]
   --socket PATH            listen here for Firecracker (its mem_backend backend_path)
   --mem-file FILE          the snapshot's memory file
+  --mem-url URL            the memory file on an HTTP(S) server with byte ranges (S3, GCS, a CDN, nginx):
+                           pages fetched as faults ask, the rest in the background; credentials in a
+                           presigned URL, or as "Name: value" lines in ${HEADERS_ENV}
+  --mem-url-header 'N: V'  a request header for --mem-url (repeatable; visible in ps: prefer the variable)
   --prefetch               after the first fault, push every other page in the background
   --peers N                exit after N peers have gone (default 1; 0: serve until killed)
   --on-failure kill|sigbus what to do with a fault that cannot be served (default kill)
@@ -29,7 +34,9 @@ function seconds(value: string | undefined, name: string, fallback: number): num
 
 interface Arguments {
   socket: string;
-  memFile: string;
+  memFile: string | undefined;
+  memUrl: string | undefined;
+  headers: Record<string, string>;
   prefetch: boolean;
   peers: number;
   failure: FailurePolicy;
@@ -47,6 +54,8 @@ function parse(args: string[]): Arguments {
       options: {
         socket: { type: 'string' },
         'mem-file': { type: 'string' },
+        'mem-url': { type: 'string' },
+        'mem-url-header': { type: 'string', multiple: true },
         prefetch: { type: 'boolean', default: false },
         peers: { type: 'string' },
         'on-failure': { type: 'string' },
@@ -62,7 +71,15 @@ function parse(args: string[]): Arguments {
     throw new UsageError((error as Error).message);
   }
   if (!values.socket) throw new UsageError('--socket PATH is required');
-  if (!values['mem-file']) throw new UsageError('--mem-file FILE is required');
+  if (!values['mem-file'] && !values['mem-url']) throw new UsageError('--mem-file FILE is required, or --mem-url URL');
+  if (values['mem-file'] && values['mem-url']) throw new UsageError('give --mem-file FILE or --mem-url URL, not both');
+  if (values['mem-url-header'] && !values['mem-url']) throw new UsageError('--mem-url-header goes with --mem-url');
+  let headers: Record<string, string>;
+  try {
+    headers = { ...parseHeaderLines(process.env[HEADERS_ENV] ?? ''), ...parseHeaderLines((values['mem-url-header'] ?? []).join('\n')) };
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
   const peers = values.peers === undefined ? 1 : Number(values.peers);
   if (!/^\d+$/.test(values.peers ?? '1') || !Number.isSafeInteger(peers)) throw new UsageError(`--peers must be a non-negative integer, not '${values.peers}'`);
   const failure = values['on-failure'] ?? 'kill';
@@ -70,6 +87,8 @@ function parse(args: string[]): Arguments {
   return {
     socket: values.socket,
     memFile: values['mem-file'],
+    memUrl: values['mem-url'],
+    headers,
     prefetch: values.prefetch === true,
     peers,
     failure,
@@ -102,13 +121,29 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.stderr.write(`userfaultfd serve: ${error.message}\n${SERVE_USAGE}\n`);
     return 2;
   }
-  let source: FilePageSource;
-  try {
-    source = new FilePageSource(options.memFile);
-  } catch (error) {
-    process.stderr.write(`userfaultfd serve: cannot map --mem-file ${options.memFile}: ${(error as Error).message}\n`);
-    return 2;
+  let source: PageSource;
+  let remote: HttpPageSource | undefined;
+  if (options.memUrl !== undefined) {
+    try {
+      // Retries and the failure are reported as they happen; the URL is printed without credentials.
+      remote = await HttpPageSource.open(options.memUrl, {
+        headers: options.headers,
+        log: (text) => void (options.quiet || process.stderr.write(`userfaultfd serve: ${text}\n`)),
+      });
+    } catch (error) {
+      process.stderr.write(`userfaultfd serve: cannot open --mem-url: ${(error as Error).message}\n`);
+      return (error as { code?: string }).code?.startsWith('ERR_INVALID_ARG') ? 2 : 1;
+    }
+    source = remote;
+  } else {
+    try {
+      source = new FilePageSource(options.memFile!);
+    } catch (error) {
+      process.stderr.write(`userfaultfd serve: cannot map --mem-file ${options.memFile}: ${(error as Error).message}\n`);
+      return 2;
+    }
   }
+  const serving = remote ? remote.url : options.memFile!;
   const line = (text: string, json: Record<string, unknown>): void => {
     if (options.quiet) return;
     process.stdout.write(options.json ? `${JSON.stringify(json)}\n` : `${text}\n`);
@@ -163,8 +198,8 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.stderr.write(`userfaultfd serve: cannot listen on --socket ${options.socket}: ${(error as Error).message}\n`);
     return 2;
   }
-  line(`listening on ${server.path}, serving ${options.memFile} (${mb(source.size)})${options.prefetch ? ', prefetch on' : ''}`,
-    { event: 'listening', socket: server.path, memFile: options.memFile, bytes: source.size });
+  line(`listening on ${server.path}, serving ${serving} (${mb(source.size)})${options.prefetch ? ', prefetch on' : ''}`,
+    { event: 'listening', socket: server.path, ...(remote ? { memUrl: remote.url } : { memFile: options.memFile }), bytes: source.size });
 
   // Progress: totals, what changed in the last second, and the latency of that second's faults.
   const started = Date.now();
@@ -184,11 +219,16 @@ export async function serveCommand(args: string[]): Promise<number> {
       seen.set(session, snapshot);
     }
     const elapsed = (Date.now() - started) / 1000;
+    // A remote source: how much of the image is local, and whether it is failing.
+    const fetched = remote?.stats;
+    const failing = remote?.error;
     line(`[${elapsed.toFixed(0)}s] peers ${active.size}, faults served ${total.faults} (+${total.faults - last.faults}/s), ` +
       `pages pushed ${total.pushed} (+${total.pushed - last.pushed}/s), ${mb(total.bytes)} (+${mb(total.bytes - last.bytes)}/s), ` +
-      `latency p50 ${us(second.percentile(50))} p90 ${us(second.percentile(90))} p99 ${us(second.percentile(99))}`,
+      `latency p50 ${us(second.percentile(50))} p90 ${us(second.percentile(90))} p99 ${us(second.percentile(99))}` +
+      (fetched ? `, remote ${fetched.presentPages}/${fetched.pages} pages local, ${fetched.inFlight} requests in flight, ${fetched.retries} retries${failing ? `, FAILED: ${failing.code}` : ''}` : ''),
     { event: 'progress', seconds: elapsed, peers: active.size, faults: total.faults, pagesPushed: total.pushed, bytes: total.bytes,
-      p50us: second.percentile(50), p90us: second.percentile(90), p99us: second.percentile(99) });
+      p50us: second.percentile(50), p90us: second.percentile(90), p99us: second.percentile(99),
+      ...(fetched ? { remote: { presentPages: fetched.presentPages, pages: fetched.pages, inFlight: fetched.inFlight, retries: fetched.retries, error: failing?.code } } : {}) });
     last = total;
   }, 1000);
   const connectTimer = options.connectTimeoutMs > 0 ? setTimeout(() => {

@@ -10,13 +10,18 @@
 import { performance } from 'node:perf_hooks';
 import { native, type UffdHandle } from './binding';
 import {
-  COPY_MODE_WP, CONTINUE_MODE_WP, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
+  COPY_MODE_WP, CONTINUE_MODE_WP, EVENT, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
+  RUNTIME_FEATURES, RWPROTECT_MODE_DONTWAKE, RWPROTECT_MODE_RWP,
   WRITEPROTECT_MODE_DONTWAKE, WRITEPROTECT_MODE_WP, FEATURES, featureBits, featureNames, ioctlNames,
   type Feature, type Ioctl,
 } from './constants';
 import { UffdError, argTypeError, argValueError, invalid, libraryError, systemError } from './errors';
-import { decode, Fault, type FaultResolver, type ForkEvent, type RemapEvent, type RemoveEvent, type UffdEvent, type UnmapEvent } from './events';
+import { FaultBatch } from './fault-batch';
+import { decode, Fault, type DecodeContext, type FaultResolver, type ForkEvent, type RemapEvent, type RemoveEvent, type UffdEvent, type UnmapEvent } from './events';
 import { Mapping, systemPageSize } from './memory';
+import type { PageSource } from './page-source';
+import { checkSource, fetchAndResolve, locate, planRanges, rangeTable, readAhead, type ServeFromOptions, type ServeRange } from './serve-from';
+import { readStats, type ServeStats } from './stats';
 import * as validate from './validate';
 
 native.setErrorFactory(systemError);
@@ -41,6 +46,12 @@ export interface RegisterModes {
   minor?: boolean;
   /** Faults on writes to write-protected pages (resolve with writeProtect(..., false)). */
   wp?: boolean;
+  /**
+   * Linux 7.3, feature RWP: faults on any access, read or write, to pages made
+   * read-write protected with rwProtect(..., true) (resolve with
+   * rwProtect(..., false)). Cannot be combined with wp: both use the same PTE bit.
+   */
+  rwp?: boolean;
 }
 
 /** A range to register: a Mapping, or any page-aligned range of this process (or of the process that created the uffd). */
@@ -77,7 +88,29 @@ export interface ServeOptions {
    * 'poison': UFFDIO_POISON, the faulting thread gets SIGBUS ('fill' where the range does not allow POISON).
    */
   failure?: 'fill' | 'poison';
+  /**
+   * Adaptive spinning on this thread after each batch (default false): faster
+   * when faults come back to back, but the loop runs nothing else for up to
+   * 1 ms at a time (see docs/performance.md).
+   */
+  spin?: boolean;
 }
+
+export interface ServeSyncOptions extends Omit<ServeOptions, 'spin'> {
+  /** Adaptive spinning in wait (default true: this thread does nothing else). */
+  spin?: boolean;
+}
+
+/** What a worker needs to serve this uffd's faults (Userfaultfd.borrow); plain data, for workerData. */
+export interface UffdLoan {
+  readonly id: number;
+  readonly features: Feature[];
+  readonly ranges: AdoptedRange[];
+}
+
+// How long a blocking wait lasts before it returns to JavaScript, so that a
+// worker asked to terminate gets the chance (an idle worker wakes this often).
+const WAIT_SLICE_MS = 50;
 
 export class Userfaultfd implements FaultResolver {
   readonly #handle: UffdHandle;
@@ -93,22 +126,29 @@ export class Userfaultfd implements FaultResolver {
   #waiting: ((result: IteratorResult<Event>) => void)[] = [];
   #failure: UffdError | undefined;
   #ended: (() => void)[] = [];
+  #jsFaults = 0;
+  #context: DecodeContext<Userfaultfd> | undefined;
+  #batchHandler: ((count: number) => void) | undefined;
+  #retryNow: () => boolean = () => false;
+  #finalStats: Float64Array = new Float64Array(20);
 
-  /** How the descriptor was obtained: 'syscall', 'device' (/dev/userfaultfd), or 'adopted' (an fd given to fromFd or a fork event). */
-  readonly openedWith: 'syscall' | 'device' | 'adopted';
+  /** How the descriptor was obtained: 'syscall', 'device' (/dev/userfaultfd), 'adopted' (an fd given to fromFd or a fork event), or 'borrowed' (lent by another thread). */
+  readonly openedWith: 'syscall' | 'device' | 'adopted' | 'borrowed';
   /** Features the kernel offers, as UFFDIO_API answered (empty for an adopted uffd). */
   readonly offeredFeatures: ReadonlySet<Feature>;
-  /** Features enabled on this uffd. */
+  /** Features enabled on this uffd (UFFDIO_API's request, then setMode's changes). */
   readonly enabledFeatures: ReadonlySet<Feature>;
+  readonly #enabled: Set<Feature>;
 
-  private constructor(fd: number, openedWith: Userfaultfd['openedWith'], offered: bigint, enabled: bigint) {
+  private constructor(fd: number, openedWith: Userfaultfd['openedWith'], offered: bigint, enabled: bigint, lentId?: number) {
     this.openedWith = openedWith;
     this.offeredFeatures = featureNames(offered);
-    this.enabledFeatures = featureNames(enabled);
+    this.#enabled = featureNames(enabled);
+    this.enabledFeatures = this.#enabled;
     // The handle holds this callback weakly until the stream starts; a
     // Userfaultfd nobody holds is collected and its handle closes the fd.
     this.#callback = (count: number) => this.#onMessages(count);
-    this.#handle = new native.UffdHandle(fd, this.#callback, this.#messages);
+    this.#handle = new native.UffdHandle(fd, this.#callback, this.#messages, lentId);
   }
 
   /**
@@ -147,19 +187,33 @@ export class Userfaultfd implements FaultResolver {
     validate.fd(fd, 'fd');
     const opts = validate.options<{ features: Feature[]; ranges: AdoptedRange[] }>(options, 'options');
     const uffd = new Userfaultfd(fd, 'adopted', 0n, featureBits(opts.features ?? []));
-    const ranges = opts.ranges ?? [];
-    if (!Array.isArray(ranges)) throw argTypeError('options.ranges', 'an array of { address, length, pageSize?, modes? }', ranges);
-    for (const range of ranges) {
-      if (range === null || typeof range !== 'object') throw argTypeError('range', 'an object { address, length, pageSize?, modes? }', range);
-      const start = validate.address(range.address, 'range.address');
-      const length = validate.size(range.length, 'range.length');
-      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.pageSize(range.pageSize, 'range.pageSize');
-      validate.range('userfaultfd', start, length, pageSize);
-      uffd.#registrations.push({
-        start, end: start + BigInt(length), pageSize, ioctls: new Set(),
-        modes: { missing: range.modes?.missing ?? true, minor: range.modes?.minor ?? false, wp: range.modes?.wp ?? false },
-      });
+    uffd.#adopt(opts.ranges ?? []);
+    return uffd;
+  }
+
+  /**
+   * Shares this uffd with a worker thread: pass the loan in workerData, and
+   * the worker's Userfaultfd.borrow(loan) serves faults with serveSync(),
+   * blocked in the addon, so that nothing this thread does delays a fault.
+   * This thread keeps the uffd: its close() ends the worker's serveSync(),
+   * and the descriptor closes once the worker lets go.
+   */
+  lend(): UffdLoan {
+    this.#checkOpen('userfaultfd');
+    return {
+      id: this.#handle.lend(),
+      features: [...this.enabledFeatures],
+      ranges: this.#registrations.map((r) => ({ address: r.start, length: r.end - r.start, pageSize: r.pageSize, modes: { ...r.modes } })),
+    };
+  }
+
+  /** The worker's side of lend(): the same uffd, to serve with serveSync() (or any resolving method). */
+  static borrow(loan: UffdLoan): Userfaultfd {
+    if (loan === null || typeof loan !== 'object' || !Number.isSafeInteger(loan.id) || loan.id <= 0) {
+      throw argTypeError('loan', 'the object uffd.lend() returned', loan);
     }
+    const uffd = new Userfaultfd(-1, 'borrowed', 0n, featureBits(loan.features ?? []), loan.id);
+    uffd.#adopt(loan.ranges ?? []);
     return uffd;
   }
 
@@ -180,8 +234,10 @@ export class Userfaultfd implements FaultResolver {
     this.#checkOpen('ioctl(UFFDIO_REGISTER)');
     const { start, length, pageSize } = targetRange(target);
     const m = validate.options<RegisterModes>(modes, 'modes');
-    const bits = (m.missing ? REGISTER_MODE.MISSING : 0n) | (m.minor ? REGISTER_MODE.MINOR : 0n) | (m.wp ? REGISTER_MODE.WP : 0n);
-    if (bits === 0n) throw invalid('ioctl(UFFDIO_REGISTER)', 'no mode given: set missing, minor or wp');
+    const bits = (m.missing ? REGISTER_MODE.MISSING : 0n) | (m.minor ? REGISTER_MODE.MINOR : 0n) | (m.wp ? REGISTER_MODE.WP : 0n) |
+      (m.rwp ? REGISTER_MODE.RWP : 0n);
+    if (bits === 0n) throw invalid('ioctl(UFFDIO_REGISTER)', 'no mode given: set missing, minor, wp or rwp');
+    if (m.wp && m.rwp) throw invalid('ioctl(UFFDIO_REGISTER)', 'wp and rwp cannot be combined on one range (the kernel tracks both with the same PTE bit); register one of them');
     validate.range('ioctl(UFFDIO_REGISTER)', start, length, pageSize);
     let mask: bigint;
     try {
@@ -193,7 +249,7 @@ export class Userfaultfd implements FaultResolver {
     this.#forget(start, start + BigInt(length));
     this.#registrations.push({
       start, end: start + BigInt(length), pageSize, ioctls,
-      modes: { missing: !!m.missing, minor: !!m.minor, wp: !!m.wp },
+      modes: { missing: !!m.missing, minor: !!m.minor, wp: !!m.wp, rwp: !!m.rwp },
     });
     return ioctls;
   }
@@ -252,6 +308,51 @@ export class Userfaultfd implements FaultResolver {
     const opts = validate.options<{ dontWake: boolean }>(options, 'options');
     const mode = (enable ? WRITEPROTECT_MODE_WP : 0n) | (opts.dontWake ? WRITEPROTECT_MODE_DONTWAKE : 0n);
     this.#handle.writeProtect(start, BigInt(bytes), mode);
+  }
+
+  /**
+   * UFFDIO_RWPROTECT (Linux 7.3, ranges registered with rwp): enable=true makes
+   * the pages present in the range fault on any access (pages not present are
+   * left alone); enable=false removes the protection, which is how an 'rwp'
+   * fault is resolved, and wakes the waiting threads unless dontWake.
+   * dontWake is only meaningful when removing.
+   */
+  rwProtect(address: bigint, length: number | bigint, enable: boolean, options?: { dontWake?: boolean }): void {
+    const syscall = 'ioctl(UFFDIO_RWPROTECT)';
+    const [start, bytes] = this.#range(syscall, address, length);
+    if (typeof enable !== 'boolean') throw argTypeError('enable', 'a boolean', enable);
+    const opts = validate.options<{ dontWake: boolean }>(options, 'options');
+    if (enable && opts.dontWake) throw invalid(syscall, 'dontWake applies only when removing protection (enable=false): installing it wakes nobody');
+    const mode = (enable ? RWPROTECT_MODE_RWP : 0n) | (opts.dontWake ? RWPROTECT_MODE_DONTWAKE : 0n);
+    this.#handle.rwProtect(start, BigInt(bytes), mode);
+  }
+
+  /**
+   * UFFDIO_SET_MODE (Linux 7.3): turns features on or off while the uffd is in
+   * use, without registering again. Only RWP_ASYNC can be toggled (it needs
+   * RWP enabled at open): switching to async wakes the threads waiting on RWP
+   * faults, which the kernel then resolves itself.
+   */
+  setMode(changes: { enable?: Feature[]; disable?: Feature[] }): void {
+    const syscall = 'ioctl(UFFDIO_SET_MODE)';
+    this.#checkOpen(syscall);
+    const c = validate.options<{ enable: Feature[]; disable: Feature[] }>(changes, 'changes');
+    const list = (names: unknown, what: string): Feature[] => {
+      if (names === undefined) return [];
+      if (!Array.isArray(names)) throw argTypeError(`changes.${what}`, 'an array of feature names', names);
+      for (const name of names) {
+        if (!(RUNTIME_FEATURES as readonly unknown[]).includes(name)) {
+          throw argValueError(`changes.${what}`, `holds ${String(name)}, which cannot be changed at run time; only ${RUNTIME_FEATURES.join(', ')} can`);
+        }
+      }
+      return names as Feature[];
+    };
+    const enable = list(c.enable, 'enable');
+    const disable = list(c.disable, 'disable');
+    if (enable.some((name) => disable.includes(name))) throw invalid(syscall, 'a feature is both enabled and disabled; name each once');
+    this.#handle.setMode(featureBits(enable), featureBits(disable));
+    for (const name of enable) this.#enabled.add(name);
+    for (const name of disable) this.#enabled.delete(name);
   }
 
   /** UFFDIO_MOVE: moves anonymous pages from src to dst without copying. Returns the bytes moved. */
@@ -324,12 +425,122 @@ export class Userfaultfd implements FaultResolver {
   serve(handler: (fault: Fault) => void | Promise<void>, options?: ServeOptions): Promise<void> {
     if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
     const opts = validate.options<ServeOptions>(options, 'options');
-    for (const name of ['onError', 'onEvent'] as const) {
-      if (opts[name] !== undefined && typeof opts[name] !== 'function') throw argTypeError(`options.${name}`, 'a function', opts[name]);
+    const served = this.#serveWith(handler, opts, false);
+    this.#handle.setSpin(opts.spin === true);
+    this.#handle.start();
+    return served;
+  }
+
+  /**
+   * The native fast path: a thread of the addon resolves every fault whose
+   * page `source` holds (present), from the source's bytes at each range's
+   * offset, with no JavaScript involved: UFFDIO_COPY for missing faults,
+   * UFFDIO_CONTINUE for minor ones, UFFDIO_ZEROPAGE in `zero` ranges and on
+   * pages a REMOVE event dropped. Faults on adjacent pages go in one ioctl;
+   * readAhead fills the aligned chunk around each fault. Everything else
+   * (pages not present yet, write-protect faults, faults outside the ranges)
+   * reaches options.onMiss as a Fault, and non-fault events reach onEvent,
+   * on this thread, with serve()'s failure policy. `source` null: only minor
+   * faults and zero ranges are served natively. The source's memory is held
+   * until the uffd is closed. Resolves when the uffd is closed.
+   * See docs/performance.md.
+   */
+  serveFrom(source: PageSource | null, options?: ServeFromOptions): Promise<void> {
+    const src = checkSource(source);
+    const opts = validate.options<ServeFromOptions>(options, 'options');
+    this.#checkOpen('serveFrom');
+    const ranges = planRanges(opts.ranges ?? this.#defaultRanges(), src, (address) => this.#pageSizeAt(address));
+    const pages = readAhead(opts.readAhead);
+    const onMiss = opts.onMiss ?? fetchAndResolve;
+    if (typeof onMiss !== 'function') throw argTypeError('options.onMiss', 'a function', onMiss);
+    const table = rangeTable(ranges, src);
+    const served = this.#serveWith((fault) => onMiss(fault, locate(ranges, src, fault)), opts, false);
+    const bytes = src ? src.bytes : new Uint8Array(0);
+    this.#handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false);
+    return served;
+  }
+
+  /**
+   * Serves faults on this thread, blocking it: it waits for faults inside
+   * the addon (no event loop involved), calls handler for each, and returns
+   * when the uffd is closed (by this thread's handler, or by the thread that
+   * lent it). Meant for a worker thread given a Userfaultfd.borrow(loan): a
+   * busy main thread then never delays a fault. Handlers must resolve their
+   * fault before returning (nothing asynchronous runs while this blocks); a
+   * fault left unresolved gets the failure policy. See docs/performance.md.
+   */
+  serveSync(handler: (fault: Fault) => void, options?: ServeSyncOptions): void {
+    if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
+    const opts = validate.options<ServeSyncOptions>(options, 'options');
+    this.#serveWith(handler, opts, true).catch(() => {});
+    const spin = opts.spin !== false;
+    let retrying = false;
+    try {
+      for (;;) {
+        // Faults refused with EAGAIN are retried after at most 1 ms.
+        const count = this.#handle.wait(retrying ? 1 : WAIT_SLICE_MS, spin);
+        if (count < 0 || this.#closed) break;
+        if (count > 0) this.#onMessages(count);
+        if (this.#closed) break;
+        retrying = this.#retryNow();
+      }
+    } finally {
+      this.close();
     }
-    if (opts.failure !== undefined && opts.failure !== 'fill' && opts.failure !== 'poison') {
-      throw argValueError('options.failure', `must be 'fill' or 'poison'. Received ${String(opts.failure)}`);
-    }
+  }
+
+  /**
+   * serve() without a Fault per fault: handler gets each batch the kernel
+   * delivered (up to 64 faults) as one reused FaultBatch, and resolves fault
+   * i with batch.copy(i, data), batch.zero(i) or batch.continue(i) before it
+   * returns; addresses are numbers. Nothing is allocated per fault, so the
+   * garbage collector has nothing to chase. Faults left unresolved (or a
+   * handler that throws, reported to onError) get the 'fill' policy.
+   * Non-fault events reach onEvent first. Resolves when the uffd is closed.
+   */
+  serveBatch(handler: (batch: FaultBatch) => void, options?: Pick<ServeOptions, 'onEvent' | 'spin'> & { onError?: (error: unknown) => void }): Promise<void> {
+    if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
+    const opts = validate.options<Pick<ServeOptions, 'onEvent' | 'spin'> & { onError?: (error: unknown) => void }>(options, 'options');
+    checkServeOptions(opts);
+    this.#claim('serve');
+    const batch = new FaultBatch(this.#view, MESSAGE_CAPACITY, this.#handle, (address) => this.#pageSizeAtNumber(address));
+    const report = opts.onError ?? ((error: unknown) => process.emitWarning(error as Error, 'UffdHandlerWarning'));
+    this.#batchHandler = (count) => {
+      batch.load(count);
+      if (batch.length < count) {
+        // Events first, as serve() does; they are rare, so they may allocate.
+        for (let i = 0; i < count; i++) {
+          const event = this.#view.getUint8(i * MSG_SIZE) === EVENT.PAGEFAULT ? undefined : decode(this.#view, i, this.#decodeContext());
+          if (!event || event.type === 'pagefault') continue;
+          if (opts.onEvent) guarded(() => opts.onEvent!(event));
+          else if (event.type === 'fork') event.uffd.close();
+        }
+      }
+      if (batch.length === 0) return;
+      this.#jsFaults += batch.length;
+      try {
+        handler(batch);
+      } catch (error) {
+        guarded(() => report(error));
+      }
+      if (!this.#closed) batch.fillUnresolved();
+    };
+    this.#handle.setSpin(opts.spin === true);
+    this.#handle.start();
+    return new Promise<void>((resolve, reject) => {
+      this.#ended.push(() => (this.#failure ? reject(this.#failure) : resolve()));
+    });
+  }
+
+  /** Counters of what serving has done so far (cheap: one call into the addon). */
+  stats(): ServeStats {
+    return readStats(this.#closed ? this.#finalStats : this.#handle.stats(), this.#jsFaults);
+  }
+
+  // Claims the uffd for serving and sets the delivery of batches: events
+  // first, then faults to handler. sync: handlers cannot await (serveSync).
+  #serveWith(handler: (fault: Fault) => void | Promise<void>, opts: Partial<ServeOptions>, sync: boolean): Promise<void> {
+    checkServeOptions(opts);
     this.#claim('serve');
     const report = opts.onError ?? warnHandlerFailure;
     const failure = opts.failure ?? 'fill';
@@ -342,26 +553,29 @@ export class Userfaultfd implements FaultResolver {
     // A resolution refused with EAGAIN (an event is queued that this side
     // has not read yet) is tried again after the next batch's events.
     let retry: Fault[] = [];
+    const failed = (error: unknown, fault: Fault): void => {
+      // Handlers may throw anything, undefined and null included.
+      if ((error as UffdError | null | undefined)?.code === 'EAGAIN' && !fault.resolved) {
+        retry.push(fault);
+        scheduleRetry();
+      } else {
+        fail(error, fault);
+      }
+    };
     const dispatch = (fault: Fault): void => {
-      const failed = (error: unknown): void => {
-        // Handlers may throw anything, undefined and null included.
-        if ((error as UffdError | null | undefined)?.code === 'EAGAIN' && !fault.resolved) {
-          retry.push(fault);
-          scheduleRetry();
-        } else {
-          fail(error, fault);
-        }
-      };
+      this.#jsFaults++;
       let result: void | Promise<void>;
       try {
         result = handler(fault);
       } catch (error) {
-        failed(error);
+        failed(error, fault);
         return;
       }
-      if (result && typeof (result as Promise<void>).then === 'function') {
-        (result as Promise<void>).then(() => { if (!fault.resolved) fail(unresolved(fault), fault); }, failed);
-      } else if (!fault.resolved) {
+      if (fault.resolved) return;
+      // Closures only for handlers that are still working on their fault.
+      if (!sync && result && typeof (result as Promise<void>).then === 'function') {
+        (result as Promise<void>).then(() => { if (!fault.resolved) fail(unresolved(fault), fault); }, (error) => failed(error, fault));
+      } else {
         fail(unresolved(fault), fault);
       }
     };
@@ -373,8 +587,15 @@ export class Userfaultfd implements FaultResolver {
     // read whatever is queued), backing off to 1 ms after many tries.
     let retryScheduled = false;
     let retryTurns = 0;
+    // serveSync blocks the loop: it retries between its waits instead.
+    this.#retryNow = () => {
+      const again = retry;
+      retry = [];
+      for (const fault of again) if (!this.#closed) dispatch(fault);
+      return retry.length > 0;
+    };
     const scheduleRetry = (): void => {
-      if (retryScheduled || retry.length === 0 || this.#closed) return;
+      if (sync || retryScheduled || retry.length === 0 || this.#closed) return;
       retryScheduled = true;
       const run = (): void => {
         retryScheduled = false;
@@ -396,15 +617,26 @@ export class Userfaultfd implements FaultResolver {
         if (opts.onEvent) guarded(() => opts.onEvent!(event));
         else if (event.type === 'fork') event.uffd.close();
       }
-      const again = retry;
-      retry = [];
-      for (const fault of again) if (!this.#closed) dispatch(fault);
+      if (retry.length > 0) {
+        const again = retry;
+        retry = [];
+        for (const fault of again) if (!this.#closed) dispatch(fault);
+      }
       for (const event of batch) if (event.type === 'pagefault' && !this.#closed) dispatch(event);
       scheduleRetry();
     };
-    this.#handle.start();
     return new Promise<void>((resolve, reject) => {
       this.#ended.push(() => (this.#failure ? reject(this.#failure) : resolve()));
+    });
+  }
+
+  // serveFrom's default: every registration, back to back in address order from source offset 0.
+  #defaultRanges(): ServeRange[] {
+    let offset = 0;
+    return [...this.#registrations].sort((a, b) => (a.start < b.start ? -1 : 1)).map((r) => {
+      const range = { address: r.start, length: Number(r.end - r.start), offset };
+      offset += range.length;
+      return range;
     });
   }
 
@@ -430,6 +662,8 @@ export class Userfaultfd implements FaultResolver {
     if (this.#closed) return;
     this.#closed = true;
     this.#handle.close();
+    // After close: the native thread has been joined, its counters are final.
+    this.#finalStats = this.#handle.stats();
     this.#registrations = [];
     this.#queue = [];
     this.#end();
@@ -447,19 +681,29 @@ export class Userfaultfd implements FaultResolver {
       this.close();
       return;
     }
-    const context = {
-      resolver: this as FaultResolver,
-      pageSizeAt: (address: bigint) => this.#pageSizeAt(address),
-      threadIds: this.enabledFeatures.has('THREAD_ID'),
-      receivedAt: performance.now(),
-      adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
-    };
+    if (this.#batchHandler) {
+      this.#batchHandler(count);
+      return;
+    }
+    const context = this.#decodeContext();
+    context.receivedAt = performance.now();
     const batch: Event[] = [];
     for (let i = 0; i < count; i++) {
       const event = decode(this.#view, i, context);
       if (event) batch.push(event);
     }
     this.#deliver(batch);
+  }
+
+  // One context for the uffd's life: a batch allocates its events and nothing else.
+  #decodeContext(): DecodeContext<Userfaultfd> {
+    return (this.#context ??= {
+      resolver: this as FaultResolver,
+      pageSizeAt: (address: bigint) => this.#pageSizeAt(address),
+      threadIds: this.enabledFeatures.has('THREAD_ID'),
+      receivedAt: 0,
+      adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
+    });
   }
 
   #end(): void {
@@ -484,6 +728,23 @@ export class Userfaultfd implements FaultResolver {
     this.#consumer = consumer;
   }
 
+  // Records ranges another process or thread registered: faults there learn
+  // their page size and modes from them.
+  #adopt(ranges: unknown): void {
+    if (!Array.isArray(ranges)) throw argTypeError('options.ranges', 'an array of { address, length, pageSize?, modes? }', ranges);
+    for (const range of ranges as AdoptedRange[]) {
+      if (range === null || typeof range !== 'object') throw argTypeError('range', 'an object { address, length, pageSize?, modes? }', range);
+      const start = validate.address(range.address, 'range.address');
+      const length = validate.size(range.length, 'range.length');
+      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.pageSize(range.pageSize, 'range.pageSize');
+      validate.range('userfaultfd', start, length, pageSize);
+      this.#registrations.push({
+        start, end: start + BigInt(length), pageSize, ioctls: new Set(),
+        modes: { missing: range.modes?.missing ?? true, minor: range.modes?.minor ?? false, wp: range.modes?.wp ?? false, rwp: range.modes?.rwp ?? false },
+      });
+    }
+  }
+
   #checkOpen(syscall: string): void {
     if (this.#closed) throw libraryError('ERR_UFFD_CLOSED', syscall);
   }
@@ -494,6 +755,11 @@ export class Userfaultfd implements FaultResolver {
     const bytes = validate.size(length, 'length');
     validate.range(syscall, start, bytes, this.#pageSizeAt(start));
     return [start, bytes];
+  }
+
+  #pageSizeAtNumber(address: number): number {
+    for (const r of this.#registrations) if (address >= Number(r.start) && address < Number(r.end)) return r.pageSize;
+    return systemPageSize();
   }
 
   #pageSizeAt(address: bigint): number {
@@ -543,6 +809,16 @@ function targetRange(target: Target): { start: bigint; length: number; pageSize:
 
 // Runs a user callback of serve(); what it throws becomes an uncaught
 // exception once the current batch has been handled, as from any callback.
+// The options every serving method shares.
+function checkServeOptions(opts: Partial<Pick<ServeOptions, 'onError' | 'onEvent' | 'failure'>>): void {
+  for (const name of ['onError', 'onEvent'] as const) {
+    if (opts[name] !== undefined && typeof opts[name] !== 'function') throw argTypeError(`options.${name}`, 'a function', opts[name]);
+  }
+  if (opts.failure !== undefined && opts.failure !== 'fill' && opts.failure !== 'poison') {
+    throw argValueError('options.failure', `must be 'fill' or 'poison'. Received ${String(opts.failure)}`);
+  }
+}
+
 function guarded(callback: () => void): void {
   try {
     callback();
@@ -575,7 +851,7 @@ function resolveAfterFailure(fault: Fault, failure: 'fill' | 'poison'): void {
   const attempts: (() => unknown)[] = [];
   if (failure === 'poison') attempts.push(() => fault.poison());
   if (fault.kind === 'minor') attempts.push(() => fault.continue());
-  if (fault.kind === 'wp') attempts.push(() => fault.unprotect());
+  if (fault.kind === 'wp' || fault.kind === 'rwp') attempts.push(() => fault.unprotect());
   attempts.push(() => fault.zero());
   // hugetlb ranges have no ZEROPAGE: copy zeros instead.
   attempts.push(() => {

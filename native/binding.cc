@@ -17,8 +17,10 @@
 #include "kvm.h"
 #include "mapping_table.h"
 #include "memory.h"
+#include "page_server.h"
 #include "pidfd.h"
 #include "uffd.h"
+#include "uffd_share.h"
 #include "unix_socket.h"
 
 namespace {
@@ -165,26 +167,50 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
                            InstanceMethod<&UffdHandle::JsMove>("move"),
                            InstanceMethod<&UffdHandle::JsWake>("wake"),
                            InstanceMethod<&UffdHandle::JsWriteProtect>("writeProtect"),
+                           InstanceMethod<&UffdHandle::JsRwProtect>("rwProtect"),
+                           InstanceMethod<&UffdHandle::JsSetMode>("setMode"),
                            InstanceMethod<&UffdHandle::JsStart>("start"),
                            InstanceMethod<&UffdHandle::JsStop>("stop"),
                            InstanceMethod<&UffdHandle::JsSetRef>("setRef"),
                            InstanceMethod<&UffdHandle::JsClose>("close"),
+                           InstanceMethod<&UffdHandle::JsServeNative>("serveNative"),
+                           InstanceMethod<&UffdHandle::JsStats>("stats"),
+                           InstanceMethod<&UffdHandle::JsSetSpin>("setSpin"),
+                           InstanceMethod<&UffdHandle::JsWait>("wait"),
+                           InstanceMethod<&UffdHandle::JsLend>("lend"),
                            InstanceAccessor<&UffdHandle::JsFd>("fd"),
                        });
   }
 
-  // new UffdHandle(fd, onMessages(count), messages: ArrayBuffer): adopts fd.
+  // new UffdHandle(fd, onMessages(count), messages: ArrayBuffer, lentId?):
+  // adopts fd, or with lentId shares the uffd another thread lent (fd unused).
   explicit UffdHandle(const Napi::CallbackInfo& info)
       : Napi::ObjectWrap<UffdHandle>(info), on_messages_(info.Env(), FunctionArg(info, 1)) {
     Napi::Env env = info.Env();
-    fd_ = Int(info, 0);
     if (!info[2].IsArrayBuffer()) throw Napi::TypeError::New(env, "UffdHandle(fd, onMessages, messages)");
+    int err = 0;
+    if (info.Length() > 3 && !info[3].IsUndefined()) {
+      share_ = UffdShare::Borrow(U64(info, 3));
+      if (share_ == nullptr) ThrowCode(env, "ERR_UFFD_CLOSED", "userfaultfd");
+      owner_ = false;
+    } else {
+      int fd = Int(info, 0);
+      share_ = UffdShare::Adopt(fd, &err);
+      if (share_ == nullptr) {
+        uffd::Close(fd);
+        ThrowErrno(env, err, "eventfd");
+      }
+    }
+    fd_ = share_->fd();
     messages_ = Napi::Persistent(info[2].As<Napi::ArrayBuffer>());
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env, &loop);
-    int err = 0;
     stream_ = FaultStream::Create(loop, fd_, this, &err);
-    if (stream_ == nullptr) ThrowErrno(env, err, "uv_poll_init");
+    if (stream_ == nullptr) {
+      share_.reset();
+      fd_ = -1;
+      ThrowErrno(env, err, "uv_poll_init");
+    }
     Data(env)->handles.insert(this);
     // Only this thread's loop can read this object's events: its registered
     // ranges are served here until it is closed (see GuardServingThread).
@@ -199,14 +225,23 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
 
   // Closing the last descriptor makes the kernel drop the registrations and
   // wake every thread blocked on a fault of this uffd.
+  // A borrowed uffd stays open for its owner: closing it here only lets go.
   void CloseNative() {
     if (fd_ < 0) return;
     MappingTable::Get().Forget(this);
+    // The native thread first: it must never outlive the descriptor.
+    // (The source's references go with StopPolling or the destructor: at
+    // environment teardown no reference may be deleted here.)
+    if (server_ != nullptr) {
+      StopServer();
+    }
     if (stream_ != nullptr) {
+      stream_spin_final_ = stream_->spin_counters();
       stream_->Destroy();
       stream_ = nullptr;
     }
-    uffd::Close(fd_);
+    if (owner_) share_->Shutdown();
+    share_.reset();
     fd_ = -1;
   }
 
@@ -229,7 +264,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
  private:
 
   int Fd(const Napi::CallbackInfo& info) {
-    if (fd_ < 0) ThrowCode(info.Env(), "ERR_UFFD_CLOSED", "userfaultfd");
+    if (fd_ < 0 || share_->shut_down()) ThrowCode(info.Env(), "ERR_UFFD_CLOSED", "userfaultfd");
     return fd_;
   }
 
@@ -319,6 +354,20 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     return info.Env().Undefined();
   }
 
+  Napi::Value JsRwProtect(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::RwProtect(fd, U64(info, 0), U64(info, 1), U64(info, 2));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_RWPROTECT)");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsSetMode(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::SetMode(fd, U64(info, 0), U64(info, 1));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_SET_MODE)");
+    return info.Env().Undefined();
+  }
+
   // While the stream runs, it holds the JavaScript object alive.
   Napi::Value JsStart(const Napi::CallbackInfo& info) {
     Fd(info);
@@ -337,7 +386,23 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     return info.Env().Undefined();
   }
 
+  // Joins the native thread, keeping its final counters for stats().
+  void StopServer() {
+    server_->Stop();
+    final_stats_ = server_->stats();
+    has_final_stats_ = true;
+    server_->Destroy();
+    server_ = nullptr;
+  }
+
   void StopPolling() {
+    if (server_ != nullptr) {
+      StopServer();
+      source_bytes_.Reset();
+      source_present_.Reset();
+      Unref();
+      on_messages_.Release();
+    }
     if (!started_) return;
     if (stream_ != nullptr) stream_->Stop();
     started_ = false;
@@ -349,8 +414,10 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     Fd(info);
     if (info[0].ToBoolean()) {
       stream_->Ref();
+      if (server_ != nullptr) server_->Ref();
     } else {
       stream_->Unref();
+      if (server_ != nullptr) server_->Unref();
     }
     return info.Env().Undefined();
   }
@@ -363,7 +430,109 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
 
   Napi::Value JsFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
 
+  // serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage,
+  //   ranges: BigUint64Array [start, length, pageSize, sourceOffset, fill]...,
+  //   readAhead, spin): starts the native fast path instead of the stream.
+  // The source's buffers are held until the server has stopped.
+  Napi::Value JsServeNative(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int fd = Fd(info);
+    if (started_ || server_ != nullptr) ThrowCode(env, "ERR_UFFD_BUSY", "serveFrom");
+    if (!info[0].IsTypedArray() || !info[3].IsTypedArray()) throw Napi::TypeError::New(env, "serveNative(bytes, present, presentPage, ranges, readAhead, spin)");
+    Bytes bytes = BytesOf(info, 0);
+    // The native thread reads the source inside UFFDIO_COPY: registered
+    // memory that only this uffd could fill would block it for good.
+    GuardServingThread(env, bytes.address, bytes.length, "serveFrom");
+    PageServer::Source source;
+    source.bytes = reinterpret_cast<const uint8_t*>(bytes.address);
+    source.size = bytes.length;
+    if (!info[1].IsNull()) {
+      Bytes present = BytesOf(info, 1);
+      source.present = reinterpret_cast<const uint8_t*>(present.address);
+      source.present_page = U64(info, 2);
+      if (present.length * source.present_page < source.size) throw Napi::RangeError::New(env, "present has fewer flags than the source has pages");
+    }
+    auto table = info[3].As<Napi::BigUint64Array>();
+    if (table.ElementLength() % 5 != 0) throw Napi::TypeError::New(env, "ranges: 5 numbers per range");
+    std::vector<PageServer::Range> ranges;
+    for (size_t i = 0; i < table.ElementLength(); i += 5) {
+      uint64_t fill = table[i + 4];
+      if (fill > 2) throw Napi::RangeError::New(env, "ranges: fill is 0, 1 or 2");
+      ranges.push_back({table[i], table[i + 1], table[i + 2], table[i + 3], static_cast<PageServer::Fill>(fill)});
+    }
+    PageServer::Options options;
+    options.read_ahead = static_cast<uint32_t>(U64(info, 4));
+    options.spin = info[5].ToBoolean();
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    int err = 0;
+    server_ = PageServer::Create(loop, fd, source, std::move(ranges), options, this, &err);
+    if (server_ == nullptr) ThrowErrno(env, err, "serveFrom");
+    source_bytes_ = Napi::Persistent(info[0].As<Napi::Object>());
+    if (!info[1].IsNull()) source_present_ = Napi::Persistent(info[1].As<Napi::Object>());
+    Ref();
+    on_messages_.Hold();
+    return env.Undefined();
+  }
+
+  // stats() -> Float64Array of the counters, in the order lib/stats.ts reads them.
+  Napi::Value JsStats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto out = Napi::Float64Array::New(env, 20);
+    if (server_ != nullptr || has_final_stats_) {
+      PageServer::Stats s = server_ != nullptr ? server_->stats() : final_stats_;
+      const uint64_t values[] = {s.faults_native, s.faults_forwarded, s.events, s.pages, s.bytes, s.read_ahead_pages,
+                                 s.zero_pages, s.continued_pages, s.eexist, s.eagain, s.batches, s.messages, s.ioctls,
+                                 s.service_p50_ns, s.service_p99_ns, s.service_max_ns, s.spin_windows, s.spin_hits, s.spin_ns};
+      for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) out[i] = static_cast<double>(values[i]);
+    } else {
+      const SpinPolicy::Counters& c = stream_ != nullptr ? stream_->spin_counters() : stream_spin_final_;
+      const SpinPolicy::Counters& w = wait_spin_.counters();
+      out[16] = static_cast<double>(c.spins + w.spins);
+      out[17] = static_cast<double>(c.hits + w.hits);
+      out[18] = static_cast<double>(c.spun_ns + w.spun_ns);
+    }
+    out[19] = server_ != nullptr || has_final_stats_ ? 1 : 0;
+    return out;
+  }
+
+  Napi::Value JsSetSpin(const Napi::CallbackInfo& info) {
+    Fd(info);
+    stream_->SetSpin(info[0].ToBoolean());
+    return info.Env().Undefined();
+  }
+
+  // wait(timeoutMs, spin) -> messages read into the messages buffer, 0 when
+  // the time ran out, -1 once the uffd is closed. Blocks this thread.
+  Napi::Value JsWait(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (fd_ < 0) return Napi::Number::New(env, -1);
+    if (started_ || server_ != nullptr) ThrowCode(env, "ERR_UFFD_BUSY", "wait");
+    wait_spin_.set_enabled(info[1].ToBoolean());
+    Napi::ArrayBuffer buffer = messages_.Value();
+    size_t capacity = std::min(buffer.ByteLength() / sizeof(uffd_msg), FaultStream::kCapacity);
+    long n = share_->Wait(static_cast<uffd_msg*>(buffer.Data()), capacity, Int(info, 0), &wait_spin_);
+    if (n == -ECANCELED) return Napi::Number::New(env, -1);
+    if (n < 0) ThrowErrno(env, static_cast<int>(n), "read");
+    return Napi::Number::New(env, static_cast<double>(n));
+  }
+
+  // lend() -> an id another thread's UffdHandle can share this uffd by.
+  Napi::Value JsLend(const Napi::CallbackInfo& info) {
+    Fd(info);
+    return Napi::Number::New(info.Env(), static_cast<double>(UffdShare::Lend(share_)));
+  }
+
   int fd_ = -1;
+  std::shared_ptr<UffdShare> share_;
+  bool owner_ = true;
+  PageServer* server_ = nullptr;
+  PageServer::Stats final_stats_{};
+  bool has_final_stats_ = false;
+  Napi::Reference<Napi::Object> source_bytes_;
+  Napi::Reference<Napi::Object> source_present_;
+  SpinPolicy wait_spin_;
+  SpinPolicy::Counters stream_spin_final_;
   FaultStream* stream_ = nullptr;
   bool started_ = false;
   JsCallback on_messages_;
@@ -591,11 +760,9 @@ Napi::Value Discard(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// scanWritten(pid, start, length, rearm) -> BigUint64Array [start0, end0, start1, end1, ...]
-Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::vector<memory::Range> ranges;
-  int r = memory::ScanWritten(Int(info, 0), U64(info, 1), U64(info, 2), info[3].ToBoolean(), &ranges);
+// scanWritten(pid, start, length, rearm) and scanAccessed(pid, start, length)
+// -> BigUint64Array [start0, end0, start1, end1, ...]
+Napi::Value RangesOut(Napi::Env env, int r, const std::vector<memory::Range>& ranges) {
   if (r < 0) ThrowErrno(env, r, "ioctl(PAGEMAP_SCAN)");
   auto out = Napi::BigUint64Array::New(env, ranges.size() * 2);
   for (size_t i = 0; i < ranges.size(); i++) {
@@ -603,6 +770,18 @@ Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
     out[2 * i + 1] = ranges[i].end;
   }
   return out;
+}
+
+Napi::Value ScanWritten(const Napi::CallbackInfo& info) {
+  std::vector<memory::Range> ranges;
+  int r = memory::ScanWritten(Int(info, 0), U64(info, 1), U64(info, 2), info[3].ToBoolean(), &ranges);
+  return RangesOut(info.Env(), r, ranges);
+}
+
+Napi::Value ScanAccessed(const Napi::CallbackInfo& info) {
+  std::vector<memory::Range> ranges;
+  int r = memory::ScanAccessed(Int(info, 0), U64(info, 1), U64(info, 2), &ranges);
+  return RangesOut(info.Env(), r, ranges);
 }
 
 // view(address, length) -> ArrayBuffer over the mapping, from any thread.
@@ -746,6 +925,16 @@ Napi::Value Constants(Napi::Env env) {
   c.Set("UFFD_FEATURE_WP_ASYNC", Big(env, UFFD_FEATURE_WP_ASYNC));
   c.Set("UFFD_FEATURE_POISON", Big(env, UFFD_FEATURE_POISON));
   c.Set("UFFD_FEATURE_WP_UNPOPULATED", Big(env, UFFD_FEATURE_WP_UNPOPULATED));
+  c.Set("UFFD_FEATURE_RWP", Big(env, UFFD_FEATURE_RWP));
+  c.Set("UFFD_FEATURE_RWP_ASYNC", Big(env, UFFD_FEATURE_RWP_ASYNC));
+  c.Set("UFFDIO_RWPROTECT", Big(env, UFFDIO_RWPROTECT));
+  c.Set("UFFDIO_SET_MODE", Big(env, UFFDIO_SET_MODE));
+  c.Set("UFFDIO_REGISTER_MODE_RWP", Big(env, UFFDIO_REGISTER_MODE_RWP));
+  c.Set("UFFDIO_RWPROTECT_MODE_RWP", Big(env, UFFDIO_RWPROTECT_MODE_RWP));
+  c.Set("UFFDIO_RWPROTECT_MODE_DONTWAKE", Big(env, UFFDIO_RWPROTECT_MODE_DONTWAKE));
+  c.Set("UFFD_PAGEFAULT_FLAG_RWP", Big(env, UFFD_PAGEFAULT_FLAG_RWP));
+  c.Set("sizeofUffdioRwprotect", Napi::Number::New(env, sizeof(uffdio_rwprotect)));
+  c.Set("sizeofUffdioSetMode", Napi::Number::New(env, sizeof(uffdio_set_mode)));
   c.Set("UFFD_EVENT_PAGEFAULT", Napi::Number::New(env, UFFD_EVENT_PAGEFAULT));
   c.Set("UFFD_EVENT_FORK", Napi::Number::New(env, UFFD_EVENT_FORK));
   c.Set("UFFD_EVENT_REMAP", Napi::Number::New(env, UFFD_EVENT_REMAP));
@@ -790,6 +979,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("view", Napi::Function::New<View>(env));
   exports.Set("discard", Napi::Function::New<Discard>(env));
   exports.Set("scanWritten", Napi::Function::New<ScanWritten>(env));
+  exports.Set("scanAccessed", Napi::Function::New<ScanAccessed>(env));
   exports.Set("read", Napi::Function::New<Read>(env));
   exports.Set("WatchHandle", WatchHandle::Define(env));
   exports.Set("socketListen", Napi::Function::New<SocketListen>(env));

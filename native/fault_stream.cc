@@ -22,7 +22,22 @@ void FaultStream::Destroy() {
   // The watch is freed by libuv's close callback; this object is not
   // referenced by it once the sink is gone.
   watch_->Destroy();
+  if (in_callback_) {
+    destroyed_ = true;  // OnReady frees it on its way out
+    return;
+  }
   delete this;
+}
+
+bool FaultStream::Deliver(size_t n) {
+  in_callback_ = true;
+  sink_->OnMessages(buffer_, n);
+  in_callback_ = false;
+  if (destroyed_) {
+    delete this;
+    return false;
+  }
+  return watch_->active();
 }
 
 void FaultStream::OnReady(int status, int /*events*/) {
@@ -30,6 +45,7 @@ void FaultStream::OnReady(int status, int /*events*/) {
     sink_->OnStreamError(status);
     return;
   }
+  uint64_t start = SpinPolicy::NowNs();
   long n = uffd::ReadMessages(fd_, buffer_, kCapacity);
   // libuv may report readable when nothing is there (another reader won it).
   if (n == -EAGAIN || n == 0) return;
@@ -38,5 +54,35 @@ void FaultStream::OnReady(int status, int /*events*/) {
     sink_->OnStreamError(static_cast<int>(n));
     return;
   }
-  sink_->OnMessages(buffer_, static_cast<size_t>(n));
+  // The gap since the last batch, loop work included: what a sleep cost.
+  if (spin_.enabled() && last_batch_end_ != 0) spin_.Slept(start - last_batch_end_);
+  if (!Deliver(static_cast<size_t>(n))) return;
+  // Spinning, within the cap: after it, libuv runs timers and I/O, and comes
+  // back here at once if faults are still pending (level-triggered).
+  for (uint64_t window; (window = spin_.Window()) > 0;) {
+    uint64_t from = SpinPolicy::NowNs(), now = from;
+    bool hit = false;
+    for (; now - from < window && now - start < kLoopCapNs; now = SpinPolicy::NowNs()) {
+      n = uffd::ReadMessages(fd_, buffer_, kCapacity);
+      if (n > 0) {
+        spin_.Hit(SpinPolicy::NowNs() - from);
+        if (!Deliver(static_cast<size_t>(n))) return;
+        hit = true;
+        break;
+      }
+      if (n < 0 && n != -EAGAIN) {
+        Stop();
+        sink_->OnStreamError(static_cast<int>(n));
+        return;
+      }
+      SpinPolicy::Yield();
+    }
+    if (!hit) {
+      // The cap ending a window is not the window failing.
+      if (now - start < kLoopCapNs) spin_.Miss(window);
+      break;
+    }
+    if (SpinPolicy::NowNs() - start >= kLoopCapNs) break;
+  }
+  last_batch_end_ = SpinPolicy::NowNs();
 }

@@ -40,6 +40,11 @@ struct pm_scan_arg {
 #define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
 #endif
 
+// Linux 7.3: on ranges registered in RWP mode, pages accessed since protection.
+#ifndef PAGE_IS_ACCESSED
+#define PAGE_IS_ACCESSED (1 << 9)
+#endif
+
 #ifndef MFD_HUGE_SHIFT
 #define MFD_HUGE_SHIFT 26
 #endif
@@ -150,7 +155,9 @@ int Discard(uint64_t address, uint64_t length, bool remove) {
   return r < 0 ? Errno() : 0;
 }
 
-int ScanWritten(int pid, uint64_t start, uint64_t length, bool rearm, std::vector<Range>* ranges) {
+namespace {
+
+int Scan(int pid, uint64_t start, uint64_t length, uint64_t category, uint64_t flags, std::vector<Range>* ranges) {
   std::string path = pid == 0 ? "/proc/self/pagemap" : "/proc/" + std::to_string(pid) + "/pagemap";
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Errno();
@@ -160,13 +167,13 @@ int ScanWritten(int pid, uint64_t start, uint64_t length, bool rearm, std::vecto
   while (start < end) {
     pm_scan_arg arg{};
     arg.size = sizeof(arg);
-    arg.flags = rearm ? (PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC) : 0;
+    arg.flags = flags;
     arg.start = start;
     arg.end = end;
     arg.vec = reinterpret_cast<uint64_t>(regions);
     arg.vec_len = sizeof(regions) / sizeof(regions[0]);
-    arg.category_mask = PAGE_IS_WRITTEN;
-    arg.return_mask = PAGE_IS_WRITTEN;
+    arg.category_mask = category;
+    arg.return_mask = category;
     int n = ioctl(fd, PAGEMAP_SCAN, &arg);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -187,6 +194,16 @@ int ScanWritten(int pid, uint64_t start, uint64_t length, bool rearm, std::vecto
   }
   close(fd);
   return result;
+}
+
+}  // namespace
+
+int ScanWritten(int pid, uint64_t start, uint64_t length, bool rearm, std::vector<Range>* ranges) {
+  return Scan(pid, start, length, PAGE_IS_WRITTEN, rearm ? (PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC) : 0, ranges);
+}
+
+int ScanAccessed(int pid, uint64_t start, uint64_t length, std::vector<Range>* ranges) {
+  return Scan(pid, start, length, PAGE_IS_ACCESSED, 0, ranges);
 }
 
 }  // namespace memory

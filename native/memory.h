@@ -60,4 +60,9 @@ struct Range {
 };
 int ScanWritten(int pid, uint64_t start, uint64_t length, bool rearm, std::vector<Range>* ranges);
 
+// PAGEMAP_SCAN for pages accessed (read or written) since they were
+// read-write protected under UFFD_FEATURE_RWP_ASYNC (PAGE_IS_ACCESSED, Linux
+// 7.3): the working set. Re-arming is UFFDIO_RWPROTECT's job, not the scan's.
+int ScanAccessed(int pid, uint64_t start, uint64_t length, std::vector<Range>* ranges);
+
 }  // namespace memory

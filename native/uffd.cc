@@ -112,6 +112,21 @@ int WriteProtect(int fd, uint64_t start, uint64_t len, uint64_t mode) {
   return IoctlRetryingEintr(fd, UFFDIO_WRITEPROTECT, &wp);
 }
 
+int RwProtect(int fd, uint64_t start, uint64_t len, uint64_t mode) {
+  uffdio_rwprotect arg{};
+  arg.range.start = start;
+  arg.range.len = len;
+  arg.mode = mode;
+  return IoctlRetryingEintr(fd, UFFDIO_RWPROTECT, &arg);
+}
+
+int SetMode(int fd, uint64_t enable, uint64_t disable) {
+  uffdio_set_mode arg{};
+  arg.enable = enable;
+  arg.disable = disable;
+  return IoctlRetryingEintr(fd, UFFDIO_SET_MODE, &arg);
+}
+
 int Copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, uint64_t* done) {
   return ResolveAll(len, done, [&](uint64_t off, uint64_t rest, int64_t* progress) {
     uffdio_copy arg{};

@@ -39,6 +39,12 @@ int Register(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t* ioct
 int Unregister(int fd, uint64_t start, uint64_t len);
 int Wake(int fd, uint64_t start, uint64_t len);
 int WriteProtect(int fd, uint64_t start, uint64_t len, uint64_t mode);
+// UFFDIO_RWPROTECT (Linux 7.3): mode UFFDIO_RWPROTECT_MODE_RWP installs
+// read-write protection on the present pages, no RWP bit removes it (and
+// wakes the waiting threads unless DONTWAKE).
+int RwProtect(int fd, uint64_t start, uint64_t len, uint64_t mode);
+// UFFDIO_SET_MODE (Linux 7.3): turns run-time toggleable features on or off.
+int SetMode(int fd, uint64_t enable, uint64_t disable);
 
 // The resolving ioctls. The kernel may do less than asked (a partial count
 // with -EAGAIN): these retry the rest, so on return *done holds every byte

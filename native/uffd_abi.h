@@ -65,4 +65,42 @@ struct uffdio_poison {
 #define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
 #endif
 
+// Linux 7.3: read-write protection (RWP). UFFDIO_REGISTER_MODE_RWP makes every
+// access to a protected present page fault (UFFD_PAGEFAULT_FLAG_RWP);
+// UFFDIO_RWPROTECT installs or removes the protection; with RWP_ASYNC the
+// kernel restores access itself, and UFFDIO_SET_MODE switches between the two
+// at run time. Checked against Debian's linux-libc-dev 7.3~rc7-1~exp1.
+#ifndef UFFD_FEATURE_RWP
+#define UFFD_FEATURE_RWP (1 << 17)
+#endif
+#ifndef UFFD_FEATURE_RWP_ASYNC
+#define UFFD_FEATURE_RWP_ASYNC (1 << 18)
+#endif
+#ifndef UFFDIO_REGISTER_MODE_RWP
+#define UFFDIO_REGISTER_MODE_RWP ((__u64)1 << 3)
+#endif
+#ifndef UFFD_PAGEFAULT_FLAG_RWP
+#define UFFD_PAGEFAULT_FLAG_RWP (1 << 3)
+#endif
+
+#ifndef _UFFDIO_RWPROTECT
+#define _UFFDIO_RWPROTECT (0x09)
+struct uffdio_rwprotect {
+  struct uffdio_range range;
+#define UFFDIO_RWPROTECT_MODE_RWP ((__u64)1 << 0)
+#define UFFDIO_RWPROTECT_MODE_DONTWAKE ((__u64)1 << 1)
+  __u64 mode;
+};
+#define UFFDIO_RWPROTECT _IOWR(UFFDIO, _UFFDIO_RWPROTECT, struct uffdio_rwprotect)
+#endif
+
+#ifndef _UFFDIO_SET_MODE
+#define _UFFDIO_SET_MODE (0x0A)
+struct uffdio_set_mode {
+  __u64 enable;   // features to turn on (today only UFFD_FEATURE_RWP_ASYNC)
+  __u64 disable;  // features to turn off; must not overlap enable
+};
+#define UFFDIO_SET_MODE _IOW(UFFDIO, _UFFDIO_SET_MODE, struct uffdio_set_mode)
+#endif
+
 static_assert(sizeof(struct uffd_msg) == 32, "uffd_msg is 32 bytes in every kernel ABI");

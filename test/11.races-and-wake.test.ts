@@ -2,7 +2,7 @@
 // and what closing or unregistering does to a thread waiting on a fault.
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Userfaultfd, type Fault } from '../dist/index.js';
-import { PAGE, pattern, settledWchan, touch } from './helpers';
+import { PAGE, asleepInFault, pattern, touch, wchan } from './helpers';
 
 const cleanup: (() => void)[] = [];
 afterEach(() => {
@@ -82,9 +82,10 @@ describe('DONTWAKE and WAKE', () => {
     const peer = touch({ address: mapping.address, length: PAGE });
     const { fault } = await firstFault(uffd);
     expect(fault.tid).toBeGreaterThan(0);
+    await asleepInFault(fault.tid!);
     uffd.copy(fault.pageAddress, new Uint8Array(PAGE).fill(8), { dontWake: true });
     // The page is there, but the thread still sleeps in the kernel's fault handler.
-    expect(await settledWchan(fault.tid!, 'handle_userfault')).toBe('handle_userfault');
+    expect(wchan(fault.tid!)).toBe('handle_userfault');
     uffd.wake(fault.pageAddress, PAGE);
     expect((await peer.result).sum).toBe(8);
   });

@@ -73,21 +73,6 @@ export function wchan(tid: number): string {
   return fs.readFileSync(`/proc/self/task/${tid}/wchan`, 'utf8');
 }
 
-/**
- * Resolves with the thread's wchan once it is `where`, or with the last one
- * seen after timeoutMs. The kernel queues a fault's message before the
- * faulting thread goes to sleep, so the handler can see the fault while that
- * thread still runs (wchan '0'), for longer on a loaded machine.
- */
-export async function settledWchan(tid: number, where: string, timeoutMs = 5000 * SLOWDOWN): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const seen = wchan(tid);
-    if (seen === where || Date.now() > deadline) return seen;
-    await new Promise((resolve) => setTimeout(resolve, 2));
-  }
-}
-
 /** Resolves once `count` threads of this process sleep in handle_userfault; throws after timeoutMs. */
 export async function threadsWaitingOnFaults(count: number, timeoutMs = 10_000 * SLOWDOWN): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -103,6 +88,19 @@ export async function threadsWaitingOnFaults(count: number, timeoutMs = 10_000 *
     if (waiting >= count) return;
     if (Date.now() > deadline) throw new Error(`only ${waiting} of ${count} threads reached handle_userfault in ${timeoutMs} ms`);
     await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/**
+ * Resolves once thread `tid` sleeps in the kernel's userfault handler. A fault
+ * message is queued before its thread goes to sleep, so a resolution that
+ * must find it asleep (DONTWAKE tests) waits for this first. Bounded: 10 s (times SLOWDOWN).
+ */
+export async function asleepInFault(tid: number): Promise<void> {
+  const deadline = Date.now() + 10_000 * SLOWDOWN;
+  while (wchan(tid) !== 'handle_userfault') {
+    if (Date.now() > deadline) throw new Error(`thread ${tid} never slept in handle_userfault (wchan ${wchan(tid)})`);
+    await new Promise((resolve) => setImmediate(resolve));
   }
 }
 

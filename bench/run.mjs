@@ -1,0 +1,308 @@
+// npm run bench [-- --quick] [-- --out FILE]
+//
+// The library against a plain C page-fault handler on the same workloads, one
+// after the other, and bench/RESULTS.md written from the run. The faulting
+// side is always test/fixtures/fc_peer.c, a separate process with native
+// faulting threads that times every first touch; the handlers are
+// bench/native/c_handler.c (poll + read of up to 64 messages + one ioctl per
+// fault, one thread; with --spin-us, a spinning variant) and
+// bench/lib-handler.mjs (the library, in each of its handler styles). Both
+// speak Firecracker's handshake, so each gets the uffd and the regions the
+// same way. Ratios compare figures from the same repetition of the same run.
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const outFile = args.includes('--out') ? args[args.indexOf('--out') + 1] : path.join(root, 'bench', 'RESULTS.md');
+const command = `npm run bench${args.length ? ` -- ${args.join(' ')}` : ''}`;
+
+// Sizes: 64 MiB of 4 KiB pages in two regions (like a guest's memory around
+// the MMIO gap); --quick: 16 MiB and one repetition.
+const REGIONS = quick ? '12M,4M' : '48M,16M';
+const IMAGE_MIB = quick ? 16 : 64;
+const REPS = quick ? 1 : 2;
+const RSS_REPEAT = quick ? 8 : 62; // passes over the image: 62 x 16384 pages > 1,000,000 faults
+const SPIN_US_C = 50; // the C reference's spin window (research/handoff-measurements.md)
+
+const build = path.join(root, 'build', 'bench');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-bench-'));
+const image = `/dev/shm/uffd-bench-${process.pid}.bin`;
+let socketNo = 0;
+
+function log(line) {
+  process.stderr.write(`${line}\n`);
+}
+
+function compile() {
+  fs.mkdirSync(build, { recursive: true });
+  for (const [name, source] of [['c_handler', 'bench/native/c_handler.c'], ['fc_peer', 'test/fixtures/fc_peer.c']]) {
+    execFileSync('cc', ['-O2', '-Wall', '-Wextra', '-pthread', '-o', path.join(build, name), path.join(root, source)], { stdio: 'inherit' });
+  }
+}
+
+function makeImage() {
+  // Random bytes: a misplaced page or offset shows up as a mismatch in fc_peer's check.
+  const fd = fs.openSync(image, 'w');
+  const chunk = Buffer.alloc(1 << 20);
+  let state = 0x9e3779b9;
+  for (let i = 0; i < IMAGE_MIB; i++) {
+    for (let j = 0; j < chunk.length; j += 4) {
+      state ^= state << 13; state ^= state >>> 17; state ^= state << 5;
+      chunk.writeInt32LE(state | 0, j);
+    }
+    fs.writeSync(fd, chunk);
+  }
+  fs.closeSync(fd);
+}
+
+function run(cmd, argv, timeoutMs = 180_000) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      const line = out.trim().split('\n').pop();
+      let json;
+      try {
+        json = line ? JSON.parse(line) : undefined;
+      } catch {
+        json = undefined;
+      }
+      resolve({ code, signal, json, out, err });
+    });
+  });
+}
+
+const pin = (cpu, cmd, argv) => (cpu === undefined ? [cmd, argv] : ['taskset', ['-c', String(cpu), cmd, ...argv]]);
+
+/**
+ * One measured run: a handler and fc_peer over the image. handler: { kind: 'c' | 'lib', ... }.
+ * placement: 'unpinned' | 'split' (handler side on CPU 0, faulting threads on CPU 1) | 'same' (all on CPU 0).
+ */
+async function measure(workload, handler, placement = 'unpinned', extra = {}) {
+  const socket = path.join(tmp, `s${socketNo++}.sock`);
+  const handlerCpu = placement === 'unpinned' ? undefined : 0;
+  const peerCpu = placement === 'split' ? 1 : placement === 'same' ? 0 : undefined;
+  let hcmd;
+  if (handler.kind === 'c') {
+    hcmd = pin(handlerCpu, path.join(build, 'c_handler'), [
+      '--socket', socket, '--mem-file', image, '--readahead', String(handler.readAhead ?? 1),
+      '--spin-us', String(handler.spin ? SPIN_US_C : 0), ...(workload.zero ? ['--zeropage'] : []),
+    ]);
+  } else {
+    hcmd = pin(handlerCpu, process.execPath, [
+      path.join(root, 'bench', 'lib-handler.mjs'), '--socket', socket, '--mem-file', image, '--style', handler.style,
+      '--spin', handler.spin ? '1' : '0', '--readahead', String(handler.readAhead ?? 1), ...(workload.zero ? ['--zeropage'] : []),
+      '--busy-ms', String(handler.busyMs ?? 0), '--rss-every', String(extra.rssEvery ?? 0),
+    ]);
+  }
+  const handlerRun = run(...hcmd);
+  const peerArgs = [
+    '--socket', socket, '--mem-file', image, '--regions', workload.regions ?? REGIONS, '--threads', String(workload.threads),
+    '--order', workload.order, '--memory', workload.memory, '--mode', workload.mode,
+    ...(workload.zero ? ['--expect-zero'] : []), ...(peerCpu === undefined ? [] : ['--cpu', String(peerCpu)]),
+    ...(extra.repeat ? ['--repeat', String(extra.repeat)] : []),
+  ];
+  const peer = await run(path.join(build, 'fc_peer'), peerArgs);
+  if (peer.code !== 0) {
+    // A peer that failed before connecting leaves the handler waiting in accept().
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  const h = await Promise.race([handlerRun, new Promise((resolve) => setTimeout(() => resolve(null), 30_000))]);
+  if (!peer.json?.ok || !h?.json) {
+    throw new Error(`run failed: ${JSON.stringify(workload)} ${JSON.stringify(handler)} ${placement}\npeer: ${peer.out}${peer.err}\nhandler: ${h?.out}${h?.err}`);
+  }
+  return {
+    pagesPerSec: peer.json.pagesPerSec, mbPerSec: peer.json.mbPerSec, p50: peer.json.p50us, p99: peer.json.p99us,
+    cpuUsPerFault: (h.json.cpuSeconds * 1e6) / Math.max(1, h.json.faults), handler: h.json,
+  };
+}
+
+async function floor(workload) {
+  const r = await run(path.join(build, 'fc_peer'), ['--no-uffd', '--regions', REGIONS, '--threads', String(workload.threads), '--order', workload.order, '--memory', workload.memory]);
+  if (!r.json?.ok) throw new Error(`floor failed: ${r.out}${r.err}`);
+  return { pagesPerSec: r.json.pagesPerSec, mbPerSec: r.json.mbPerSec, p50: r.json.p50us, p99: r.json.p99us };
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+/** Runs every variant once per repetition, rotating their order; ratios are to variants[0] of the same repetition. */
+async function compare(workload, variants, placement = 'unpinned') {
+  const results = variants.map(() => []);
+  for (let rep = 0; rep < REPS; rep++) {
+    const order = variants.map((_, i) => (i + rep) % variants.length);
+    const got = [];
+    for (const i of order) got[i] = await measure(workload, variants[i], placement);
+    for (let i = 0; i < variants.length; i++) {
+      results[i].push({ ...got[i], ratio: got[i].pagesPerSec / got[0].pagesPerSec, p99Ratio: got[i].p99 / got[0].p99 });
+    }
+  }
+  return variants.map((v, i) => {
+    const rs = results[i];
+    const m = (key) => median(rs.map((r) => r[key]));
+    return { variant: v, pagesPerSec: m('pagesPerSec'), mbPerSec: m('mbPerSec'), p50: m('p50'), p99: m('p99'),
+      cpuUsPerFault: m('cpuUsPerFault'), ratio: m('ratio'), p99Ratio: m('p99Ratio'), last: rs[rs.length - 1] };
+  });
+}
+
+const fmt = (x, digits = 0) => (x >= 10000 ? `${(x / 1000).toFixed(1)}k` : x.toFixed(digits));
+const name = (v) => v.label;
+
+const C = { kind: 'c', label: 'C handler' };
+const CSPIN = { kind: 'c', spin: true, label: `C handler + spin ${SPIN_US_C} µs` };
+const NATIVE = { kind: 'lib', style: 'native', label: 'library native (serveFrom), no spin' };
+const NATIVE_SPIN = { kind: 'lib', style: 'native', spin: true, label: 'library native + adaptive spin (default)' };
+const JS = { kind: 'lib', style: 'js', label: 'library JS handler on the loop (serve)' };
+const JS_SPIN = { kind: 'lib', style: 'js', spin: true, label: 'library JS on the loop + capped spin' };
+const BATCH = { kind: 'lib', style: 'batch', label: 'library JS batch handler on the loop (serveBatch)' };
+const BATCH_SPIN = { kind: 'lib', style: 'batch', spin: true, label: 'library JS batch on the loop + capped spin' };
+const WORKER = { kind: 'lib', style: 'worker', label: 'library JS handler in a worker (serveSync), no spin' };
+const WORKER_SPIN = { kind: 'lib', style: 'worker', spin: true, label: 'library worker + adaptive spin (default)' };
+
+const workloads = [];
+for (const [type, memory, mode, zero] of [
+  ['anon MISSING+COPY', 'anon', 'missing', false], ['memfd MISSING+COPY', 'memfd', 'missing', false],
+  ['memfd MINOR+CONTINUE', 'memfd', 'minor', false], ['anon MISSING+ZEROPAGE', 'anon', 'missing', true],
+]) {
+  for (const threads of [1, 2]) for (const order of ['seq', 'random']) workloads.push({ type, memory, mode, zero, threads, order });
+}
+
+function machine() {
+  const cpu = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
+  return {
+    cpu, cpus: os.cpus().length, kernel: os.release(), node: process.version, date: new Date().toISOString(),
+    load: os.loadavg().map((l) => l.toFixed(2)).join(' '), memGiB: (os.totalmem() / 2 ** 30).toFixed(0),
+  };
+}
+
+async function main() {
+  const started = Date.now();
+  const m = machine();
+  compile();
+  makeImage();
+  const md = [];
+  md.push('# Benchmark results', '');
+  md.push(`- Command: \`${command}\``, `- Date: ${m.date}`, `- Machine: ${m.cpu}, ${m.cpus} CPUs, ${m.memGiB} GiB; Linux ${m.kernel}; Node ${m.node}`);
+  md.push(`- Load average when the run started: ${m.load} (other work on the machine moves every figure; compare ratios, which come from the same repetition)`);
+  md.push(`- Workload: ${IMAGE_MIB} MiB of 4 KiB pages in two regions (${REGIONS}), every page touched once (1 byte read) by 1 or 2 native faulting threads (test/fixtures/fc_peer.c, a separate process), in sequential or random order; every byte checked against the image afterwards. ${REPS} repetition(s), medians; each repetition runs the variants in rotated order.`);
+  md.push('- pages/s and MB/s: pages over the time from the first touch to the last touch returning; p50/p99: per-fault latency seen by the faulting thread (µs); CPU µs/fault: the handler process\'s CPU time (all its threads) over the run, per fault.');
+  md.push('- Ratios: library figure / C handler figure from the same repetition (pages/s; p99 where marked).', '');
+
+  // ---- issue 5: every workload, C vs library native vs library JS ----
+  log('workloads: C handler vs library (native, JS, JS batch) ...');
+  md.push('## Every workload: the library against the C handler (unpinned)', '');
+  md.push('| workload | threads | order | handler | pages/s | MB/s | p50 µs | p99 µs | CPU µs/fault | pages/s vs C | p99 vs C |');
+  md.push('|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const w of workloads) {
+    const rows = await compare(w, [C, NATIVE, NATIVE_SPIN, JS, BATCH]);
+    for (const r of rows) {
+      md.push(`| ${w.type} | ${w.threads} | ${w.order} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.mbPerSec.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.cpuUsPerFault.toFixed(1)} | ${r.ratio.toFixed(2)}x | ${r.p99Ratio.toFixed(2)}x |`);
+    }
+    log(`  ${w.type} ${w.threads}t ${w.order}: ${rows.map((r) => `${r.variant.style ?? 'c'}${r.variant.spin ? '+spin' : ''} ${fmt(r.pagesPerSec)} (${r.ratio.toFixed(2)}x)`).join(', ')}`);
+  }
+  md.push('', '### The floor: first touch with no userfaultfd', '');
+  md.push('| memory | threads | order | pages/s | MB/s | p50 µs | p99 µs |', '|---|---|---|---|---|---|---|');
+  for (const memory of ['anon', 'memfd']) {
+    for (const threads of [1, 2]) {
+      for (const order of ['seq', 'random']) {
+        const f = await floor({ memory, threads, order });
+        md.push(`| ${memory} | ${threads} | ${order} | ${fmt(f.pagesPerSec)} | ${f.mbPerSec.toFixed(1)} | ${f.p50.toFixed(1)} | ${f.p99.toFixed(1)} |`);
+      }
+    }
+  }
+
+  // ---- read-ahead ----
+  log('read-ahead ...');
+  md.push('', '## Read-ahead: 16 pages per fault against page by page (anon MISSING+COPY, sequential)', '');
+  md.push('| threads | handler | pages/s | MB/s | p50 µs | p99 µs | faults | pages/s vs page by page |', '|---|---|---|---|---|---|---|---|');
+  for (const threads of [1, 2]) {
+    const w = { type: 'anon MISSING+COPY', memory: 'anon', mode: 'missing', zero: false, threads, order: 'seq' };
+    const rows = await compare(w, [
+      { ...NATIVE_SPIN, label: 'library native, page by page' }, { ...NATIVE_SPIN, readAhead: 16, label: 'library native, readAhead 16' },
+      { ...C, label: 'C handler, page by page' }, { ...C, readAhead: 16, label: 'C handler, --readahead 16' },
+    ]);
+    const cBase = rows[2].pagesPerSec;
+    for (const [i, r] of rows.entries()) {
+      const base = i < 2 ? rows[0].pagesPerSec : cBase;
+      md.push(`| ${threads} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.mbPerSec.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.last.handler.faults} | ${(r.pagesPerSec / base).toFixed(2)}x |`);
+    }
+  }
+
+  // ---- issue 12: spinning and placements ----
+  log('spinning and placements ...');
+  md.push('', '## Spinning and thread placement (anon MISSING+COPY, sequential)', '');
+  md.push('Placements: **unpinned** (the scheduler decides); **split** (faulting threads on CPU 1, every handler-side thread on CPU 0: each fault crosses CPUs twice); **same** (everything on CPU 0).', '');
+  md.push('| placement | threads | handler | pages/s | p50 µs | p99 µs | CPU µs/fault | pages/s vs plain C | p99 vs plain C | spin hits / windows |');
+  md.push('|---|---|---|---|---|---|---|---|---|---|');
+  for (const placement of ['unpinned', 'split', 'same']) {
+    for (const threads of [1, 2]) {
+      const w = { type: 'anon MISSING+COPY', memory: 'anon', mode: 'missing', zero: false, threads, order: 'seq' };
+      const rows = await compare(w, [C, CSPIN, NATIVE, NATIVE_SPIN, JS, JS_SPIN, BATCH_SPIN, WORKER, WORKER_SPIN], placement);
+      for (const r of rows) {
+        const s = r.last.handler.spin;
+        md.push(`| ${placement} | ${threads} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.cpuUsPerFault.toFixed(1)} | ${r.ratio.toFixed(2)}x | ${r.p99Ratio.toFixed(2)}x | ${s ? `${s.hits} / ${s.windows}` : '-'} |`);
+      }
+      log(`  ${placement} ${threads}t: ${rows.map((r) => `${r.variant.style ?? 'c'}${r.variant.spin ? '+spin' : ''} ${r.ratio.toFixed(2)}x`).join(', ')}`);
+    }
+  }
+
+  // ---- busy main thread ----
+  log('busy main thread ...');
+  // 2 MiB: a handler on a busy loop serves about one fault per 10 ms task.
+  md.push('', '## A busy main thread: 10 ms JavaScript tasks back to back while faults arrive (anon MISSING+COPY, 2 MiB, 1 thread, random order)', '');
+  md.push('| handler | main thread | pages/s | p50 µs | p99 µs | p99 busy / idle |', '|---|---|---|---|---|---|');
+  const w = { type: 'anon MISSING+COPY', memory: 'anon', mode: 'missing', zero: false, threads: 1, order: 'random', regions: '2M' };
+  for (const v of [NATIVE_SPIN, JS, WORKER_SPIN]) {
+    const rows = await compare(w, [v, { ...v, busyMs: 10 }]);
+    md.push(`| ${name(v)} | idle | ${fmt(rows[0].pagesPerSec)} | ${rows[0].p50.toFixed(1)} | ${rows[0].p99.toFixed(1)} | |`);
+    md.push(`| ${name(v)} | busy (10 ms tasks) | ${fmt(rows[1].pagesPerSec)} | ${rows[1].p50.toFixed(1)} | ${rows[1].p99.toFixed(1)} | ${rows[1].p99Ratio.toFixed(2)}x |`);
+  }
+
+  // ---- idle CPU ----
+  log('idle CPU ...');
+  md.push('', '## Idle: a served uffd with no faults for 1 s', '');
+  md.push('| handler | CPU ms over 1 s | % of one CPU |', '|---|---|---|');
+  for (const v of [{ style: 'none', label: 'Node with no uffd (the baseline)' }, NATIVE_SPIN, JS_SPIN, WORKER_SPIN]) {
+    const r = await run(process.execPath, [path.join(root, 'bench', 'lib-handler.mjs'), '--style', v.style, '--spin', '1', '--idle-ms', '1000']);
+    if (!r.json) throw new Error(`idle run failed: ${r.out}${r.err}`);
+    md.push(`| ${name(v)} | ${r.json.cpuMs.toFixed(2)} | ${r.json.cpuPercent.toFixed(2)}% |`);
+  }
+
+  // ---- resident memory over 1,000,000 faults ----
+  log('resident memory over many faults ...');
+  const faultsPerPass = (IMAGE_MIB << 20) / 4096;
+  md.push('', `## Resident memory over ${(RSS_REPEAT * faultsPerPass).toLocaleString('en')} faults (anon, 1 thread, sequential; after the first pass the peer drops its memory with MADV_DONTNEED and touches it again, ${RSS_REPEAT} passes)`, '');
+  md.push('| handler | faults | RSS at the first sample (KiB) | RSS at the last sample (KiB) | growth (KiB) | pages/s (first pass) |', '|---|---|---|---|---|---|');
+  for (const v of [NATIVE_SPIN, JS]) {
+    const rw = { type: 'anon', memory: 'anon', mode: 'missing', zero: false, threads: 1, order: 'seq' };
+    const r = await measure(rw, v, 'unpinned', { repeat: RSS_REPEAT, rssEvery: faultsPerPass * 2 });
+    const rss = r.handler.rss;
+    const first = rss[0];
+    const last = rss[rss.length - 1];
+    md.push(`| ${name(v)} | ${r.handler.faults.toLocaleString('en')} | ${first?.rssKiB ?? '-'} (at ${first?.faults ?? '-'}) | ${last?.rssKiB ?? '-'} (at ${last?.faults ?? '-'}) | ${first && last ? last.rssKiB - first.rssKiB : '-'} | ${fmt(r.pagesPerSec)} |`);
+  }
+
+  md.push('', `Run time: ${((Date.now() - started) / 1000).toFixed(0)} s.`, '');
+  fs.writeFileSync(outFile, md.join('\n'));
+  log(`wrote ${outFile} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+}
+
+try {
+  await main();
+} finally {
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.rmSync(image, { force: true });
+}

@@ -1,0 +1,669 @@
+// A page source that reads a memory image from HTTP(S) object storage (S3 and
+// its compatibles, GCS, a CDN, any server that answers Range requests) into a
+// local memfd, a page at most once, as faults ask for it and in the background.
+//
+// The transport is undici: a pool of keep-alive connections, several requests
+// in flight. Which ranges to request, and when, is lib/fetch-scheduler.ts.
+// The object is pinned at open: its strong ETag (or else its Last-Modified)
+// goes into If-Match (If-Unmodified-Since) on every later request, and every
+// answer is checked against it, so an object replaced mid-restore fails the
+// source with ERR_UFFD_SOURCE_CHANGED instead of mixing two versions' bytes.
+// Transient failures (connection errors, stalls, 5xx) are retried with
+// exponential backoff a bounded number of times; then the source fails with
+// ERR_UFFD_SOURCE_UNAVAILABLE and every fetch, waiting or later, rejects.
+// Credentials (headers, a presigned URL's query, user:password@) are sent and
+// never printed: messages name the URL without its query or user part.
+import fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Pool, type Dispatcher } from 'undici';
+import { UffdError, argTypeError, argValueError, invalid, libraryError } from './errors';
+import { FetchScheduler, type Priority, type Transfer } from './fetch-scheduler';
+import { Memfd, type Mapping, systemPageSize } from './memory';
+import type { FetchOptions, PageSource } from './page-source';
+import * as validate from './validate';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+/** Defaults, in one place (docs/remote.md explains each). */
+export const HTTP_SOURCE_DEFAULTS = {
+  connections: 8,
+  backgroundConnections: 4,
+  reservedConnections: 2,
+  backgroundFill: true,
+  backgroundChunk: 4 * MiB,
+  readAheadMin: 64 * KiB,
+  readAheadMax: 4 * MiB,
+  retries: 5,
+  retryDelayMs: 100,
+  retryDelayMaxMs: 2000,
+  stallTimeoutMs: 10_000,
+} as const;
+
+// Background requests grow up to this with a high bandwidth-delay product.
+const MAX_BACKGROUND_CHUNK = 64 * MiB;
+
+/** The environment variable the CLI reads request headers from ("Name: value", one per line). */
+export const HEADERS_ENV = 'USERFAULTFD_MEM_URL_HEADERS';
+
+export interface HttpSourceOptions {
+  /** Sent with every request (Authorization, x-amz-security-token, ...); never printed. */
+  headers?: Record<string, string>;
+  /** Connections to the server at most, hence requests in flight at most. */
+  connections?: number;
+  /** Connections background fill may use at most. */
+  backgroundConnections?: number;
+  /** Connections kept for faults: read-ahead and background fill never take them. */
+  reservedConnections?: number;
+  /** Fetch every page nobody asked for, in large ranges behind the faults (default true). */
+  backgroundFill?: boolean;
+  /** Bytes per background request. */
+  backgroundChunk?: number;
+  /** The first read-ahead window of a stream of faults, in bytes; also what a random fault fetches. */
+  readAheadMin?: number;
+  /** The largest read-ahead window (and request), in bytes. */
+  readAheadMax?: number;
+  /** Retries of a failed request (so retries + 1 attempts) before the source fails. */
+  retries?: number;
+  /** The first retry's delay; each further one doubles, up to retryDelayMaxMs. */
+  retryDelayMs?: number;
+  retryDelayMaxMs?: number;
+  /** A request that receives nothing for this long (connect, headers, or between body bytes) is retried. */
+  stallTimeoutMs?: number;
+  /** Progress lines: retries, the failure, completion. */
+  log?: (line: string) => void;
+  /** Called for every HTTP request sent (byte range, end exclusive). */
+  onRequest?: (request: HttpRequestInfo) => void;
+}
+
+export interface HttpRequestInfo {
+  start: number;
+  /** Lowered when the transfer is cut short at a page a fault needed sooner (the bytes after it are not used). */
+  end: number;
+  priority: Priority;
+  /** 0 for the first attempt at this range, then 1, 2, ... for retries (which start where the last one stopped). */
+  attempt: number;
+}
+
+export interface HttpSourceStats {
+  size: number;
+  pages: number;
+  presentPages: number;
+  /** HTTP requests sent, by priority (retries included). */
+  requests: Record<Priority, number>;
+  retries: number;
+  /** Body bytes received. */
+  bytesFetched: number;
+  inFlight: number;
+  /** Urgent ranges that went out joined to a neighbour. */
+  coalesced: number;
+  /** Read-ahead and background transfers cut short at a page a fault needed sooner. */
+  split: number;
+}
+
+type ResolvedOptions = Required<Omit<HttpSourceOptions, 'headers' | 'log' | 'onRequest'>>;
+
+interface Pin {
+  etag: string | undefined;
+  lastModified: string | undefined;
+  /** The precondition header sent with every request after the first. */
+  condition: Record<string, string>;
+}
+
+// How far a transfer got, and how fast: for the split advice.
+interface Timing {
+  pos: number;
+  sentAt: number;
+  firstByteAt: number | undefined;
+  firstBytePos: number;
+  /** What onRequest was given for the current attempt. */
+  info: HttpRequestInfo | undefined;
+}
+
+interface Response {
+  statusCode: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+}
+
+// An error that retrying cannot fix: the object changed, or the server refused.
+class Fatal extends Error {
+  constructor(readonly error: UffdError) {
+    super(error.message);
+  }
+}
+
+function header(headers: Response['headers'], name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** The URL as it may be printed: no user:password, no query (a presigned URL's signature lives there). */
+export function redactUrl(url: URL): string {
+  return `${url.protocol}//${url.host}${url.pathname}${url.search ? '?<redacted>' : ''}`;
+}
+
+/** Parses "Name: value" lines (the HEADERS_ENV format) into headers. */
+export function parseHeaderLines(text: string): Record<string, string> {
+  const headers: Record<string, string> = {};
+  for (const line of text.split(/\r?\n/)) {
+    if (line.trim() === '') continue;
+    const colon = line.indexOf(':');
+    const name = colon > 0 ? line.slice(0, colon).trim() : '';
+    // The value is a secret: the message names only the line.
+    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) throw argValueError(HEADERS_ENV, 'must hold "Name: value" lines; a line has no valid header name');
+    headers[name.toLowerCase()] = line.slice(colon + 1).trim();
+  }
+  return headers;
+}
+
+function positive(value: unknown, name: string, fallback: number, min = 1): number {
+  if (value === undefined) return fallback;
+  const n = validate.size(value, name);
+  if (n < min) throw argValueError(name, `must be at least ${min}. Received ${n}`);
+  return n;
+}
+
+function describeError(error: unknown): string {
+  const e = error as { code?: string; message?: string; cause?: { code?: string; message?: string } };
+  const cause = e?.cause?.message && e.cause.message !== e.message ? ` (${e.cause.message})` : '';
+  return `${e?.message ?? String(error)}${cause}`;
+}
+
+export class HttpPageSource implements PageSource {
+  readonly size: number;
+  readonly pageSize: number;
+  /** The local cache: size rounded up to a page; pages not present read as zeros. */
+  readonly bytes: Uint8Array;
+  /** One flag per page; shared memory, so workers and native threads can read it. */
+  readonly present: Uint8Array;
+  /** The URL as printed: without credentials. */
+  readonly url: string;
+  /** The pinned identity of the object: its ETag and Last-Modified as the server sent them at open. */
+  readonly etag: string | undefined;
+  readonly lastModified: string | undefined;
+
+  readonly #target: URL;
+  readonly #headers: Record<string, string>;
+  readonly #pin: Pin;
+  readonly #pool: Pool;
+  readonly #memfd: Memfd;
+  readonly #mapping: Mapping;
+  readonly #scheduler: FetchScheduler;
+  readonly #abort = new AbortController();
+  readonly #options: ResolvedOptions;
+  readonly #log: (line: string) => void;
+  readonly #onRequest: ((request: HttpRequestInfo) => void) | undefined;
+  #first: { response: Response; end: number; sentAt: number } | undefined;
+  readonly #timings = new Map<Transfer, Timing>();
+  #rttMs: number | undefined;
+  #rate: number | undefined;
+  #closed = false;
+  #retries = 0;
+  #bytesFetched = 0;
+  #requests: Record<Priority, number> = { urgent: 0, readahead: 0, background: 0 };
+
+  private constructor(init: {
+    target: URL; headers: Record<string, string>; pool: Pool; size: number; pin: Pin;
+    options: ResolvedOptions; log: (line: string) => void; onRequest: HttpSourceOptions['onRequest'];
+    first: { response: Response; end: number; sentAt: number };
+  }) {
+    this.#target = init.target;
+    this.#headers = init.headers;
+    this.#pool = init.pool;
+    this.#pin = init.pin;
+    this.#options = init.options;
+    this.#log = init.log;
+    this.#onRequest = init.onRequest;
+    this.url = redactUrl(init.target);
+    this.etag = init.pin.etag;
+    this.lastModified = init.pin.lastModified;
+    this.size = init.size;
+    this.pageSize = systemPageSize();
+    const pages = Math.ceil(init.size / this.pageSize);
+    this.#memfd = Memfd.create(pages * this.pageSize, { name: 'userfaultfd-http-cache' });
+    try {
+      this.#mapping = this.#memfd.map();
+    } catch (error) {
+      this.#memfd.close();
+      throw error;
+    }
+    this.bytes = this.#mapping.view();
+    this.present = new Uint8Array(new SharedArrayBuffer(pages));
+    const o = init.options;
+    const page = (bytes: number): number => Math.max(1, Math.floor(bytes / this.pageSize));
+    const slots = o.connections;
+    this.#scheduler = new FetchScheduler(pages, this.present, {
+      slots,
+      reserve: Math.min(o.reservedConnections, slots - 1),
+      backgroundSlots: Math.min(o.backgroundConnections, slots),
+      background: o.backgroundFill,
+      minWindow: page(o.readAheadMin),
+      maxWindow: Math.max(page(o.readAheadMin), page(o.readAheadMax)),
+      backgroundChunk: () => page(this.#backgroundChunk()),
+      maxRequest: Math.max(page(o.readAheadMin), page(o.readAheadMax), page(o.backgroundChunk)),
+      gap: page(o.readAheadMin),
+    }, (transfer) => this.#transfer(transfer), (transfer, page) => this.#advise(transfer, page));
+    this.#scheduler.whenComplete().then(
+      () => this.#log(`${this.url}: all ${(this.size / MiB).toFixed(1)} MiB present (${this.#describeRequests()})`),
+      () => {},
+    );
+    // The opening request's body is the image's first pages: stream it in
+    // like any other request (the scheduler counts it as urgent work).
+    this.#first = init.first;
+    this.#scheduler.claim(0, Math.ceil(init.first.end / this.pageSize), 'urgent');
+  }
+
+  /**
+   * Opens the object at url: one ranged GET learns its size and pins its
+   * identity (ETag / Last-Modified), and its body is the first pages of the
+   * cache. Background fill, when on, starts at once.
+   */
+  static async open(url: string | URL, options?: HttpSourceOptions): Promise<HttpPageSource> {
+    const opts = validate.options<HttpSourceOptions>(options, 'options');
+    let target: URL;
+    try {
+      target = new URL(url);
+    } catch {
+      throw argValueError('url', 'must be an absolute http: or https: URL');
+    }
+    if (target.protocol !== 'http:' && target.protocol !== 'https:') throw argValueError('url', `must be an http: or https: URL, not ${target.protocol}`);
+    const headers: Record<string, string> = {};
+    if (opts.headers !== undefined) {
+      if (opts.headers === null || typeof opts.headers !== 'object') throw argTypeError('options.headers', 'an object of strings', opts.headers);
+      for (const [name, value] of Object.entries(opts.headers)) {
+        if (typeof value !== 'string') throw argValueError('options.headers', `holds a non-string value for ${name}`);
+        headers[name.toLowerCase()] = value;
+      }
+    }
+    // user:password@ becomes Basic authorization, and leaves the URL.
+    if (target.username || target.password) {
+      const credentials = `${decodeURIComponent(target.username)}:${decodeURIComponent(target.password)}`;
+      headers.authorization ??= `Basic ${Buffer.from(credentials).toString('base64')}`;
+      target.username = '';
+      target.password = '';
+    }
+    const d = HTTP_SOURCE_DEFAULTS;
+    const resolved = {
+      connections: positive(opts.connections, 'options.connections', d.connections),
+      backgroundConnections: positive(opts.backgroundConnections, 'options.backgroundConnections', d.backgroundConnections),
+      reservedConnections: positive(opts.reservedConnections, 'options.reservedConnections', d.reservedConnections, 0),
+      backgroundFill: opts.backgroundFill ?? d.backgroundFill,
+      backgroundChunk: positive(opts.backgroundChunk, 'options.backgroundChunk', d.backgroundChunk),
+      readAheadMin: positive(opts.readAheadMin, 'options.readAheadMin', d.readAheadMin),
+      readAheadMax: positive(opts.readAheadMax, 'options.readAheadMax', d.readAheadMax),
+      retries: positive(opts.retries, 'options.retries', d.retries, 0),
+      retryDelayMs: positive(opts.retryDelayMs, 'options.retryDelayMs', d.retryDelayMs, 0),
+      retryDelayMaxMs: positive(opts.retryDelayMaxMs, 'options.retryDelayMaxMs', d.retryDelayMaxMs, 0),
+      stallTimeoutMs: positive(opts.stallTimeoutMs, 'options.stallTimeoutMs', d.stallTimeoutMs),
+    };
+    if (typeof resolved.backgroundFill !== 'boolean') throw argTypeError('options.backgroundFill', 'a boolean', resolved.backgroundFill);
+    if (opts.log !== undefined && typeof opts.log !== 'function') throw argTypeError('options.log', 'a function', opts.log);
+    if (opts.onRequest !== undefined && typeof opts.onRequest !== 'function') throw argTypeError('options.onRequest', 'a function', opts.onRequest);
+    const log = opts.log ?? (() => {});
+    const pool = new Pool(target.origin, {
+      connections: resolved.connections,
+      pipelining: 1,
+      connectTimeout: resolved.stallTimeoutMs,
+      keepAliveTimeout: 60_000,
+    });
+    const shown = redactUrl(target);
+    const firstEnd = Math.max(systemPageSize(), resolved.readAheadMin);
+    try {
+      const sentAt = performance.now();
+      const { response, size, pin } = await HttpPageSource.#probe(pool, target, headers, firstEnd, resolved, log, shown);
+      try {
+        return new HttpPageSource({
+          target, headers, pool, size, pin, options: resolved, log, onRequest: opts.onRequest,
+          first: { response, end: Math.min(size, firstEnd), sentAt },
+        });
+      } catch (error) {
+        discard(response);
+        throw error;
+      }
+    } catch (error) {
+      void pool.destroy().catch(() => {});
+      throw error instanceof Fatal ? error.error : error;
+    }
+  }
+
+  // The opening GET of bytes [0, firstEnd), with the same retries as any other.
+  static async #probe(
+    pool: Pool, target: URL, headers: Record<string, string>, firstEnd: number,
+    options: ResolvedOptions, log: (line: string) => void, shown: string,
+  ): Promise<{ response: Response; size: number; pin: Pin }> {
+    for (let attempt = 0; ; attempt++) {
+      let response: Response | undefined;
+      try {
+        response = await pool.request({
+          path: target.pathname + target.search, method: 'GET',
+          headers: { ...headers, range: `bytes=0-${firstEnd - 1}` },
+          headersTimeout: options.stallTimeoutMs, bodyTimeout: options.stallTimeoutMs,
+        }) as Response;
+        const status = response.statusCode;
+        if (status === 206) {
+          const range = parseContentRange(header(response.headers, 'content-range'));
+          if (!range || range.start !== 0 || range.total === undefined) {
+            throw new Fatal(httpError(shown, `answered 206 with an unusable Content-Range (${header(response.headers, 'content-range') ?? 'none'})`));
+          }
+          const size = range.total;
+          if (range.end !== Math.min(size, firstEnd) - 1) {
+            throw new Fatal(httpError(shown, `answered bytes ${range.start}-${range.end} when asked for 0-${Math.min(size, firstEnd) - 1}`));
+          }
+          return { response, size, pin: pinOf(response, shown) };
+        }
+        if (status === 200) {
+          throw new Fatal(new UffdError('ERR_UFFD_SOURCE_NO_RANGES',
+            `ERR_UFFD_SOURCE_NO_RANGES: ${shown} answered a Range request with the whole object (200): the server does not serve byte ranges, so pages cannot be fetched on demand; serve it from a server that does (any object store, nginx, a CDN), or download it and use --mem-file`,
+            { syscall: 'HTTP GET' }));
+        }
+        if (status === 416) throw new Fatal(httpError(shown, 'answered 416: the object is empty, and an empty memory image has no pages to serve'));
+        if (isTransientStatus(status)) throw new Error(`HTTP ${status}`);
+        throw new Fatal(httpError(shown, `answered ${status}${statusHint(status)}`));
+      } catch (error) {
+        if (response) discard(response);
+        if (error instanceof Fatal) throw error;
+        if (attempt >= options.retries) throw unavailable(shown, 'bytes=0-', attempt + 1, error);
+        const delay = backoff(attempt, options);
+        log(`${shown}: opening GET failed (${describeError(error)}); retry ${attempt + 1}/${options.retries} in ${delay} ms`);
+        await sleep(delay);
+      }
+    }
+  }
+
+  /** Makes [offset, offset + length) present; urgent work goes ahead of read-ahead and background fill. */
+  fetch(offset: number, length: number, options?: FetchOptions): Promise<void> {
+    let start: number;
+    let end: number;
+    try {
+      const at = validate.size(offset, 'offset');
+      const bytes = validate.size(length, 'length');
+      const limit = this.present.length * this.pageSize;
+      if (!validate.isAligned(at, this.pageSize) || !validate.isAligned(bytes, this.pageSize) || at + bytes > limit) {
+        throw invalid('HTTP GET', `[${at}, ${at + bytes}) must be page-aligned (${this.pageSize} bytes) and inside the ${this.size}-byte image`);
+      }
+      if (this.#closed) throw libraryError('ERR_UFFD_CLOSED', 'HTTP GET', `this page source (${this.url}) is closed`);
+      start = at / this.pageSize;
+      end = start + bytes / this.pageSize;
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const opts = validate.options<FetchOptions>(options, 'options');
+    return this.#scheduler.want(start, end, opts.urgent === true);
+  }
+
+  /** Resolves once every page is present (with background fill, or after everything was asked for); rejects if the source fails. */
+  whenComplete(): Promise<void> {
+    return this.#scheduler.whenComplete();
+  }
+
+  /** Why the source failed (ERR_UFFD_SOURCE_CHANGED, ERR_UFFD_SOURCE_UNAVAILABLE, ...), or undefined. */
+  get error(): UffdError | undefined {
+    const failure = this.#scheduler.failure;
+    return failure instanceof UffdError && failure.code !== 'ERR_UFFD_CLOSED' ? failure : undefined;
+  }
+
+  get stats(): HttpSourceStats {
+    return {
+      size: this.size,
+      pages: this.#scheduler.pages,
+      presentPages: this.#scheduler.presentPages,
+      requests: { ...this.#requests },
+      retries: this.#retries,
+      bytesFetched: this.#bytesFetched,
+      inFlight: this.#scheduler.inFlight,
+      coalesced: this.#scheduler.counters.coalesced,
+      split: this.#scheduler.counters.split,
+    };
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#scheduler.stop(libraryError('ERR_UFFD_CLOSED', 'HTTP GET', `this page source (${this.url}) is closed`));
+    this.#abort.abort();
+    if (this.#first) discard(this.#first.response);
+    this.#first = undefined;
+    void this.#pool.destroy().catch(() => {});
+    this.#mapping.unmap();
+    this.#memfd.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  // Fetches the transfer's pages into the cache, resuming where an attempt
+  // stopped, until every page up to its end (which a fault may lower) has
+  // landed, or the retries are spent.
+  async #transfer(transfer: Transfer): Promise<void> {
+    const { priority } = transfer;
+    const end = (): number => Math.min(this.size, transfer.end * this.pageSize);
+    const timing: Timing = { pos: transfer.start * this.pageSize, sentAt: performance.now(), firstByteAt: undefined, firstBytePos: 0, info: undefined };
+    this.#timings.set(transfer, timing);
+    const first = this.#first && timing.pos === 0 ? this.#first : undefined;
+    if (first) {
+      this.#first = undefined;
+      timing.sentAt = first.sentAt;
+    }
+    try {
+      for (let attempt = 0; timing.pos < end(); attempt++) {
+        const from = timing.pos;
+        const asked = end();
+        const range = `bytes=${from}-${asked - 1}`;
+        let info: HttpRequestInfo | undefined;
+        timing.info = undefined;
+        try {
+          let response: Response;
+          this.#requests[priority]++;
+          if (this.#onRequest) {
+            info = { start: from, end: asked, priority, attempt };
+            timing.info = info;
+            this.#onRequest(info);
+          }
+          if (first && attempt === 0) {
+            response = first.response;
+          } else {
+            timing.sentAt = performance.now();
+            timing.firstByteAt = undefined;
+            response = await this.#pool.request({
+              path: this.#target.pathname + this.#target.search, method: 'GET',
+              headers: { ...this.#headers, ...this.#pin.condition, range },
+              headersTimeout: this.#options.stallTimeoutMs, bodyTimeout: this.#options.stallTimeoutMs,
+              signal: this.#abort.signal,
+            }) as Response;
+            this.#check(response, from, asked);
+          }
+          this.#noteRoundTrip(performance.now() - timing.sentAt);
+          await this.#consume(response, transfer, timing, asked, end);
+          if (timing.pos < end()) throw new Error(`the response ended at byte ${timing.pos} of ${range}`);
+          if (info) info.end = end();
+        } catch (error) {
+          if (info) info.end = Math.min(info.end, timing.pos);
+          // Closed, or failed by another transfer (which aborted this one).
+          if (this.#scheduler.failure !== undefined) throw this.#scheduler.failure;
+          if (error instanceof Fatal) throw this.#fail(error.error);
+          if (attempt >= this.#options.retries) throw this.#fail(unavailable(this.url, range, attempt + 1, error));
+          this.#retries++;
+          const delay = backoff(attempt, this.#options);
+          this.#log(`${this.url}: GET ${range} (${priority}) failed: ${describeError(error)}; retry ${attempt + 1}/${this.#options.retries} in ${delay} ms from byte ${timing.pos}`);
+          try {
+            await sleep(delay, undefined, { signal: this.#abort.signal });
+          } catch {
+            throw this.#scheduler.failure;
+          }
+        }
+      }
+    } finally {
+      this.#timings.delete(transfer);
+      if (timing.firstByteAt !== undefined) this.#noteRate(timing.pos - timing.firstBytePos, performance.now() - timing.firstByteAt);
+    }
+  }
+
+  // Streams a body into the cache, landing each page once all its bytes are
+  // in, and stops at the transfer's end when a fault has lowered it.
+  async #consume(response: Response, transfer: Transfer, timing: Timing, asked: number, end: () => number): Promise<void> {
+    const pages = this.present.length;
+    try {
+      for await (const chunk of response.body as AsyncIterable<Buffer>) {
+        if (this.#closed) return;
+        if (timing.pos + chunk.length > asked) throw new Fatal(httpError(this.url, `sent more bytes than the range asked for (${asked - timing.pos} more expected, ${chunk.length} received)`));
+        if (timing.firstByteAt === undefined) {
+          timing.firstByteAt = performance.now();
+          timing.firstBytePos = timing.pos;
+        }
+        const length = Math.min(chunk.length, end() - timing.pos);
+        // Before the pages land (and wake whoever waits on them).
+        if (timing.info && end() < timing.info.end) timing.info.end = end();
+        if (length > 0) {
+          // pwrite into the memfd rather than a copy through the mapping: the
+          // kernel fills each new shmem page straight from the chunk, without
+          // a page fault and without zeroing it first.
+          fs.writeSync(this.#memfd.fd, chunk, 0, length, timing.pos);
+          timing.pos += length;
+          this.#bytesFetched += length;
+          this.#scheduler.landed(transfer, timing.pos === this.size ? pages : Math.floor(timing.pos / this.pageSize));
+        }
+        // Cut short for a fault: the rest of this response is not needed
+        // (closing a response before its end costs its connection, so only then).
+        if (timing.pos >= end() && end() < asked) return;
+      }
+    } finally {
+      discard(response);
+    }
+  }
+
+  // Whether a fault on `page` is better served by a new request (about one
+  // round trip) than by waiting for this transfer's bytes to reach it: when
+  // the wait is over two round trips, since cutting the transfer costs its
+  // connection (a reconnect, unless the pool has an idle one) and a request.
+  #advise(transfer: Transfer, page: number): boolean {
+    const timing = this.#timings.get(transfer);
+    if (!timing || this.#rttMs === undefined) return true;
+    const now = performance.now();
+    let rate = this.#rate;
+    if (timing.firstByteAt !== undefined && now - timing.firstByteAt > 1) rate = (timing.pos - timing.firstBytePos) / (now - timing.firstByteAt);
+    if (rate === undefined || rate <= 0) return true;
+    const untilFirstByte = timing.firstByteAt === undefined ? Math.max(0, timing.sentAt + this.#rttMs - now) : 0;
+    return untilFirstByte + (page * this.pageSize - timing.pos) / rate > 2 * this.#rttMs;
+  }
+
+  // Background requests at least `backgroundChunk` long; long enough that
+  // the image takes about two rounds of requests on the background
+  // connections; and long enough that a connection spends at most a fifth of
+  // its time waiting for a first byte (four bandwidth-delay products, once
+  // they are known). Each round trip between requests is time the link idles.
+  #backgroundChunk(): number {
+    const { backgroundChunk, backgroundConnections } = this.#options;
+    const base = Math.max(backgroundChunk, Math.min(MAX_BACKGROUND_CHUNK, this.size / (2 * backgroundConnections)));
+    if (this.#rttMs === undefined || this.#rate === undefined) return base;
+    return Math.max(base, Math.min(MAX_BACKGROUND_CHUNK, this.#rate * this.#rttMs * 4));
+  }
+
+  // The round trip as requests see it: the fastest time to headers lately.
+  #noteRoundTrip(ms: number): void {
+    this.#rttMs = this.#rttMs === undefined ? ms : Math.min(ms, this.#rttMs * 1.1);
+  }
+
+  // Bytes per millisecond one connection delivers, smoothed.
+  #noteRate(bytes: number, ms: number): void {
+    if (ms <= 1 || bytes <= 0) return;
+    const rate = bytes / ms;
+    this.#rate = this.#rate === undefined ? rate : 0.7 * this.#rate + 0.3 * rate;
+  }
+
+  // Every answer after the first must be the pinned object's exact range.
+  #check(response: Response, from: number, end: number): void {
+    const status = response.statusCode;
+    if (status === 412 || status === 200) {
+      throw new Fatal(changed(this.url, status === 412
+        ? 'the server answered 412 Precondition Failed to a request conditional on the identity pinned at open'
+        : 'the server answered 200 with a whole object instead of 206 with the range (the object changed, or the server stopped honouring Range)'));
+    }
+    if (status !== 206) {
+      if (isTransientStatus(status)) throw new Error(`HTTP ${status}`);
+      throw new Fatal(httpError(this.url, `answered ${status}${statusHint(status)}`));
+    }
+    const etag = header(response.headers, 'etag');
+    const lastModified = header(response.headers, 'last-modified');
+    if ((this.#pin.etag !== undefined && etag !== this.#pin.etag) || (this.#pin.lastModified !== undefined && lastModified !== this.#pin.lastModified)) {
+      throw new Fatal(changed(this.url, `its identity changed from ETag ${this.#pin.etag ?? '-'} / Last-Modified ${this.#pin.lastModified ?? '-'} to ETag ${etag ?? '-'} / Last-Modified ${lastModified ?? '-'}`));
+    }
+    const range = parseContentRange(header(response.headers, 'content-range'));
+    if (range?.total !== undefined && range.total !== this.size) {
+      throw new Fatal(changed(this.url, `its size changed from ${this.size} to ${range.total} bytes`));
+    }
+    if (!range || range.start !== from || range.end !== end - 1) {
+      throw new Fatal(httpError(this.url, `answered ${header(response.headers, 'content-range') ?? 'no Content-Range'} when asked for bytes ${from}-${end - 1}`));
+    }
+  }
+
+  #fail(error: UffdError): UffdError {
+    if (this.#scheduler.failure === undefined) {
+      this.#log(`${this.url}: ${error.message}`);
+      this.#scheduler.fail(error);
+      // Nothing more will be used: stop the other transfers.
+      this.#abort.abort();
+    }
+    return this.#scheduler.failure as UffdError;
+  }
+
+  #describeRequests(): string {
+    const r = this.#requests;
+    return `${r.urgent} urgent, ${r.readahead} read-ahead, ${r.background} background requests, ${this.#retries} retries, ${(this.#bytesFetched / MiB).toFixed(1)} MiB received`;
+  }
+}
+
+// Ends a response whose body is not (or no longer) wanted. Destroying it
+// emits an AbortError, which is expected here.
+function discard(response: Response): void {
+  response.body.on('error', () => {});
+  response.body.destroy();
+}
+
+function parseContentRange(value: string | undefined): { start: number; end: number; total: number | undefined } | undefined {
+  const match = value === undefined ? null : /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(value.trim());
+  if (!match) return undefined;
+  return { start: Number(match[1]), end: Number(match[2]), total: match[3] === '*' ? undefined : Number(match[3]) };
+}
+
+function pinOf(response: Response, shown: string): Pin {
+  const etag = header(response.headers, 'etag');
+  const lastModified = header(response.headers, 'last-modified');
+  // If-Match compares strongly: a weak ETag never matches, so pin those by date.
+  if (etag !== undefined && !etag.startsWith('W/')) return { etag, lastModified, condition: { 'if-match': etag } };
+  if (lastModified !== undefined) return { etag, lastModified, condition: { 'if-unmodified-since': lastModified } };
+  throw new Fatal(new UffdError('ERR_UFFD_SOURCE_UNPINNED',
+    `ERR_UFFD_SOURCE_UNPINNED: ${shown} sends neither a strong ETag nor Last-Modified, so a change of the object mid-restore could not be detected and pages of two versions could mix; serve it from a server that sends either`,
+    { syscall: 'HTTP GET' }));
+}
+
+function isTransientStatus(status: number): boolean {
+  return status >= 500 || status === 408 || status === 429;
+}
+
+function statusHint(status: number): string {
+  if (status === 401 || status === 403) return ': access refused (a presigned URL that expired, or a missing or wrong credentials header)';
+  if (status === 404) return ': no such object';
+  return '';
+}
+
+function backoff(attempt: number, options: { retryDelayMs: number; retryDelayMaxMs: number }): number {
+  return Math.min(options.retryDelayMaxMs, options.retryDelayMs * 2 ** attempt);
+}
+
+function changed(shown: string, reason: string): UffdError {
+  return new UffdError('ERR_UFFD_SOURCE_CHANGED',
+    `ERR_UFFD_SOURCE_CHANGED: ${shown} changed during the restore: ${reason}. Pages already served came from the version pinned at open; no page of the new version was used. Restore again from the start`,
+    { syscall: 'HTTP GET' });
+}
+
+function httpError(shown: string, reason: string): UffdError {
+  return new UffdError('ERR_UFFD_SOURCE_HTTP', `ERR_UFFD_SOURCE_HTTP: ${shown} ${reason}`, { syscall: 'HTTP GET' });
+}
+
+function unavailable(shown: string, range: string, attempts: number, error: unknown): UffdError {
+  return new UffdError('ERR_UFFD_SOURCE_UNAVAILABLE',
+    `ERR_UFFD_SOURCE_UNAVAILABLE: GET ${range} of ${shown} failed ${attempts} time(s), the last with: ${describeError(error)}. The pages it held cannot be served`,
+    { syscall: 'HTTP GET' });
+}

@@ -1,0 +1,168 @@
+// serveFrom(): the native fast path's options, and the JavaScript half of it.
+// The addon's thread resolves every fault whose page the source holds
+// (native/page_server.h); the faults it cannot answer come here as ordinary
+// Fault objects, to `onMiss` (default: fetch the page from the source, then
+// resolve it the way the native path would have).
+import { UffdError, argTypeError, argValueError, invalid } from './errors';
+import type { Fault } from './events';
+import { systemPageSize } from './memory';
+import type { PageSource } from './page-source';
+import * as validate from './validate';
+
+/** A registered range served from the source: its bytes start at `offset` in the source. */
+export interface ServeRange {
+  address: bigint;
+  length: number | bigint;
+  /** Where the range's first byte is in the source (default 0). */
+  offset?: number;
+  /** Missing faults here read as zeros (UFFDIO_ZEROPAGE); the source is not read. */
+  zero?: boolean;
+}
+
+/** Where a missed fault's page is: its range, and the page's offset in the source. */
+export interface Miss {
+  readonly range: Readonly<ServeRange> | undefined;
+  /** The faulting page's offset in the source; undefined outside every range. */
+  readonly offset: number | undefined;
+  readonly source: PageSource | null;
+}
+
+export interface ServeFromOptions {
+  /** The ranges to serve, each with its offset into the source. Default: every registration, back to back from offset 0. */
+  ranges?: ServeRange[];
+  /** Pages resolved per fault: the aligned chunk of this many pages around it (default 1, at most 1024). */
+  readAhead?: number;
+  /** Adaptive spinning in the native thread (default true: it stops by itself when it does not pay). */
+  spin?: boolean;
+  /**
+   * Faults the native path cannot answer: pages not present in the source yet,
+   * write-protect faults, faults outside the ranges. Default: await
+   * source.fetch() of the page, then copy it (continue for minor faults).
+   */
+  onMiss?: (fault: Fault, miss: Miss) => void | Promise<void>;
+  onEvent?: (event: import('./uffd').NonFaultEvent) => void;
+  onError?: (error: unknown, fault: Fault) => void;
+  failure?: 'fill' | 'poison';
+}
+
+export const FILL = { source: 0n, zero: 1n, none: 2n } as const;
+
+export interface PlannedRange extends ServeRange {
+  address: bigint;
+  length: number;
+  offset: number;
+  pageSize: number;
+}
+
+const MAX_READ_AHEAD = 1024;
+
+export function checkSource(source: unknown): PageSource | null {
+  if (source === null) return null;
+  const s = source as PageSource;
+  if (typeof s !== 'object' || !(s.bytes instanceof Uint8Array) || typeof s.pageSize !== 'number' ||
+      !(s.present === null || s.present instanceof Uint8Array) || typeof s.fetch !== 'function') {
+    throw argTypeError('source', 'a PageSource ({ bytes, pageSize, present, fetch }) or null', source);
+  }
+  if (!Number.isInteger(s.pageSize) || s.pageSize <= 0 || (s.pageSize & (s.pageSize - 1)) !== 0) {
+    throw argValueError('source.pageSize', `must be a power of two. Received ${s.pageSize}`);
+  }
+  if (s.present && s.present.length * s.pageSize < s.bytes.length) {
+    throw argValueError('source.present', `has ${s.present.length} flags; the source's ${s.bytes.length} bytes need one per ${s.pageSize}-byte page`);
+  }
+  return s;
+}
+
+export function readAhead(value: unknown): number {
+  if (value === undefined) return 1;
+  if (!Number.isInteger(value) || (value as number) < 1 || (value as number) > MAX_READ_AHEAD) {
+    throw argValueError('options.readAhead', `must be an integer from 1 to ${MAX_READ_AHEAD}. Received ${String(value)}`);
+  }
+  return value as number;
+}
+
+/** Checks the ranges against the source and the registrations; returns them with page sizes. */
+export function planRanges(ranges: ServeRange[], source: PageSource | null, pageSizeAt: (address: bigint) => number): PlannedRange[] {
+  if (!Array.isArray(ranges) || ranges.length === 0) throw argTypeError('options.ranges', 'a non-empty array of { address, length, offset?, zero? }', ranges);
+  const planned = ranges.map((r, i): PlannedRange => {
+    const name = `options.ranges[${i}]`;
+    if (r === null || typeof r !== 'object') throw argTypeError(name, 'an object', r);
+    const address = validate.address(r.address, `${name}.address`);
+    const length = validate.size(r.length, `${name}.length`);
+    const offset = validate.size(r.offset ?? 0, `${name}.offset`);
+    const pageSize = pageSizeAt(address);
+    validate.range('serveFrom', address, length, pageSize);
+    if (!r.zero && source !== null && offset + length > source.bytes.length) {
+      throw invalid('serveFrom', `${name} needs source bytes ${offset}..${offset + length}, but the source holds ${source.bytes.length}`);
+    }
+    return { address, length, offset, pageSize, zero: r.zero === true };
+  });
+  const sorted = [...planned].sort((a, b) => (a.address < b.address ? -1 : 1));
+  for (let i = 1; i < sorted.length; i++) {
+    if (sorted[i - 1]!.address + BigInt(sorted[i - 1]!.length) > sorted[i]!.address) {
+      throw invalid('serveFrom', `ranges at ${validate.hex(sorted[i - 1]!.address)} and ${validate.hex(sorted[i]!.address)} overlap`);
+    }
+  }
+  return planned;
+}
+
+/** The table the addon reads: [start, length, pageSize, sourceOffset, fill] per range. */
+export function rangeTable(ranges: PlannedRange[], source: PageSource | null): BigUint64Array {
+  const table = new BigUint64Array(ranges.length * 5);
+  ranges.forEach((r, i) => {
+    table.set([r.address, BigInt(r.length), BigInt(r.pageSize), BigInt(r.offset), r.zero ? FILL.zero : source ? FILL.source : FILL.none], i * 5);
+  });
+  return table;
+}
+
+export function locate(ranges: PlannedRange[], source: PageSource | null, fault: Fault): Miss {
+  for (const range of ranges) {
+    const delta = fault.pageAddress - range.address;
+    if (delta >= 0n && delta < BigInt(range.length)) return { range, offset: range.offset + Number(delta), source };
+  }
+  return { range: undefined, offset: undefined, source };
+}
+
+function allPresent(source: PageSource, offset: number, length: number): boolean {
+  const present = source.present;
+  if (!present) return true;
+  for (let p = Math.floor(offset / source.pageSize); p * source.pageSize < offset + length; p++) {
+    if (Atomics.load(present, p) === 0) return false;
+  }
+  return true;
+}
+
+/** The default onMiss: what the native path would do, after fetching what is missing. */
+export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
+  if (fault.kind === 'wp') {
+    fault.unprotect();
+    return;
+  }
+  const { range, offset, source } = miss;
+  if (!range || offset === undefined) {
+    throw new UffdError('ERR_UFFD_UNRESOLVED',
+      `ERR_UFFD_UNRESOLVED: the fault at ${validate.hex(fault.address)} is outside every range given to serveFrom(); add its range, or give onMiss`);
+  }
+  if (range.zero) {
+    zeroFill(fault);
+    return;
+  }
+  if (source) {
+    if (!allPresent(source, offset, fault.pageSize)) await source.fetch(offset, fault.pageSize, { urgent: true });
+    if (fault.resolved) return;
+  }
+  if (fault.kind === 'minor') fault.continue();
+  else if (source) fault.copy(source.bytes.subarray(offset, offset + fault.pageSize));
+  else zeroFill(fault);
+}
+
+let zeros: Uint8Array | undefined;
+
+// hugetlb has no UFFDIO_ZEROPAGE: copy zeros there.
+function zeroFill(fault: Fault): void {
+  if (fault.pageSize === systemPageSize()) {
+    fault.zero();
+    return;
+  }
+  if (!zeros || zeros.length < fault.pageSize) zeros = new Uint8Array(fault.pageSize);
+  fault.copy(zeros.subarray(0, fault.pageSize));
+}

@@ -1,0 +1,49 @@
+// What serving has done so far, for monitoring and benchmarks: one call into
+// the addon that copies its counters (no allocation on the serving side).
+
+export interface SpinStats {
+  /** Spin windows started (after a batch, before sleeping). */
+  readonly windows: number;
+  /** Windows that caught the next fault. */
+  readonly hits: number;
+  /** CPU time spent spinning, in ms. */
+  readonly cpuMs: number;
+}
+
+export interface ServeStats {
+  /** Faults the native fast path resolved without JavaScript. */
+  readonly nativeFaults: number;
+  /** Faults JavaScript handlers were given (serve(), serveSync(), or serveFrom's misses). */
+  readonly jsFaults: number;
+  /** Non-fault events read (remove, unmap, remap, fork). */
+  readonly events: number;
+  /** Pages the native fast path resolved, read-ahead included, and their bytes. */
+  readonly pages: number;
+  readonly bytes: number;
+  /** Of those, pages filled ahead of any fault. */
+  readonly readAheadPages: number;
+  readonly zeroPages: number;
+  readonly continuedPages: number;
+  /** Pages the native path found there already (EEXIST), and faults it retried after EAGAIN. */
+  readonly eexist: number;
+  readonly eagainRetries: number;
+  /** Reads of the uffd that returned messages, messages read, resolving ioctls issued (native path). */
+  readonly batches: number;
+  readonly messages: number;
+  readonly ioctls: number;
+  /** Native path: time from reading a fault to its page being resolved, in µs (from a histogram, ±10%). */
+  readonly serviceP50Us: number;
+  readonly serviceP99Us: number;
+  readonly serviceMaxUs: number;
+  readonly spin: SpinStats;
+}
+
+/** Names the addon's counters (UffdHandle.stats()); jsFaults is counted on the JavaScript side. */
+export function readStats(v: Float64Array, jsFaults: number): ServeStats {
+  return {
+    nativeFaults: v[0]!, jsFaults, events: v[2]!, pages: v[3]!, bytes: v[4]!, readAheadPages: v[5]!,
+    zeroPages: v[6]!, continuedPages: v[7]!, eexist: v[8]!, eagainRetries: v[9]!, batches: v[10]!,
+    messages: v[11]!, ioctls: v[12]!, serviceP50Us: v[13]! / 1e3, serviceP99Us: v[14]! / 1e3, serviceMaxUs: v[15]! / 1e3,
+    spin: { windows: v[16]!, hits: v[17]!, cpuMs: v[18]! / 1e6 },
+  };
+}

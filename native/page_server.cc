@@ -1,0 +1,387 @@
+#include "page_server.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <system_error>
+
+#include "uffd.h"
+
+namespace {
+
+uint64_t SystemPage() {
+  static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+bool PowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+size_t Bucket(uint64_t ns) {
+  if (ns < 4) return static_cast<size_t>(ns);
+  unsigned e = 63u - static_cast<unsigned>(__builtin_clzll(ns));
+  size_t b = 4 * e + ((ns >> (e - 2)) & 3);
+  return std::min(b, static_cast<size_t>(159));
+}
+
+// The middle of a bucket's range, in ns.
+uint64_t BucketValue(size_t b) {
+  if (b < 4) return b;
+  uint64_t e = b / 4, frac = b % 4;
+  uint64_t low = (uint64_t{1} << e) + frac * (uint64_t{1} << (e - 2));
+  return low + (uint64_t{1} << (e - 2)) / 2;
+}
+
+}  // namespace
+
+PageServer* PageServer::Create(uv_loop_t* loop, int uffd, const Source& source, std::vector<Range> ranges,
+                               const Options& options, FaultStream::Sink* sink, int* error) {
+  *error = -EINVAL;
+  if (source.present != nullptr && !PowerOfTwo(source.present_page)) return nullptr;
+  if (options.read_ahead == 0) return nullptr;
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.start < b.start; });
+  for (size_t i = 0; i < ranges.size(); i++) {
+    const Range& r = ranges[i];
+    if (!PowerOfTwo(r.page_size) || r.page_size % SystemPage() != 0) return nullptr;
+    if (r.length == 0 || r.start % r.page_size != 0 || r.length % r.page_size != 0) return nullptr;
+    if (r.start + r.length < r.start) return nullptr;
+    if (i > 0 && ranges[i - 1].start + ranges[i - 1].length > r.start) return nullptr;
+    if (r.fill == Fill::kSource && (r.source_offset > source.size || r.length > source.size - r.source_offset)) {
+      return nullptr;
+    }
+  }
+  auto* server = new PageServer();
+  server->uffd_ = uffd;
+  server->source_ = source;
+  server->options_ = options;
+  server->spin_.set_enabled(options.spin);
+  for (const Range& r : ranges) {
+    uint64_t pages = r.length / r.page_size;
+    server->ranges_.push_back(RangeState{r, pages, std::vector<uint8_t>(pages, 0)});
+  }
+  server->stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (server->stop_fd_ < 0) {
+    *error = -errno;
+    delete server;
+    return nullptr;
+  }
+  server->queue_ = MessageQueue::Create(loop, sink, error);
+  if (server->queue_ == nullptr || (*error = server->queue_->Start()) < 0) {
+    if (server->queue_ != nullptr) server->queue_->Destroy();
+    close(server->stop_fd_);
+    delete server;
+    return nullptr;
+  }
+  try {
+    server->thread_ = std::thread([server] { server->Run(); });
+    // Named here, not by the thread itself, so it is visible at once.
+    pthread_setname_np(server->thread_.native_handle(), "uffd-pages");
+  } catch (const std::system_error& e) {
+    *error = -e.code().value();
+    server->queue_->Destroy();
+    close(server->stop_fd_);
+    delete server;
+    return nullptr;
+  }
+  *error = 0;
+  return server;
+}
+
+void PageServer::Stop() {
+  if (!thread_.joinable()) return;
+  uint64_t one = 1;
+  (void)!write(stop_fd_, &one, sizeof one);
+  thread_.join();
+}
+
+void PageServer::Destroy() {
+  Stop();
+  close(stop_fd_);
+  queue_->Destroy();
+  if (zeros_ != nullptr) munmap(const_cast<uint8_t*>(zeros_), zeros_size_);
+  delete this;
+}
+
+PageServer::Stats PageServer::stats() const {
+  const Counters& c = counters_;
+  auto get = [](const std::atomic<uint64_t>& v) { return v.load(std::memory_order_relaxed); };
+  Stats s{get(c.faults_native), get(c.faults_forwarded), get(c.events), get(c.pages), get(c.bytes),
+          get(c.read_ahead_pages), get(c.zero_pages), get(c.continued_pages), get(c.eexist), get(c.eagain),
+          get(c.batches), get(c.messages), get(c.ioctls), 0, 0, get(c.service_max_ns), get(c.spin_windows),
+          get(c.spin_hits), get(c.spin_ns)};
+  uint64_t counts[Counters::kBuckets], total = 0;
+  for (size_t b = 0; b < Counters::kBuckets; b++) total += counts[b] = get(c.histogram[b]);
+  uint64_t seen = 0;
+  for (size_t b = 0; b < Counters::kBuckets && total > 0; b++) {
+    seen += counts[b];
+    if (s.service_p50_ns == 0 && seen * 2 >= total) s.service_p50_ns = BucketValue(b);
+    if (seen * 100 >= total * 99) {
+      s.service_p99_ns = BucketValue(b);
+      break;
+    }
+  }
+  return s;
+}
+
+void PageServer::Record(uint64_t ns) {
+  counters_.histogram[Bucket(ns)].fetch_add(1, std::memory_order_relaxed);
+  if (ns > counters_.service_max_ns.load(std::memory_order_relaxed)) {
+    counters_.service_max_ns.store(ns, std::memory_order_relaxed);
+  }
+}
+
+void PageServer::Run() {
+  pollfd fds[2] = {{uffd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+  for (;;) {
+    uint64_t slept_from = SpinPolicy::NowNs();
+    // A fault refused with EAGAIN is retried soon even if nothing new arrives.
+    int r = poll(fds, 2, pending_.empty() ? -1 : 1);
+    if (r < 0 && errno != EINTR) {
+      queue_->PushError(-errno);
+      return;
+    }
+    if (fds[1].revents != 0) return;
+    if (fds[0].revents & (POLLERR | POLLNVAL)) {
+      queue_->PushError(-EBADF);
+      return;
+    }
+    long n = uffd::ReadMessages(uffd_, buffer_, FaultStream::kCapacity);
+    if (n < 0 && n != -EAGAIN) {
+      queue_->PushError(static_cast<int>(n));
+      return;
+    }
+    uint64_t now = SpinPolicy::NowNs();
+    if (n > 0) spin_.Slept(now - slept_from);
+    if (n > 0 || !pending_.empty()) Serve(buffer_, n > 0 ? static_cast<size_t>(n) : 0, now);
+    // Spin: the next fault usually comes sooner than this thread could wake.
+    for (uint64_t window; (window = spin_.Window()) > 0;) {
+      uint64_t start = SpinPolicy::NowNs();
+      bool hit = false;
+      for (now = start; now - start < window; now = SpinPolicy::NowNs()) {
+        n = uffd::ReadMessages(uffd_, buffer_, FaultStream::kCapacity);
+        if (n > 0) {
+          now = SpinPolicy::NowNs();
+          spin_.Hit(now - start);
+          Serve(buffer_, static_cast<size_t>(n), now);
+          hit = true;
+          break;
+        }
+        if (n < 0 && n != -EAGAIN) {
+          queue_->PushError(static_cast<int>(n));
+          return;
+        }
+        // Stopping is checked by poll() once the window ends; windows are short.
+        SpinPolicy::Yield();
+      }
+      if (!hit) {
+        spin_.Miss(window);
+        break;
+      }
+    }
+    const SpinPolicy::Counters& sc = spin_.counters();
+    counters_.spin_windows.store(sc.spins, std::memory_order_relaxed);
+    counters_.spin_hits.store(sc.hits, std::memory_order_relaxed);
+    counters_.spin_ns.store(sc.spun_ns, std::memory_order_relaxed);
+  }
+}
+
+void PageServer::ApplyRemove(uint64_t start, uint64_t end) {
+  for (RangeState& r : ranges_) {
+    uint64_t from = std::max(start, r.range.start), to = std::min(end, r.range.start + r.range.length);
+    if (from >= to) continue;
+    uint64_t ps = r.range.page_size;
+    for (uint64_t p = (from - r.range.start) / ps; p < (to - r.range.start + ps - 1) / ps; p++) r.state[p] = kRemoved;
+  }
+}
+
+bool PageServer::Present(const RangeState& r, uint64_t page) const {
+  if (source_.present == nullptr || r.range.fill != Fill::kSource) return true;
+  uint64_t offset = r.range.source_offset + page * r.range.page_size;
+  uint64_t first = offset / source_.present_page, last = (offset + r.range.page_size - 1) / source_.present_page;
+  if (last >= (source_.size + source_.present_page - 1) / source_.present_page) return false;
+  for (uint64_t i = first; i <= last; i++) {
+    if (__atomic_load_n(&source_.present[i], __ATOMIC_ACQUIRE) == 0) return false;
+  }
+  return true;
+}
+
+bool PageServer::Plan(const uffd_msg& msg, uint64_t read_at, Job* job) const {
+  if (msg.event != UFFD_EVENT_PAGEFAULT) return false;
+  uint64_t flags = msg.arg.pagefault.flags, address = msg.arg.pagefault.address;
+  if (flags & UFFD_PAGEFAULT_FLAG_WP) return false;
+  for (uint32_t i = 0; i < ranges_.size(); i++) {
+    const RangeState& r = ranges_[i];
+    if (address - r.range.start >= r.range.length) continue;
+    uint64_t page = (address - r.range.start) / r.range.page_size;
+    Kind kind;
+    if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+      if (!Present(r, page)) return false;
+      kind = Kind::kContinue;
+    } else if (r.range.fill == Fill::kZero || (r.state[page] & kRemoved)) {
+      kind = Kind::kZero;
+    } else if (r.range.fill == Fill::kSource && Present(r, page)) {
+      kind = Kind::kCopy;
+    } else {
+      return false;
+    }
+    *job = Job{i, page, kind, read_at, msg};
+    return true;
+  }
+  return false;
+}
+
+bool PageServer::Fillable(const RangeState& r, uint64_t page, Kind kind) const {
+  uint8_t state = r.state[page];
+  if (state & kServed) return false;
+  if (kind == Kind::kZero) return r.range.fill == Fill::kZero || (state & kRemoved);
+  return kind == Kind::kCopy && r.range.fill == Fill::kSource && !(state & kRemoved) && Present(r, page);
+}
+
+void PageServer::Serve(const uffd_msg* msgs, size_t n, uint64_t read_at) {
+  counters_.batches.fetch_add(1, std::memory_order_relaxed);
+  counters_.messages.fetch_add(n, std::memory_order_relaxed);
+  forward_.clear();
+  // Events first: a fault read in the same batch as a REMOVE of its page
+  // must see the removal, or the source's stale bytes land there.
+  for (size_t i = 0; i < n; i++) {
+    if (msgs[i].event == UFFD_EVENT_PAGEFAULT) continue;
+    if (msgs[i].event == UFFD_EVENT_REMOVE) ApplyRemove(msgs[i].arg.remove.start, msgs[i].arg.remove.end);
+    forward_.push_back(msgs[i]);
+    counters_.events.fetch_add(1, std::memory_order_relaxed);
+  }
+  jobs_.clear();
+  std::vector<Job> retry;
+  retry.swap(pending_);
+  auto plan = [&](const uffd_msg& msg, uint64_t at) {
+    Job job;
+    if (Plan(msg, at, &job)) {
+      jobs_.push_back(job);
+    } else {
+      forward_.push_back(msg);
+      counters_.faults_forwarded.fetch_add(1, std::memory_order_relaxed);
+    }
+  };
+  for (const Job& job : retry) plan(job.msg, job.read_at);
+  for (size_t i = 0; i < n; i++) {
+    if (msgs[i].event == UFFD_EVENT_PAGEFAULT) plan(msgs[i], read_at);
+  }
+  // JavaScript starts on what only it can answer while this thread resolves the rest.
+  queue_->Push(forward_.data(), forward_.size());
+  forward_.clear();
+  std::sort(jobs_.begin(), jobs_.end(), [](const Job& a, const Job& b) {
+    return a.range != b.range ? a.range < b.range : a.page < b.page;
+  });
+  // Faults on adjacent pages of one range, resolved the same way: one ioctl.
+  for (size_t a = 0; a < jobs_.size();) {
+    size_t b = a + 1;
+    while (b < jobs_.size() && jobs_[b].range == jobs_[a].range && jobs_[b].kind == jobs_[a].kind &&
+           jobs_[b].page <= jobs_[b - 1].page + 1) {
+      b++;
+    }
+    Resolve(jobs_.data(), a, b, jobs_[a].page, jobs_[b - 1].page + 1);
+    a = b;
+  }
+  queue_->Push(forward_.data(), forward_.size());
+}
+
+int PageServer::Ioctl(const RangeState& r, Kind kind, uint64_t page, uint64_t count, uint64_t mode, uint64_t* done) {
+  uint64_t ps = r.range.page_size, dst = r.range.start + page * ps, len = count * ps;
+  counters_.ioctls.fetch_add(1, std::memory_order_relaxed);
+  switch (kind) {
+    case Kind::kContinue:
+      return uffd::Continue(uffd_, dst, len, mode, done);
+    case Kind::kZero:
+      if (ps == SystemPage()) return uffd::ZeroPage(uffd_, dst, len, mode, done);
+      // hugetlb has no ZEROPAGE: copy from memory that reads as zeros.
+      if (zeros_size_ < len) {
+        if (zeros_ != nullptr) munmap(const_cast<uint8_t*>(zeros_), zeros_size_);
+        void* z = mmap(nullptr, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (z == MAP_FAILED) {
+          zeros_ = nullptr;
+          zeros_size_ = 0;
+          *done = 0;
+          return -errno;
+        }
+        zeros_ = static_cast<const uint8_t*>(z);
+        zeros_size_ = len;
+      }
+      return uffd::Copy(uffd_, dst, reinterpret_cast<uint64_t>(zeros_), len, mode, done);
+    case Kind::kCopy:
+      break;
+  }
+  const uint8_t* src = source_.bytes + r.range.source_offset + page * ps;
+  return uffd::Copy(uffd_, dst, reinterpret_cast<uint64_t>(src), len, mode, done);
+}
+
+void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, uint64_t end) {
+  RangeState& r = ranges_[jobs[a].range];
+  Kind kind = jobs[a].kind;
+  uint64_t ps = r.range.page_size;
+  uint64_t fault_first = first, fault_end = end;
+  // Read-ahead: grow the run to the aligned chunk around it, over pages that
+  // can be filled the same way and are not known to be there.
+  uint64_t ra = options_.read_ahead;
+  if (ra > 1 && kind != Kind::kContinue) {
+    uint64_t chunk_first = first - first % ra;
+    uint64_t chunk_end = std::min(r.pages, (end + ra - 1) / ra * ra);
+    while (first > chunk_first && Fillable(r, first - 1, kind)) first--;
+    while (end < chunk_end && Fillable(r, end, kind)) end++;
+  }
+  auto mark = [&](uint64_t from, uint64_t to) {
+    for (uint64_t p = from; p < to; p++) r.state[p] |= kServed;
+  };
+  // One ioctl that wakes what it resolves; if a page in the middle is there
+  // already, the rest goes in with DONTWAKE and one WAKE covers the run.
+  uint64_t done = 0, p = first;
+  int rc = Ioctl(r, kind, p, end - p, 0, &done);
+  mark(p, p + done / ps);
+  p += done / ps;
+  bool wake = false;
+  while (rc == -EEXIST && p < end) {
+    counters_.eexist.fetch_add(1, std::memory_order_relaxed);
+    mark(p, p + 1);
+    p++;
+    wake = true;
+    if (p == end) {
+      rc = 0;
+      break;
+    }
+    rc = Ioctl(r, kind, p, end - p, UFFDIO_COPY_MODE_DONTWAKE, &done);
+    mark(p, p + done / ps);
+    p += done / ps;
+  }
+  if (wake) {
+    counters_.ioctls.fetch_add(1, std::memory_order_relaxed);
+    uffd::Wake(uffd_, r.range.start + first * ps, (p - first) * ps);
+  }
+  uint64_t resolved = p - first;
+  counters_.pages.fetch_add(resolved, std::memory_order_relaxed);
+  counters_.bytes.fetch_add(resolved * ps, std::memory_order_relaxed);
+  uint64_t beyond = (fault_first - first) + (end - fault_end);
+  counters_.read_ahead_pages.fetch_add(std::min(beyond, resolved), std::memory_order_relaxed);
+  if (kind == Kind::kZero) counters_.zero_pages.fetch_add(resolved, std::memory_order_relaxed);
+  if (kind == Kind::kContinue) counters_.continued_pages.fetch_add(resolved, std::memory_order_relaxed);
+  uint64_t now = SpinPolicy::NowNs();
+  for (size_t i = a; i < b; i++) {
+    const Job& job = jobs[i];
+    if (job.page < p) {
+      counters_.faults_native.fetch_add(1, std::memory_order_relaxed);
+      Record(now - job.read_at);
+    } else if (rc == -EAGAIN) {
+      // The address space is changing: its event comes with the next read.
+      counters_.eagain.fetch_add(1, std::memory_order_relaxed);
+      pending_.push_back(job);
+    } else if (rc == -ESRCH || rc == -ENOENT) {
+      // The faulting process is gone: nothing waits.
+    } else {
+      // Refused for another reason: JavaScript's handler decides (and its
+      // failure policy makes sure the thread does not hang).
+      forward_.push_back(job.msg);
+      counters_.faults_forwarded.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+}

@@ -1,0 +1,145 @@
+// The native fast path: a thread of its own that reads a uffd and resolves
+// every fault whose answer is already in local memory, with no JavaScript in
+// the loop. It serves registered ranges from a page source (bytes in this
+// process: a mapped file or memfd, an ArrayBuffer, a SharedArrayBuffer), each
+// range at its own offset into the source (a Firecracker snapshot's regions),
+// in any page size (hugetlb ranges too):
+// - missing faults on present pages: UFFDIO_COPY from the source;
+// - minor faults on present pages: UFFDIO_CONTINUE (the page cache holds them);
+// - missing faults in a zero range, or on pages a REMOVE event dropped:
+//   UFFDIO_ZEROPAGE (a copy of zeros on hugetlb, which has no ZEROPAGE).
+// Faults in one batch on adjacent pages are resolved by one ioctl, and with
+// read-ahead the aligned chunk of N pages around each fault is filled with it.
+// Everything else goes to JavaScript through a MessageQueue, unchanged: faults
+// on pages not present (yet), write-protect faults, faults outside the ranges,
+// faults an ioctl refused, and every non-fault event.
+//
+// REMOVE (MADV_DONTNEED / MADV_REMOVE of registered memory) is applied here,
+// before any fault of the same batch: the pages read as zeros from then on,
+// as they would without userfaultfd. A resolution refused with EAGAIN (the
+// address space is changing and its event is not read yet) is retried after
+// the next read. REMAP and UNMAP do not move the ranges: later faults at the
+// new addresses fall outside them and go to JavaScript.
+//
+// `present` holds one flag per present_page bytes of the source, set (by
+// JavaScript, with Atomics.store) after the bytes; this thread reads a flag
+// with acquire ordering before reading the bytes.
+//
+// No N-API. Thread: Create, Destroy and stats on the loop's thread; the
+// server's own thread does the rest.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "message_queue.h"
+#include "spin_policy.h"
+#include "uffd_abi.h"
+
+class PageServer {
+ public:
+  // How missing faults in a range are filled: from the source, with zeros, or
+  // not natively (kNone: only minor faults are resolved here, by CONTINUE).
+  enum class Fill : uint8_t { kSource = 0, kZero = 1, kNone = 2 };
+
+  struct Range {
+    uint64_t start;
+    uint64_t length;
+    uint64_t page_size;
+    uint64_t source_offset;  // where the range's first byte is in the source
+    Fill fill;
+  };
+
+  struct Source {
+    const uint8_t* bytes = nullptr;
+    uint64_t size = 0;
+    const uint8_t* present = nullptr;  // nullptr: every page is present
+    uint64_t present_page = 0;
+  };
+
+  struct Options {
+    uint32_t read_ahead = 1;  // pages per fault, 1: the faulting page only
+    bool spin = true;
+  };
+
+  struct Stats {
+    uint64_t faults_native, faults_forwarded, events, pages, bytes, read_ahead_pages, zero_pages,
+        continued_pages, eexist, eagain, batches, messages, ioctls;
+    uint64_t service_p50_ns, service_p99_ns, service_max_ns;
+    uint64_t spin_windows, spin_hits, spin_ns;
+  };
+
+  // Checks the ranges (page-aligned, inside the source, not overlapping) and
+  // starts the thread. Fails with nullptr and *error = -errno.
+  static PageServer* Create(uv_loop_t* loop, int uffd, const Source& source, std::vector<Range> ranges,
+                            const Options& options, FaultStream::Sink* sink, int* error);
+
+  Stats stats() const;
+  void Ref() { queue_->Ref(); }
+  void Unref() { queue_->Unref(); }
+  // Stops the thread and waits for it (idempotent); stats() stay readable.
+  void Stop();
+  // Stops, then frees the server; the uffd may be closed right after.
+  void Destroy();
+
+ private:
+  struct RangeState {
+    Range range;
+    uint64_t pages;
+    // Per page: kServed once resolved (or found there), kRemoved after a
+    // REMOVE. Lets read-ahead skip pages known to be there.
+    std::vector<uint8_t> state;
+  };
+  static constexpr uint8_t kServed = 1;
+  static constexpr uint8_t kRemoved = 2;
+
+  enum class Kind : uint8_t { kCopy, kZero, kContinue };
+  struct Job {
+    uint32_t range;
+    uint64_t page;
+    Kind kind;
+    uint64_t read_at;  // when the message was read, for the service time
+    uffd_msg msg;
+  };
+
+  PageServer() = default;
+  void Run();
+  bool ReadAndServe();
+  void Serve(const uffd_msg* msgs, size_t n, uint64_t read_at);
+  void ApplyRemove(uint64_t start, uint64_t end);
+  bool Present(const RangeState& r, uint64_t page) const;
+  bool Plan(const uffd_msg& msg, uint64_t read_at, Job* job) const;
+  bool Fillable(const RangeState& r, uint64_t page, Kind kind) const;
+  // Resolves pages [first, end) of range r, which hold the faults jobs[a, b).
+  void Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, uint64_t end);
+  int Ioctl(const RangeState& r, Kind kind, uint64_t page, uint64_t count, uint64_t mode, uint64_t* done);
+  void Record(uint64_t ns);
+
+  int uffd_ = -1;
+  int stop_fd_ = -1;
+  Source source_;
+  std::vector<RangeState> ranges_;
+  Options options_;
+  MessageQueue* queue_ = nullptr;
+  std::thread thread_;
+  SpinPolicy spin_;
+  const uint8_t* zeros_ = nullptr;
+  uint64_t zeros_size_ = 0;
+  std::vector<Job> pending_;  // refused with EAGAIN: retried after the next read
+  std::vector<Job> jobs_;
+  std::vector<uffd_msg> forward_;
+  uffd_msg buffer_[FaultStream::kCapacity];
+
+  // Written by the server thread, read by stats() on the loop's thread.
+  struct Counters {
+    std::atomic<uint64_t> faults_native{0}, faults_forwarded{0}, events{0}, pages{0}, bytes{0},
+        read_ahead_pages{0}, zero_pages{0}, continued_pages{0}, eexist{0}, eagain{0}, batches{0},
+        messages{0}, ioctls{0}, service_max_ns{0}, spin_windows{0}, spin_hits{0}, spin_ns{0};
+    // Service time (message read -> its page resolved), in quarter-octave
+    // buckets: bucket 4*log2(ns) + the next two bits.
+    static constexpr size_t kBuckets = 160;
+    std::atomic<uint64_t> histogram[kBuckets] = {};
+  } counters_;
+};

@@ -1,0 +1,103 @@
+#include "uffd_share.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <map>
+#include <mutex>
+
+#include "uffd.h"
+
+namespace {
+
+struct Lent {
+  std::mutex mutex;
+  uint64_t next_id = 1;
+  std::map<uint64_t, std::weak_ptr<UffdShare>> shares;
+};
+
+Lent& Table() {
+  // Never destroyed: workers may borrow during process exit.
+  static Lent* table = new Lent();
+  return *table;
+}
+
+}  // namespace
+
+std::shared_ptr<UffdShare> UffdShare::Adopt(int fd, int* error) {
+  int stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_fd < 0) {
+    *error = -errno;
+    return nullptr;
+  }
+  return std::shared_ptr<UffdShare>(new UffdShare(fd, stop_fd));
+}
+
+UffdShare::~UffdShare() {
+  uffd::Close(fd_);
+  close(stop_fd_);
+}
+
+void UffdShare::Shutdown() {
+  if (shut_down_.exchange(true, std::memory_order_acq_rel)) return;
+  uint64_t one = 1;
+  (void)!write(stop_fd_, &one, sizeof one);
+  Lent& table = Table();
+  std::lock_guard<std::mutex> lock(table.mutex);
+  for (auto it = table.shares.begin(); it != table.shares.end();) {
+    auto share = it->second.lock();
+    if (share == nullptr || share.get() == this) {
+      it = table.shares.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+long UffdShare::Wait(uffd_msg* out, size_t max, int timeout_ms, SpinPolicy* spin) {
+  if (shut_down()) return -ECANCELED;
+  uint64_t window = spin != nullptr ? spin->Window() : 0;
+  if (window > 0) {
+    for (uint64_t start = SpinPolicy::NowNs(), now = start; now - start < window; now = SpinPolicy::NowNs()) {
+      long n = uffd::ReadMessages(fd_, out, max);
+      if (n > 0) {
+        spin->Hit(SpinPolicy::NowNs() - start);
+        return n;
+      }
+      if (n < 0 && n != -EAGAIN) return n;
+      if (shut_down()) return -ECANCELED;
+      SpinPolicy::Yield();
+    }
+    spin->Miss(window);
+  }
+  uint64_t slept_from = SpinPolicy::NowNs();
+  pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+  int r = poll(fds, 2, timeout_ms);
+  if (r < 0) return errno == EINTR ? 0 : -errno;
+  if (fds[1].revents != 0 || shut_down()) return -ECANCELED;
+  if (r == 0) return 0;
+  long n = uffd::ReadMessages(fd_, out, max);
+  if (n == -EAGAIN) return 0;
+  if (n > 0 && spin != nullptr) spin->Slept(SpinPolicy::NowNs() - slept_from);
+  return n;
+}
+
+uint64_t UffdShare::Lend(const std::shared_ptr<UffdShare>& share) {
+  Lent& table = Table();
+  std::lock_guard<std::mutex> lock(table.mutex);
+  uint64_t id = table.next_id++;
+  table.shares[id] = share;
+  return id;
+}
+
+std::shared_ptr<UffdShare> UffdShare::Borrow(uint64_t id) {
+  Lent& table = Table();
+  std::lock_guard<std::mutex> lock(table.mutex);
+  auto it = table.shares.find(id);
+  if (it == table.shares.end()) return nullptr;
+  auto share = it->second.lock();
+  if (share == nullptr || share->shut_down()) return nullptr;
+  return share;
+}

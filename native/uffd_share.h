@@ -1,0 +1,54 @@
+// A uffd descriptor used by more than one thread: the environment that opened
+// it (its owner) and the workers it lends it to, which wait for its faults
+// inside the addon and resolve them in JavaScript with no event loop involved
+// (a worker-thread handler: a busy main thread never delays a fault).
+//
+// The descriptor is closed when the last user lets go, never while another
+// thread may be inside a wait or an ioctl on it (the number could otherwise be
+// reused under it). The owner's Shutdown() wakes every waiter at once; they
+// return -ECANCELED, and their JavaScript lets go. Lending goes through a
+// process-wide table of ids, since a worker receives plain data, not pointers;
+// the table holds no reference, so a lent id outlives nothing.
+// No N-API. Thread: any.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "spin_policy.h"
+#include "uffd_abi.h"
+
+class UffdShare {
+ public:
+  // Takes ownership of fd. Fails with nullptr and *error = -errno.
+  static std::shared_ptr<UffdShare> Adopt(int fd, int* error);
+  ~UffdShare();
+  UffdShare(const UffdShare&) = delete;
+  UffdShare& operator=(const UffdShare&) = delete;
+
+  int fd() const { return fd_; }
+  // Wakes every Wait() for good; they return -ECANCELED from now on.
+  void Shutdown();
+  bool shut_down() const { return shut_down_.load(std::memory_order_acquire); }
+
+  // Blocks the calling thread until messages are pending, then reads up to
+  // max of them: first spinning for spin's window, then in poll(2) for at most
+  // timeout_ms (a bound, so that a worker asked to terminate gets back to
+  // JavaScript). Returns how many were read, 0 when the time ran out,
+  // -ECANCELED after Shutdown(), or -errno.
+  long Wait(uffd_msg* out, size_t max, int timeout_ms, SpinPolicy* spin);
+
+  // An id any thread can Borrow() while the share is alive and not shut down.
+  static uint64_t Lend(const std::shared_ptr<UffdShare>& share);
+  // nullptr when the share is gone or shut down.
+  static std::shared_ptr<UffdShare> Borrow(uint64_t id);
+
+ private:
+  UffdShare(int fd, int stop_fd) : fd_(fd), stop_fd_(stop_fd) {}
+
+  int fd_;
+  int stop_fd_;
+  std::atomic<bool> shut_down_{false};
+};

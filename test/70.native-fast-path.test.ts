@@ -1,0 +1,295 @@
+// The native fast path (uffd.serveFrom): the addon's own thread serves pages
+// from a registered source; JavaScript sees only what the source cannot
+// answer. Every fault is real, raised by a worker thread or a peer process.
+import fs from 'node:fs';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { BufferPageSource, Mapping, Userfaultfd, type Event, type Fault } from '../dist/index.js';
+import { PAGE, pattern, shuffled, touch } from './helpers';
+import { reserveHugePages } from './hugepages';
+import { startPeer, type Peer } from './peer';
+
+const cleanup: (() => void)[] = [];
+afterEach(() => {
+  for (const fn of cleanup.splice(0).reverse()) fn();
+});
+
+function setup(pages: number): { uffd: Userfaultfd; memory: Mapping; image: SharedArrayBuffer } {
+  const memory = Mapping.anonymous(pages * PAGE);
+  const uffd = Userfaultfd.open();
+  uffd.register(memory, { missing: true });
+  cleanup.push(() => {
+    uffd.close();
+    memory.unmap();
+  });
+  return { uffd, memory, image: pattern(pages * PAGE, 7) };
+}
+
+function serverThreads(): number {
+  return fs.readdirSync('/proc/self/task').filter((tid) => {
+    try {
+      return fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() === 'uffd-pages';
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+describe('serveFrom: the native fast path', () => {
+  it('serves every page from the source, byte-identical, with no JavaScript per fault', async () => {
+    const pages = 256;
+    const { uffd, memory, image } = setup(pages);
+    const served = uffd.serveFrom(new BufferPageSource(image));
+    const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(pages), expected: image });
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+    // Closing joins the native thread: its counters are final then.
+    uffd.close();
+    const stats = uffd.stats();
+    expect(stats.nativeFaults).toBe(pages);
+    expect(stats.jsFaults).toBe(0);
+    expect(stats.pages).toBe(pages);
+    expect(stats.bytes).toBe(pages * PAGE);
+    expect(stats.serviceP99Us).toBeGreaterThan(0);
+    await served;
+  });
+
+  it('reads ahead: 16-page chunks, byte-identical, one fault per chunk in order', async () => {
+    const pages = 256;
+    const { uffd, memory, image } = setup(pages);
+    void uffd.serveFrom(new BufferPageSource(image), { readAhead: 16 });
+    const { result } = touch({ address: memory.address, length: memory.length, expected: image });
+    expect(await result).toMatchObject({ ok: true });
+    uffd.close();
+    const stats = uffd.stats();
+    expect(stats.nativeFaults).toBe(pages / 16);
+    expect(stats.pages).toBe(pages);
+    expect(stats.readAheadPages).toBe(pages - pages / 16);
+  });
+
+  it('reads ahead in random order too, skipping pages already there', async () => {
+    const pages = 512;
+    const { uffd, memory, image } = setup(pages);
+    void uffd.serveFrom(new BufferPageSource(image), { readAhead: 16 });
+    const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(pages, 3), expected: image });
+    expect(await result).toMatchObject({ ok: true });
+    uffd.close();
+    expect(uffd.stats().pages).toBe(pages);
+  });
+
+  it('serves the same bytes with spinning on and off', async () => {
+    for (const spin of [true, false]) {
+      const pages = 128;
+      const { uffd, memory, image } = setup(pages);
+      void uffd.serveFrom(new BufferPageSource(image), { spin });
+      const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(pages), expected: image });
+      expect(await result).toMatchObject({ ok: true });
+      uffd.close();
+      expect(uffd.stats().nativeFaults).toBe(pages);
+      if (!spin) expect(uffd.stats().spin.windows).toBe(0);
+    }
+  });
+
+  it('maps several ranges to their own offsets in the source', async () => {
+    const pages = 64;
+    const a = Mapping.anonymous(pages * PAGE);
+    const b = Mapping.anonymous(pages * PAGE);
+    const uffd = Userfaultfd.open();
+    cleanup.push(() => { uffd.close(); a.unmap(); b.unmap(); });
+    uffd.register(a);
+    uffd.register(b);
+    const image = pattern(2 * pages * PAGE, 9);
+    // b holds the image's first half and a its second.
+    void uffd.serveFrom(new BufferPageSource(image), {
+      ranges: [{ address: a.address, length: a.length, offset: pages * PAGE }, { address: b.address, length: b.length, offset: 0 }],
+    });
+    const first = touch({ address: a.address, length: a.length, expected: image.slice(pages * PAGE) });
+    const second = touch({ address: b.address, length: b.length, expected: image.slice(0, pages * PAGE) });
+    expect(await first.result).toMatchObject({ ok: true });
+    expect(await second.result).toMatchObject({ ok: true });
+  });
+
+  it('hands pages not present to JavaScript, which fetches them; the rest stay native', async () => {
+    const pages = 128;
+    const { uffd, memory, image } = setup(pages);
+    const bytes = new Uint8Array(new SharedArrayBuffer(pages * PAGE));
+    const present = new Uint8Array(new SharedArrayBuffer(pages));
+    const full = new Uint8Array(image);
+    for (let p = 0; p < pages; p += 2) {
+      bytes.set(full.subarray(p * PAGE, (p + 1) * PAGE), p * PAGE);
+      Atomics.store(present, p, 1);
+    }
+    const fetched: number[] = [];
+    const source = new BufferPageSource(bytes, {
+      present,
+      fetch: async (offset, length) => {
+        await new Promise((resolve) => setImmediate(resolve));
+        bytes.set(full.subarray(offset, offset + length), offset);
+        for (let p = offset / PAGE; p < (offset + length) / PAGE; p++) Atomics.store(present, p, 1);
+        fetched.push(offset / PAGE);
+      },
+    });
+    void uffd.serveFrom(source);
+    const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(pages), expected: image });
+    expect(await result).toMatchObject({ ok: true });
+    expect(fetched.sort((x, y) => x - y)).toEqual(Array.from({ length: pages / 2 }, (_, i) => 2 * i + 1));
+    uffd.close();
+    expect(uffd.stats()).toMatchObject({ nativeFaults: pages / 2, jsFaults: pages / 2 });
+  });
+
+  it('gives misses to onMiss with the page\'s offset in the source', async () => {
+    const pages = 8;
+    const { uffd, memory } = setup(pages);
+    const present = new Uint8Array(pages);
+    const seen: number[] = [];
+    void uffd.serveFrom(new BufferPageSource(new Uint8Array(pages * PAGE), { present }), {
+      onMiss: (fault, miss) => {
+        seen.push(miss.offset!);
+        fault.copy(Buffer.alloc(PAGE, 0x42));
+      },
+    });
+    const expected = new SharedArrayBuffer(pages * PAGE);
+    new Uint8Array(expected).fill(0x42);
+    const { result } = touch({ address: memory.address, length: memory.length, expected });
+    expect(await result).toMatchObject({ ok: true });
+    expect(seen).toEqual(Array.from({ length: pages }, (_, i) => i * PAGE));
+  });
+
+  it('zero ranges read as zeros (UFFDIO_ZEROPAGE)', async () => {
+    const pages = 32;
+    const { uffd, memory } = setup(pages);
+    void uffd.serveFrom(null, { ranges: [{ address: memory.address, length: memory.length, zero: true }] });
+    const { result } = touch({ address: memory.address, length: memory.length, expected: new SharedArrayBuffer(pages * PAGE) });
+    expect(await result).toMatchObject({ ok: true });
+    uffd.close();
+    expect(uffd.stats()).toMatchObject({ nativeFaults: pages, zeroPages: pages });
+  });
+
+  it('refuses ranges the source cannot cover, and a second consumer', () => {
+    const { uffd, memory } = setup(4);
+    const small = new BufferPageSource(new Uint8Array(2 * PAGE));
+    expect(() => uffd.serveFrom(small)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    expect(() => uffd.serveFrom(new BufferPageSource(new Uint8Array(memory.length)), { readAhead: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
+    expect(() => uffd.serveFrom({} as never)).toThrow(TypeError);
+    void uffd.serveFrom(new BufferPageSource(new Uint8Array(memory.length)));
+    expect(() => uffd.serve(() => {})).toThrow(expect.objectContaining({ code: 'ERR_UFFD_BUSY' }));
+  });
+});
+
+describe('serveFrom with a peer process', () => {
+  const peers: Peer[] = [];
+  afterEach(() => {
+    for (const p of peers.splice(0)) p.close();
+  });
+
+  it('MINOR faults on a memfd are resolved natively with UFFDIO_CONTINUE', async () => {
+    const p = await startPeer({ pages: 16, memory: 'memfd', fill: 0x33, modes: { minor: true }, features: ['MINOR_SHMEM'], script: [{ read: 'all' }, { check: 0x33 }] });
+    peers.push(p);
+    void p.uffd.serveFrom(null);
+    const { report, code } = await p.go();
+    expect(code).toBe(0);
+    expect(report).toMatchObject({ sums: [16 * 0x33], checks: [16] });
+    p.uffd.close();
+    expect(p.uffd.stats()).toMatchObject({ nativeFaults: 16, continuedPages: 16, jsFaults: 0 });
+  });
+
+  it('REMOVE: removed pages read as zeros afterwards, and the event reaches onEvent', async () => {
+    const p = await startPeer({ pages: 4, features: ['EVENT_REMOVE'], script: [{ read: 'all' }, { discard: [1, 2] }, { read: 'all' }, { check: 0 }] });
+    peers.push(p);
+    const events: Event[] = [];
+    void p.uffd.serveFrom(new BufferPageSource(Buffer.alloc(4 * p.pageSize, 1)), { onEvent: (event) => events.push(event) });
+    const { report } = await p.go();
+    expect(report?.sums).toEqual([4, 2]);
+    expect(report?.checks).toEqual([2]);
+    expect(events.map((e) => e.type)).toEqual(['remove', 'remove']);
+    p.uffd.close();
+    expect(p.uffd.stats()).toMatchObject({ zeroPages: 2, events: 2 });
+  });
+});
+
+const HUGE = 2 * 1024 * 1024;
+const reservation = reserveHugePages(4, HUGE);
+if (reservation.skipReason) console.warn(`serveFrom hugetlb test skipped: ${reservation.skipReason}`);
+afterAll(() => reservation.restore());
+
+describe.skipIf(reservation.skipReason !== undefined)(`serveFrom on hugetlb (2 MiB)${reservation.skipReason ? ` — skipped: ${reservation.skipReason}` : ''}`, () => {
+  it('copies whole huge pages from the source, and zero-fills a zero range by copy', async () => {
+    const data = Mapping.anonymous(2 * HUGE, { hugePages: HUGE });
+    const zero = Mapping.anonymous(2 * HUGE, { hugePages: HUGE });
+    const uffd = Userfaultfd.open();
+    cleanup.push(() => { uffd.close(); data.unmap(); zero.unmap(); });
+    uffd.register(data);
+    uffd.register(zero);
+    const image = pattern(2 * HUGE, 13);
+    void uffd.serveFrom(new BufferPageSource(image), {
+      ranges: [{ address: data.address, length: data.length }, { address: zero.address, length: zero.length, zero: true }],
+    });
+    expect(await touch({ address: data.address, length: data.length, expected: image }).result).toMatchObject({ ok: true });
+    expect(await touch({ address: zero.address, length: zero.length, expected: new SharedArrayBuffer(2 * HUGE) }).result).toMatchObject({ ok: true });
+    uffd.close();
+    expect(uffd.stats()).toMatchObject({ nativeFaults: 4, pages: 4, bytes: 4 * HUGE, zeroPages: 2 });
+  });
+});
+
+describe('the native thread\'s lifetime', () => {
+  it('close() stops and joins the thread', async () => {
+    const before = serverThreads();
+    const { uffd, memory, image } = setup(4);
+    void uffd.serveFrom(new BufferPageSource(image));
+    expect(serverThreads()).toBe(before + 1);
+    const { result } = touch({ address: memory.address, length: memory.length, expected: image });
+    expect(await result).toMatchObject({ ok: true });
+    uffd.close();
+    expect(serverThreads()).toBe(before);
+  });
+
+  it('a worker that exits with a native server running takes the thread with it', async () => {
+    const { Worker } = await import('node:worker_threads');
+    const before = serverThreads();
+    const worker = new Worker(`
+      const { parentPort } = require('node:worker_threads');
+      const { Userfaultfd, Mapping, BufferPageSource } = require(${JSON.stringify(require.resolve('../dist/index.js'))});
+      const memory = Mapping.anonymous(4 * 4096 * 16);
+      const uffd = Userfaultfd.open();
+      uffd.register(memory);
+      uffd.serveFrom(new BufferPageSource(new Uint8Array(memory.length)));
+      globalThis.keep = { uffd, memory };
+      parentPort.postMessage('serving');
+    `, { eval: true });
+    await new Promise((resolve) => worker.once('message', resolve));
+    expect(serverThreads()).toBe(before + 1);
+    await worker.terminate();
+    expect(serverThreads()).toBe(before);
+  });
+
+  it('an unresolvable miss still never hangs the faulting thread (failure policy)', async () => {
+    const pages = 4;
+    const { uffd, memory } = setup(pages);
+    const errors: unknown[] = [];
+    void uffd.serveFrom(new BufferPageSource(new Uint8Array(pages * PAGE), { present: new Uint8Array(pages) }), {
+      onError: (error) => errors.push(error),
+    });
+    const { result } = touch({ address: memory.address, length: memory.length, expected: new SharedArrayBuffer(pages * PAGE) });
+    expect(await result).toMatchObject({ ok: true });
+    expect(errors).toHaveLength(pages);
+    expect(errors[0]).toMatchObject({ code: 'ERR_UFFD_UNRESOLVED' });
+  });
+});
+
+export type { Fault };
+
+describe('process exit', () => {
+  it('a process that exits while its native server runs exits promptly and cleanly', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const script = `
+      const { Userfaultfd, Mapping, BufferPageSource } = require(${JSON.stringify(require.resolve('../dist/index.js'))});
+      const memory = Mapping.anonymous(64 * 4096);
+      const uffd = Userfaultfd.open();
+      uffd.register(memory);
+      uffd.serveFrom(new BufferPageSource(new Uint8Array(memory.length)), { spin: true });
+      setImmediate(() => process.exit(7));
+    `;
+    const child = spawnSync(process.execPath, ['-e', script], { timeout: 20_000, encoding: 'utf8' });
+    expect(child.error).toBeUndefined();
+    expect(child.signal).toBeNull();
+    expect(child.status).toBe(7);
+  });
+});

@@ -1,0 +1,187 @@
+// Adaptive spinning and the worker-thread handler: behaviour only (speed is
+// measured by npm run bench). Every fault is real, raised by a worker thread.
+import path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Mapping, Userfaultfd } from '../dist/index.js';
+import { PAGE, pattern, shuffled, touch } from './helpers';
+
+const cleanup: (() => void | Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const fn of cleanup.splice(0).reverse()) await fn();
+});
+
+function setup(pages: number): { uffd: Userfaultfd; memory: Mapping; image: SharedArrayBuffer } {
+  const memory = Mapping.anonymous(pages * PAGE);
+  const uffd = Userfaultfd.open();
+  uffd.register(memory, { missing: true });
+  cleanup.push(() => {
+    uffd.close();
+    memory.unmap();
+  });
+  return { uffd, memory, image: pattern(pages * PAGE, 5) };
+}
+
+function copyFrom(image: SharedArrayBuffer, start: bigint) {
+  const bytes = new Uint8Array(image);
+  return (fault: { pageAddress: bigint; pageSize: number; copy(data: Uint8Array): unknown }): void => {
+    const offset = Number(fault.pageAddress - start);
+    fault.copy(bytes.subarray(offset, offset + fault.pageSize));
+  };
+}
+
+function startSyncServer(uffd: Userfaultfd, image: SharedArrayBuffer, spin: boolean): { worker: Worker; ready: Promise<unknown>; done: Promise<{ served: number }> } {
+  const worker = new Worker(path.join(__dirname, 'fixtures', 'sync-server.cjs'), { workerData: { loan: uffd.lend(), image, spin } });
+  cleanup.push(() => worker.terminate());
+  const messages: unknown[] = [];
+  const waiting: ((m: unknown) => void)[] = [];
+  worker.on('message', (m) => (waiting.length ? waiting.shift()!(m) : messages.push(m)));
+  const next = () => new Promise<unknown>((resolve, reject) => {
+    if (messages.length) resolve(messages.shift());
+    else waiting.push(resolve);
+    worker.once('error', reject);
+  });
+  const ready = next();
+  return { worker, ready, done: ready.then(next) as Promise<{ served: number }> };
+}
+
+describe('spinning on the loop thread (serve with spin: true)', () => {
+  it('serves the same bytes with spinning on and off', async () => {
+    for (const spin of [false, true]) {
+      const pages = 256;
+      const { uffd, memory, image } = setup(pages);
+      void uffd.serve(copyFrom(image, memory.address), { spin });
+      const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(pages, 11), expected: image });
+      expect(await result).toMatchObject({ ok: true });
+      expect(uffd.stats().jsFaults).toBe(pages);
+    }
+  });
+
+  it('holds the cap: a timer set during a fault storm fires while the storm goes on', async () => {
+    // Three faulting threads and a handler that works 100 µs per fault: a
+    // fault is always pending when a spin starts, so spinning would hold the
+    // loop for the whole storm if nothing capped it.
+    const pages = 3 * 1024;
+    const { uffd, memory, image } = setup(pages);
+    let served = 0;
+    const copy = copyFrom(image, memory.address);
+    let timerFiredAt = -1;
+    let lateMs = -1;
+    void uffd.serve((fault) => {
+      copy(fault);
+      for (const until = performance.now() + 0.1; performance.now() < until;);
+      if (++served === pages / 3) {
+        const due = performance.now() + 1;
+        setTimeout(() => {
+          timerFiredAt = served;
+          lateMs = performance.now() - due;
+        }, 1);
+      }
+    }, { spin: true });
+    const third = (pages / 3) * PAGE;
+    const touchers = [0, 1, 2].map((i) => touch({
+      address: memory.address + BigInt(i * third), length: third, expected: image.slice(i * third, (i + 1) * third),
+    }));
+    for (const t of touchers) expect(await t.result).toMatchObject({ ok: true });
+    // Spinning did happen, and still the loop ran the timer in the middle of
+    // the storm, about a cap (1 ms) late; 50 ms allows for a loaded machine.
+    expect(uffd.stats().spin.hits).toBeGreaterThan(0);
+    expect(timerFiredAt).toBeGreaterThan(0);
+    expect(timerFiredAt).toBeLessThan((2 * pages) / 3);
+    expect(lateMs).toBeLessThan(50);
+  });
+});
+
+describe('serveBatch: a JavaScript handler with nothing allocated per fault', () => {
+  it('serves the same bytes with spinning on and off, one call per batch', async () => {
+    for (const spin of [false, true]) {
+      const pages = 256;
+      const { uffd, memory, image } = setup(pages);
+      const bytes = new Uint8Array(image);
+      const base = Number(memory.address);
+      let calls = 0;
+      void uffd.serveBatch((batch) => {
+        calls++;
+        for (let i = 0; i < batch.length; i++) {
+          expect(batch.kind(i)).toBe('missing');
+          const at = batch.pageAddress(i) - base;
+          batch.copy(i, bytes.subarray(at, at + batch.pageSize(i)));
+        }
+      }, { spin });
+      const touchers = [0, 1].map((half) => touch({
+        address: memory.address + BigInt((half * pages * PAGE) / 2), length: (pages * PAGE) / 2,
+        order: shuffled(pages / 2, 5 + half), expected: image.slice((half * pages * PAGE) / 2, ((half + 1) * pages * PAGE) / 2),
+      }));
+      for (const t of touchers) expect(await t.result).toMatchObject({ ok: true });
+      expect(uffd.stats().jsFaults).toBe(pages);
+      expect(calls).toBeLessThanOrEqual(pages);
+    }
+  });
+
+  it('fills what the handler leaves unresolved, and reports what it throws', async () => {
+    const pages = 8;
+    const { uffd, memory } = setup(pages);
+    const errors: unknown[] = [];
+    void uffd.serveBatch(() => {
+      throw new Error('no answer');
+    }, { onError: (error) => errors.push(error) });
+    const { result } = touch({ address: memory.address, length: memory.length, expected: new SharedArrayBuffer(pages * PAGE) });
+    expect(await result).toMatchObject({ ok: true });
+    expect(errors.length).toBeGreaterThan(0);
+    expect(() => uffd.serve(() => {})).toThrow(expect.objectContaining({ code: 'ERR_UFFD_BUSY' }));
+  });
+});
+
+describe('the worker-thread handler (lend, borrow, serveSync)', () => {
+  it('serves faults while the main thread is blocked', async () => {
+    const pages = 512;
+    const { uffd, memory, image } = setup(pages);
+    const server = startSyncServer(uffd, image, true);
+    await server.ready;
+    // A faulting worker that signals through shared memory, since the main
+    // thread will not run its event loop meanwhile.
+    const flag = new Int32Array(new SharedArrayBuffer(8));
+    const toucher = new Worker(`
+      const { workerData } = require('node:worker_threads');
+      const { attachView } = require(${JSON.stringify(require.resolve('../dist/index.js'))});
+      const view = attachView(workerData.address, workerData.length);
+      const image = new Uint8Array(workerData.image);
+      let ok = 1;
+      for (let p = 0; p < workerData.length; p += workerData.page) if (view[p] !== image[p]) ok = 0;
+      if (Buffer.compare(view, image) !== 0) ok = 0;
+      Atomics.store(workerData.flag, 1, ok);
+      Atomics.store(workerData.flag, 0, 1);
+      Atomics.notify(workerData.flag, 0);
+    `, { eval: true, workerData: { address: memory.address, length: memory.length, page: PAGE, image, flag } });
+    cleanup.push(() => toucher.terminate());
+    // Blocks this thread (no event loop, no JavaScript) until every page was served, or 20 s.
+    const outcome = Atomics.wait(flag, 0, 0, 20_000);
+    expect(outcome === 'ok' || Atomics.load(flag, 0) === 1).toBe(true);
+    expect(Atomics.load(flag, 1)).toBe(1);
+    uffd.close();
+    const done = await server.done;
+    expect(done.served).toBe(pages);
+  });
+
+  it('serves the same bytes with spinning on and off, and returns when the owner closes', async () => {
+    for (const spin of [false, true]) {
+      const pages = 128;
+      const { uffd, memory, image } = setup(pages);
+      const server = startSyncServer(uffd, image, spin);
+      await server.ready;
+      const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(pages, 2), expected: image });
+      expect(await result).toMatchObject({ ok: true });
+      uffd.close();
+      expect((await server.done).served).toBe(pages);
+    }
+  });
+
+  it('a loan cannot be borrowed once its uffd is closed', () => {
+    const { uffd } = setup(1);
+    const loan = uffd.lend();
+    expect(Userfaultfd.borrow(loan).openedWith).toBe('borrowed');
+    uffd.close();
+    expect(() => Userfaultfd.borrow(loan)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
+    expect(() => Userfaultfd.borrow({ id: -1 } as never)).toThrow(TypeError);
+  });
+});
