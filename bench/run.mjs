@@ -145,20 +145,32 @@ async function compare(workload, variants, placement = 'unpinned') {
   for (let rep = 0; rep < REPS; rep++) {
     const order = variants.map((_, i) => (i + rep) % variants.length);
     const got = [];
-    for (const i of order) got[i] = await measure(workload, variants[i], placement);
+    for (const i of order) {
+      try {
+        got[i] = await measure(workload, variants[i], placement);
+      } catch (error) {
+        // One failed (or timed-out) run must not lose the rest of the bench: it shows as "failed".
+        log(`  ${error.message.split('\n')[0]}`);
+        got[i] = undefined;
+      }
+    }
     for (let i = 0; i < variants.length; i++) {
-      results[i].push({ ...got[i], ratio: got[i].pagesPerSec / got[0].pagesPerSec, p99Ratio: got[i].p99 / got[0].p99 });
+      if (!got[i]) continue;
+      results[i].push({ ...got[i], ratio: got[0] ? got[i].pagesPerSec / got[0].pagesPerSec : NaN, p99Ratio: got[0] ? got[i].p99 / got[0].p99 : NaN });
     }
   }
   return variants.map((v, i) => {
     const rs = results[i];
+    if (rs.length === 0) {
+      return { variant: v, pagesPerSec: NaN, mbPerSec: NaN, p50: NaN, p99: NaN, cpuUsPerFault: NaN, ratio: NaN, p99Ratio: NaN, last: { handler: { faults: 0, spin: undefined } } };
+    }
     const m = (key) => median(rs.map((r) => r[key]));
     return { variant: v, pagesPerSec: m('pagesPerSec'), mbPerSec: m('mbPerSec'), p50: m('p50'), p99: m('p99'),
       cpuUsPerFault: m('cpuUsPerFault'), ratio: m('ratio'), p99Ratio: m('p99Ratio'), last: rs[rs.length - 1] };
   });
 }
 
-const fmt = (x, digits = 0) => (x >= 10000 ? `${(x / 1000).toFixed(1)}k` : x.toFixed(digits));
+const fmt = (x, digits = 0) => (Number.isNaN(x) ? 'failed' : x >= 10000 ? `${(x / 1000).toFixed(1)}k` : x.toFixed(digits));
 const name = (v) => v.label;
 
 const C = { kind: 'c', label: 'C handler' };
@@ -224,6 +236,9 @@ async function main() {
     }
   }
 
+  const save = () => fs.writeFileSync(outFile, `${md.join('\n')}\n\n(run in progress: later sections follow when it completes)\n`);
+  save();
+
   // ---- read-ahead ----
   log('read-ahead ...');
   md.push('', '## Read-ahead: 16 pages per fault against page by page (anon MISSING+COPY, sequential)', '');
@@ -240,6 +255,8 @@ async function main() {
       md.push(`| ${threads} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.mbPerSec.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.last.handler.faults} | ${(r.pagesPerSec / base).toFixed(2)}x |`);
     }
   }
+
+  save();
 
   // ---- issue 12: spinning and placements ----
   log('spinning and placements ...');
@@ -259,6 +276,8 @@ async function main() {
     }
   }
 
+  save();
+
   // ---- busy main thread ----
   log('busy main thread ...');
   // 2 MiB: a handler on a busy loop serves about one fault per 10 ms task.
@@ -271,6 +290,8 @@ async function main() {
     md.push(`| ${name(v)} | busy (10 ms tasks) | ${fmt(rows[1].pagesPerSec)} | ${rows[1].p50.toFixed(1)} | ${rows[1].p99.toFixed(1)} | ${rows[1].p99Ratio.toFixed(2)}x |`);
   }
 
+  save();
+
   // ---- idle CPU ----
   log('idle CPU ...');
   md.push('', '## Idle: a served uffd with no faults for 1 s', '');
@@ -281,6 +302,8 @@ async function main() {
     md.push(`| ${name(v)} | ${r.json.cpuMs.toFixed(2)} | ${r.json.cpuPercent.toFixed(2)}% |`);
   }
 
+  save();
+
   // ---- resident memory over 1,000,000 faults ----
   log('resident memory over many faults ...');
   const faultsPerPass = (IMAGE_MIB << 20) / 4096;
@@ -288,7 +311,14 @@ async function main() {
   md.push('| handler | faults | RSS at the first sample (KiB) | RSS at the last sample (KiB) | growth (KiB) | pages/s (first pass) |', '|---|---|---|---|---|---|');
   for (const v of [NATIVE_SPIN, JS]) {
     const rw = { type: 'anon', memory: 'anon', mode: 'missing', zero: false, threads: 1, order: 'seq' };
-    const r = await measure(rw, v, 'unpinned', { repeat: RSS_REPEAT, rssEvery: faultsPerPass * 2 });
+    let r;
+    try {
+      r = await measure(rw, v, 'unpinned', { repeat: RSS_REPEAT, rssEvery: faultsPerPass * 2 });
+    } catch (error) {
+      log(`  ${error.message.split('\n')[0]}`);
+      md.push(`| ${name(v)} | failed | | | | |`);
+      continue;
+    }
     const rss = r.handler.rss;
     const first = rss[0];
     const last = rss[rss.length - 1];

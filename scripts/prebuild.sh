@@ -47,5 +47,7 @@ for arch in "${arches[@]}"; do
   fi
   echo "prebuild: $binary ($(stat -c %s "$binary") bytes)" >&2
 done
-# prebuildify moves node-gyp's output away: build/Release is gone now, and
-# node-gyp-build loads prebuilds/ until the next `npm run build:native`.
+# build/ is left configured for the last architecture, without its output
+# (prebuildify moved it): remove it so that the next `npm run build:native`
+# (npm test runs it) configures and builds for the host again.
+rm -rf build

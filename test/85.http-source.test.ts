@@ -7,7 +7,7 @@ import http from 'node:http';
 import path from 'node:path';
 import util from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { HttpPageSource, Mapping, Userfaultfd, parseHeaderLines, type HttpRequestInfo } from '../dist/index.js';
+import { HttpPageSource, Mapping, PostcopyDestination, Userfaultfd, parseHeaderLines, type HttpRequestInfo } from '../dist/index.js';
 import { PAGE, pattern, shuffled, touch } from './helpers';
 import { startPeer, type Peer } from './peer';
 import { nginxMissing, startNginx } from './support/nginx.mjs';
@@ -128,6 +128,21 @@ describe.skipIf(missing !== undefined)(`HttpPageSource against nginx${missing ? 
     // And every page of the registered memory now reads as the image.
     expect((await touch({ address: mapping.address, length: mapping.length, expected: image }).result).ok).toBe(true);
     expect(stats.errors).toEqual([]);
+  });
+
+  it('is a source for the post-copy destination: its faults and its installs of landed pages read the image', async () => {
+    const link = await proxy(2);
+    const source = await open(`http://127.0.0.1:${link.port}/image.bin`, { backgroundChunk: 1024 * 1024 });
+    const mapping = Mapping.anonymous(SIZE);
+    const uffd = Userfaultfd.open();
+    uffd.register(mapping);
+    const dest = new PostcopyDestination(uffd, mapping, source);
+    cleanup.push(() => mapping.unmap(), () => uffd.close(), () => dest.close());
+    const report = await touch({ address: mapping.address, length: mapping.length, order: shuffled(SIZE / PAGE, 9), expected: image }).result;
+    expect(report).toMatchObject({ ok: true, mismatches: 0 });
+    await dest.complete;
+    expect(dest.stats.pagesByFault + dest.stats.pagesInstalled).toBe(SIZE / PAGE);
+    expect(source.stats.bytesFetched).toBe(SIZE);
   });
 
   it('cuts a background transfer short at a page a fault needs sooner, fetching no byte twice', async () => {

@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import {
   FilePageSource, Mapping, Memfd, UnixConnection, UnixServer, Userfaultfd, attachView, descriptorKind, scanWritten,
 } from '../dist/index.js';
-import { PAGE, touch } from './helpers';
+import { PAGE, SLOWDOWN, touch } from './helpers';
 
 const CODE = /^(ERR_[A-Z0-9_]+|E[A-Z0-9]+)$/;
 
@@ -39,7 +39,7 @@ async function errorOf(call: () => unknown): Promise<unknown> {
   let timer: NodeJS.Timeout | undefined;
   try {
     // A promise must settle: an argument it ignores must not leave it waiting forever.
-    const hung = new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('HUNG: never settled')), 2000)));
+    const hung = new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('HUNG: never settled')), 2000 * SLOWDOWN)));
     await Promise.race([call(), hung]);
   } catch (error) {
     return error;

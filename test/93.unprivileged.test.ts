@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { SLOWDOWN } from './helpers';
 
 const NOBODY = 65534;
 const root = process.getuid!() === 0;
@@ -52,7 +53,7 @@ if (dropReason) console.warn(`skipping the unprivileged tests: ${dropReason}`);
 function runUnprivileged(mode: string, wrap: string[] = []): Record<string, unknown> {
   const command = [process.execPath, fixture, mode];
   const argv = root ? [...wrap, 'setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...command] : command;
-  const out = execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8', timeout: 30_000, cwd: os.tmpdir() });
+  const out = execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8', timeout: 30_000 * SLOWDOWN, cwd: os.tmpdir() });
   return JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>;
 }
 
@@ -85,6 +86,7 @@ describe.skipIf(dropReason)('unprivileged use', () => {
 
   const noDevice = !root ? 'needs root to grant /dev/userfaultfd to another user in a private mount namespace'
     : !hasCommand('unshare') ? 'unshare (util-linux) is not installed'
+    : spawnSync('unshare', ['--mount', 'true']).status !== 0 ? 'cannot make a mount namespace here (no CAP_SYS_ADMIN, as in a container)'
     : !fs.existsSync('/dev/userfaultfd') ? 'this kernel has no /dev/userfaultfd (Linux 6.1+)'
     : undefined;
   if (noDevice) console.warn(`skipping the /dev/userfaultfd test: ${noDevice}`);

@@ -8,6 +8,14 @@ import { systemPageSize } from '../dist/index.js';
 
 export const PAGE = systemPageSize();
 
+/**
+ * How much slower than a real machine this one runs: bounds on waits are
+ * multiplied by it (test/arm64/run.sh sets USERFAULTFD_TEST_SLOWDOWN under
+ * full-system emulation). Tests never measure speed; this only keeps a bound
+ * from firing before the awaited thing could have happened.
+ */
+export const SLOWDOWN = Math.max(1, Number(process.env.USERFAULTFD_TEST_SLOWDOWN) || 1);
+
 export interface TouchResult {
   ok: boolean;
   mismatches: number;
@@ -66,7 +74,7 @@ export function wchan(tid: number): string {
 }
 
 /** Resolves once `count` threads of this process sleep in handle_userfault; throws after timeoutMs. */
-export async function threadsWaitingOnFaults(count: number, timeoutMs = 10_000): Promise<void> {
+export async function threadsWaitingOnFaults(count: number, timeoutMs = 10_000 * SLOWDOWN): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     let waiting = 0;
@@ -86,10 +94,10 @@ export async function threadsWaitingOnFaults(count: number, timeoutMs = 10_000):
 /**
  * Resolves once thread `tid` sleeps in the kernel's userfault handler. A fault
  * message is queued before its thread goes to sleep, so a resolution that
- * must find it asleep (DONTWAKE tests) waits for this first. Bounded: 10 s.
+ * must find it asleep (DONTWAKE tests) waits for this first. Bounded: 10 s (times SLOWDOWN).
  */
 export async function asleepInFault(tid: number): Promise<void> {
-  const deadline = Date.now() + 10_000;
+  const deadline = Date.now() + 10_000 * SLOWDOWN;
   while (wchan(tid) !== 'handle_userfault') {
     if (Date.now() > deadline) throw new Error(`thread ${tid} never slept in handle_userfault (wchan ${wchan(tid)})`);
     await new Promise((resolve) => setImmediate(resolve));

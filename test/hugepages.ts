@@ -1,5 +1,9 @@
 // Huge pages for tests: none are reserved on these machines. As root, a test
-// file raises the reservation for as long as it runs and restores it after.
+// file adds the pages it needs to the pool for as long as it runs and takes
+// them back after. Test files run in parallel processes and the pool is one
+// sysctl, so every change is relative (add count, later subtract it) and made
+// under a lock: setting an absolute value, or using pages another file
+// reserved, lets one file's restore pull the pages from under another.
 import fs from 'node:fs';
 
 export interface HugePageReservation {
@@ -9,30 +13,61 @@ export interface HugePageReservation {
   restore(): void;
 }
 
+const LOCK = '/tmp/userfaultfd-tests-hugepages.lock';
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+// A directory as a lock between processes; a lock whose holder has died is broken.
+function locked<T>(work: () => T): T {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      fs.mkdirSync(LOCK);
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      let holder = 0;
+      try {
+        holder = Number(fs.readFileSync(`${LOCK}/pid`, 'utf8'));
+      } catch {
+        // Being created or removed right now.
+      }
+      if (holder > 0 && !fs.existsSync(`/proc/${holder}`)) fs.rmSync(LOCK, { recursive: true, force: true });
+      if (Date.now() > deadline) throw new Error(`${LOCK} held for 30 s (by pid ${holder})`);
+      Atomics.wait(pause, 0, 0, 5);
+    }
+  }
+  try {
+    fs.writeFileSync(`${LOCK}/pid`, String(process.pid));
+    return work();
+  } finally {
+    fs.rmSync(LOCK, { recursive: true, force: true });
+  }
+}
+
 export function reserveHugePages(count: number, pageSize = 2 * 1024 * 1024): HugePageReservation {
   const dir = `/sys/kernel/mm/hugepages/hugepages-${pageSize / 1024}kB`;
   const none = (skipReason: string): HugePageReservation => ({ skipReason, pageSize, restore() {} });
   if (!fs.existsSync(dir)) return none(`this kernel has no ${pageSize / 1024} kB huge pages (${dir} is missing)`);
   const read = (file: string): number => Number(fs.readFileSync(`${dir}/${file}`, 'utf8'));
-  // Test files run in parallel and each reserves its own pages: always add
-  // `count` and take back only what was added, so that one file's restore
-  // never takes pages another file still counts on.
-  const before = read('nr_hugepages');
-  try {
-    fs.writeFileSync(`${dir}/nr_hugepages`, String(before + count));
-  } catch (error) {
-    return none(`cannot reserve ${count} huge pages: ${(error as Error).message} (run as root)`);
-  }
-  const added = read('nr_hugepages') - before;
-  let restored = false;
-  const restore = (): void => {
-    if (restored) return;
-    restored = true;
-    fs.writeFileSync(`${dir}/nr_hugepages`, String(Math.max(0, read('nr_hugepages') - added)));
-  };
-  if (added < count) {
-    restore();
-    return none(`the kernel granted only ${added} of ${count} huge pages (memory too fragmented?)`);
-  }
-  return { skipReason: undefined, pageSize, restore };
+  const adjust = (delta: number): void => fs.writeFileSync(`${dir}/nr_hugepages`, String(Math.max(0, read('nr_hugepages') + delta)));
+  return locked(() => {
+    const before = read('nr_hugepages');
+    try {
+      adjust(count);
+    } catch (error) {
+      return none(`cannot reserve ${count} huge pages: ${(error as Error).message} (run as root)`);
+    }
+    const granted = read('nr_hugepages') - before;
+    let restored = false;
+    const restore = (): void => {
+      if (restored) return;
+      restored = true;
+      locked(() => adjust(-granted));
+    };
+    if (granted < count) {
+      restore();
+      return none(`the kernel granted only ${granted} of ${count} huge pages (memory too fragmented?)`);
+    }
+    return { skipReason: undefined, pageSize, restore };
+  });
 }

@@ -116,9 +116,12 @@ async function main(): Promise<void> {
   const hashed = await workload.hash();
   const latency = destination?.stats.latency;
   const report: DestinationReport = {
-    mode: spec.mode, result: result.result, hash: hashed.hash, totalMs, switchoverMs, transferMs, workloadMs: result.ms,
+    mode: spec.mode, result: result.result, hash: hashed.hash, totalMs, switchoverMs, transferMs, workloadMs: result.ms, asleepMs: result.asleepMs,
     cpuMs: (cpu.user + cpu.system) / 1000,
-    downtimeMs: destination ? destination.stats.blockedMs : switchoverMs,
+    // Post-copy: the workload thread's time asleep in the kernel, i.e. blocked on
+    // its faults, from schedstat; the fault handler's own measure where there is none.
+    downtimeMs: destination ? (result.asleepMs ?? destination.stats.blockedMs) : switchoverMs,
+    handlerBlockedMs: destination?.stats.blockedMs ?? 0,
     progress: progress(),
     blockedMsByThread: [...(destination?.stats.blockedMsByThread ?? [])],
     faultsFetched: destination?.stats.faultsFetched ?? 0,

@@ -196,6 +196,7 @@ async function main(): Promise<number> {
   const rows: [string, string, string][] = [
     ['total time', ms(post.totalMs), ms(stop.totalMs)],
     ['downtime', ms(post.downtimeMs), ms(stop.downtimeMs)],
+    ['  of it, fault read -> page in place', ms(post.handlerBlockedMs), '-'],
     ['workload started after', ms(post.switchoverMs), ms(stop.switchoverMs)],
     ['workload ran for', ms(post.workloadMs), ms(stop.workloadMs)],
     ['every page in place after', ms(post.transferMs), ms(stop.transferMs)],
@@ -210,8 +211,11 @@ async function main(): Promise<number> {
   process.stdout.write(`\n${''.padEnd(width)}${'post-copy'.padStart(22)}${'stop-and-copy'.padStart(22)}\n`);
   for (const [name, a, b] of rows) process.stdout.write(`${name.padEnd(width)}${a.padStart(22)}${b.padStart(22)}\n`);
   process.stdout.write(
-    `\ndowntime: post-copy counts the time the workload's thread was blocked on page faults, from each fault being read to its page being in place ` +
-    `(like QEMU's postcopy blocktime); stop-and-copy counts the copy, during which the workload cannot run.\n` +
+    `\ndowntime: for post-copy, the time the workload's thread was blocked on page faults (QEMU's postcopy blocktime), from the kernel's side: ` +
+    `its wall time neither on a CPU nor waiting for one (/proc/thread-self/schedstat)${post.asleepMs === null ? ' - not available here, so the next line stands in for it' : ''}. ` +
+    `The next line is the part from each fault's read by the serving thread to its page being in place; the rest is faults waiting to be read. ` +
+    `For stop-and-copy, downtime is the copy, during which the workload cannot run` +
+    `${stop.asleepMs === null ? '' : ` (its workload, which never faults, was asleep ${ms(stop.asleepMs)}: the measure's noise)`}.\n` +
     `source's result: ${ready.result.orders} orders, revenue ${ready.result.revenueCents} cents, top city ${ready.result.topCity}, ` +
     `${ready.result.found}/${ready.result.lookups} lookups found; memory sha256 ${ready.hash}\n`);
   const ok = postSame.result && postSame.hash && stopSame.result && stopSame.hash;

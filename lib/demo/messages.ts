@@ -43,13 +43,24 @@ export interface DestinationReport {
   hash: string;
   /** From connecting to the source until the workload is done and every page is in place. */
   totalMs: number;
-  /** Post-copy: time the workload's thread spent blocked on faults. Stop-and-copy: the copy, before the workload could start. */
+  /**
+   * Post-copy: time the workload's thread spent blocked on faults (asleepMs, or
+   * handlerBlockedMs without schedstat). Stop-and-copy: the copy, before the workload could start.
+   */
   downtimeMs: number;
+  /** Post-copy: for each fault, from its read by the handler to its page being in place, summed. */
+  handlerBlockedMs: number;
   /** From connecting until the workload could start (the hello, or the whole copy). */
   switchoverMs: number;
   /** Until every page was in place. */
   transferMs: number;
   workloadMs: number;
+  /**
+   * The workload thread's wall time neither on a CPU nor waiting for one
+   * (/proc/thread-self/schedstat): asleep in the kernel, on page faults.
+   * A cross-check of downtimeMs that includes the kernel's side. null without schedstat.
+   */
+  asleepMs: number | null;
   /** CPU time of the destination process (all threads, user + system) until the workload was done and every page in place. */
   cpuMs: number;
   progress: Progress;

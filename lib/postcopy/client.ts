@@ -81,6 +81,8 @@ export class PostcopyClient implements PageSource {
   readonly #stallTimeoutMs: number;
   #presentCount = 0;
   #ackedAt = 0;
+  /** Page bytes received on the main connection: what ACKs count. */
+  #mainReceived = 0;
   readonly #landedListeners: ((firstPage: number, endPage: number) => void)[] = [];
   #nextId = 1;
   #highestId = 0;
@@ -248,8 +250,8 @@ export class PostcopyClient implements PageSource {
     this.#lastArrival = performance.now();
     try {
       for (const [type, body] of reader.push(chunk)) this.#onFrame(type, body, accept);
-      if (this.stats.bytesReceived - this.#ackedAt >= ACK_EVERY && !this.#socket.destroyed) {
-        this.#ackedAt = this.stats.bytesReceived;
+      if (this.#mainReceived - this.#ackedAt >= ACK_EVERY && !this.#socket.destroyed) {
+        this.#ackedAt = this.#mainReceived;
         this.#socket.write(encodeAck(this.#ackedAt));
       }
     } catch (error) {
@@ -264,6 +266,7 @@ export class PostcopyClient implements PageSource {
     if (frame.type === FRAME.DATA) {
       if (frame.id > this.#highestId) throw protocolError(`DATA answers request ${frame.id}, which was never made`);
       this.stats.bytesReceived += frame.payload.length;
+      if (accept === FROM_SERVER) this.#mainReceived += frame.payload.length;
       this.#land(frame.offset, frame.payload, frame.id === 0);
     } else if (frame.type === FRAME.DONE) {
       // Demanded pages may still be on their way on the urgent channel.

@@ -154,6 +154,7 @@ export class PageSession extends EventEmitter {
   #sentCount = 0;
   #doneSent = false;
   #clock = 0;
+  /** Page bytes sent on the main connection, and acknowledged of them (urgent ones are not flow-controlled). */
   #payloadSent = 0;
   #acked = 0;
   readonly #window: number;
@@ -214,6 +215,7 @@ export class PageSession extends EventEmitter {
   #listen(socket: net.Socket, reader: FrameReader, which: 'main' | 'urgent'): void {
     const accept = which === 'main' ? REQUESTS : URGENT_REQUESTS;
     socket.on('data', (chunk: Buffer) => this.#onData(reader, accept, chunk));
+    socket.resume();
     socket.on('drain', () => this.#kick());
     socket.on('error', (error) => this.#end(new UffdError('ERR_UFFD_PEER_LOST', `ERR_UFFD_PEER_LOST: the destination's ${which} connection failed (${error.message})`)));
     socket.on('close', () => this.#end(this.#doneSent || this.#sentCount === this.#pages ? undefined
@@ -315,7 +317,7 @@ export class PageSession extends EventEmitter {
       const offset = run.first * pageSize;
       const length = (run.end - run.first) * pageSize;
       const channel = run.urgent && this.#urgentChannel ? this.#urgentChannel : this.#main;
-      this.#payloadSent += length;
+      if (channel === this.#main) this.#payloadSent += length;
       let fresh = 0;
       for (let page = run.first; page < run.end; page++) {
         if (this.#sent[page] === UNSENT) fresh++;
@@ -536,6 +538,8 @@ export class PageServer {
           const wanted = frame.token.toString('hex');
           if (session) session.attach(socket, reader);
           else if (this.#pending.has(wanted) && !this.#parked.has(wanted)) {
+            // Held, unread, until the session's START arrives.
+            socket.pause();
             this.#parked.set(wanted, { socket, reader });
             socket.once('close', () => this.#parked.delete(wanted));
           } else throw protocolError('ATTACH names no session of this server');

@@ -74,7 +74,7 @@ export interface ErrorFrame {
 }
 export interface Ack {
   type: typeof FRAME.ACK;
-  /** Total DATA payload bytes received since the start. */
+  /** DATA payload bytes received on the main connection since the start. */
   received: number;
 }
 export type Frame = Hello | Start | Request | Data | Done | ErrorFrame | Ack | Attach;
