@@ -858,6 +858,11 @@ function resolveAfterFailure(fault: Fault, failure: 'fill' | 'poison'): void {
     if (!zeroPages || zeroPages.byteLength < fault.pageSize) zeroPages = new Uint8Array(fault.pageSize);
     return fault.copy(zeroPages.subarray(0, fault.pageSize));
   });
+  // Filling failed too (no memory: a hugetlb pool ran dry). A wake alone would
+  // let the thread fault again at once, forever; SIGBUS is what the kernel
+  // itself gives a thread whose huge page cannot be allocated.
+  if (failure !== 'poison') attempts.push(() => fault.poison());
+  // No range any more (unregistered, unmapped): the thread sees ordinary memory.
   attempts.push(() => fault.wake());
   for (const attempt of attempts) {
     try {
