@@ -1,20 +1,14 @@
 // serve(): concurrency, asynchronous handlers, and the failure policy.
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Memfd, Userfaultfd } from '../dist/index.js';
-import { PAGE, pattern, touch } from './helpers';
+import { PAGE, pattern, touch, registeredAnonymous } from './helpers';
 
 const cleanup: (() => void)[] = [];
 afterEach(() => {
   for (const fn of cleanup.splice(0).reverse()) fn();
 });
 
-function setup(pages: number) {
-  const mapping = Mapping.anonymous(pages * PAGE);
-  const uffd = Userfaultfd.open();
-  cleanup.push(() => mapping.unmap(), () => uffd.close());
-  uffd.register(mapping);
-  return { mapping, uffd };
-}
+const setup = registeredAnonymous;
 
 describe('serve()', () => {
   it('serves faults with an async handler that resolves later', async () => {

@@ -1,20 +1,14 @@
 // Bad input gets a clear error, shaped like Node's, and changes nothing.
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Userfaultfd, type Fault } from '../dist/index.js';
-import { PAGE, touch } from './helpers';
+import { PAGE, touch, registeredAnonymous } from './helpers';
 
 const cleanup: (() => void)[] = [];
 afterEach(() => {
   for (const fn of cleanup.splice(0).reverse()) fn();
 });
 
-function setup(pages: number) {
-  const mapping = Mapping.anonymous(pages * PAGE);
-  const uffd = Userfaultfd.open();
-  cleanup.push(() => mapping.unmap(), () => uffd.close());
-  uffd.register(mapping);
-  return { mapping, uffd };
-}
+const setup = registeredAnonymous;
 
 /** After the bad calls, a worker touches every page: each must fault and get this handler's data. */
 async function expectUntouched(uffd: Userfaultfd, mapping: Mapping): Promise<void> {

@@ -2,20 +2,14 @@
 // present. The library refuses the obvious ways to do so.
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Userfaultfd, attachView } from '../dist/index.js';
-import { PAGE, touch } from './helpers';
+import { PAGE, touch, registeredAnonymous } from './helpers';
 
 const cleanup: (() => void)[] = [];
 afterEach(() => {
   for (const fn of cleanup.splice(0).reverse()) fn();
 });
 
-function setup(pages: number) {
-  const mapping = Mapping.anonymous(pages * PAGE);
-  const uffd = Userfaultfd.open();
-  cleanup.push(() => mapping.unmap(), () => uffd.close());
-  uffd.register(mapping);
-  return { mapping, uffd };
-}
+const setup = registeredAnonymous;
 
 const deadlock = expect.objectContaining({ code: 'ERR_UFFD_WOULD_DEADLOCK', message: expect.stringContaining('worker thread') });
 

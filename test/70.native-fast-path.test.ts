@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { BufferPageSource, Mapping, Userfaultfd, type Event, type Fault } from '../dist/index.js';
-import { PAGE, pattern, shuffled, touch } from './helpers';
+import { PAGE, pattern, shuffled, touch, registeredAnonymous } from './helpers';
 import { reserveHugePages } from './hugepages';
 import { startPeer, type Peer } from './peer';
 
@@ -14,14 +14,8 @@ afterEach(() => {
 });
 
 function setup(pages: number): { uffd: Userfaultfd; memory: Mapping; image: SharedArrayBuffer } {
-  const memory = Mapping.anonymous(pages * PAGE);
-  const uffd = Userfaultfd.open();
-  uffd.register(memory, { missing: true });
-  cleanup.push(() => {
-    uffd.close();
-    memory.unmap();
-  });
-  return { uffd, memory, image: pattern(pages * PAGE, 7) };
+  const { uffd, mapping } = registeredAnonymous(pages);
+  return { uffd, memory: mapping, image: pattern(pages * PAGE, 7) };
 }
 
 function serverThreads(): number {

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Userfaultfd } from '../dist/index.js';
-import { PAGE, pattern, shuffled, touch } from './helpers';
+import { PAGE, pattern, shuffled, touch, registeredAnonymous } from './helpers';
 
 const cleanup: (() => void | Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -12,14 +12,8 @@ afterEach(async () => {
 });
 
 function setup(pages: number): { uffd: Userfaultfd; memory: Mapping; image: SharedArrayBuffer } {
-  const memory = Mapping.anonymous(pages * PAGE);
-  const uffd = Userfaultfd.open();
-  uffd.register(memory, { missing: true });
-  cleanup.push(() => {
-    uffd.close();
-    memory.unmap();
-  });
-  return { uffd, memory, image: pattern(pages * PAGE, 5) };
+  const { uffd, mapping } = registeredAnonymous(pages);
+  return { uffd, memory: mapping, image: pattern(pages * PAGE, 5) };
 }
 
 function copyFrom(image: SharedArrayBuffer, start: bigint) {

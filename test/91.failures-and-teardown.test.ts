@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, UnixServer, Userfaultfd, type Fault } from '../dist/index.js';
-import { PAGE, SLOWDOWN, threadsWaitingOnFaults, touch } from './helpers';
+import { PAGE, SLOWDOWN, threadsWaitingOnFaults, touch, registeredAnonymous } from './helpers';
 import { fixture } from './native-fixtures';
 import { startPeer } from './peer';
 
@@ -19,13 +19,7 @@ afterEach(() => {
   for (const fn of cleanup.splice(0).reverse()) fn();
 });
 
-function setup(pages: number) {
-  const mapping = Mapping.anonymous(pages * PAGE);
-  const uffd = Userfaultfd.open();
-  cleanup.push(() => mapping.unmap(), () => uffd.close());
-  uffd.register(mapping);
-  return { mapping, uffd };
-}
+const setup = registeredAnonymous;
 
 function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void } {
   let resolve!: (value: T) => void;

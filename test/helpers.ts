@@ -4,7 +4,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 
-import { systemPageSize } from '../dist/index.js';
+import { onTestFinished } from 'vitest';
+import { Mapping, Userfaultfd, systemPageSize } from '../dist/index.js';
 
 export const PAGE = systemPageSize();
 
@@ -106,4 +107,20 @@ export async function asleepInFault(tid: number): Promise<void> {
 
 export function pageOf(shared: SharedArrayBuffer, offset: number, length = PAGE): Uint8Array {
   return new Uint8Array(shared, offset, length);
+}
+
+/**
+ * A fresh uffd with an anonymous mapping of `pages` pages registered MISSING.
+ * Both are released after the current test (the uffd first, so that no
+ * handler thread outlives the memory it serves).
+ */
+export function registeredAnonymous(pages: number): { uffd: Userfaultfd; mapping: Mapping } {
+  const mapping = Mapping.anonymous(pages * PAGE);
+  const uffd = Userfaultfd.open();
+  onTestFinished(() => {
+    uffd.close();
+    mapping.unmap();
+  });
+  uffd.register(mapping, { missing: true });
+  return { uffd, mapping };
 }
