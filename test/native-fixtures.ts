@@ -10,7 +10,10 @@ const out = path.join(root, 'build', 'fixtures');
 export function fixture(name: string): string {
   const source = path.join(__dirname, 'fixtures', `${name}.c`);
   const binary = path.join(out, name);
-  if (!fs.existsSync(binary) || fs.statSync(binary).mtimeMs < fs.statSync(source).mtimeMs) {
+  // Stale when the source or a header the fixtures share is newer.
+  const inputs = [source, ...fs.readdirSync(path.join(__dirname, 'fixtures')).filter((f) => f.endsWith('.h')).map((f) => path.join(__dirname, 'fixtures', f))];
+  const newest = Math.max(...inputs.map((file) => fs.statSync(file).mtimeMs));
+  if (!fs.existsSync(binary) || fs.statSync(binary).mtimeMs < newest) {
     fs.mkdirSync(out, { recursive: true });
     const temporary = `${binary}.${process.pid}`;
     execFileSync('cc', ['-O2', '-Wall', '-Wextra', '-pthread', '-o', temporary, source], { stdio: 'inherit' });
