@@ -44,8 +44,10 @@ export interface DestinationStats {
   jsFaults: number;
   /** Faults whose page was not in the cache yet: they waited for the network. */
   faultsFetched: number;
-  /** Pages copied in by faults, and by the installer as they landed. */
-  pagesByFault: number;
+  /** Pages copied in for faults: by JavaScript (pagesByJsFault) and by the native fast path, its read-ahead included. */
+  readonly pagesByFault: number;
+  pagesByJsFault: number;
+  /** Pages copied in by the installer as they landed, before any fault asked. */
   pagesInstalled: number;
   /**
    * Time faulting threads spent blocked on faults handled in JavaScript (the
@@ -115,7 +117,10 @@ export class PostcopyDestination {
       get faults() {
         return this.jsFaults + uffd.stats().nativeFaults;
       },
-      jsFaults: 0, faultsFetched: 0, pagesByFault: 0, pagesInstalled: 0, blockedMs: 0, blockedMsByThread: new Map(), latency: new LatencyHistogram(),
+      get pagesByFault() {
+        return this.pagesByJsFault + uffd.stats().pages;
+      },
+      jsFaults: 0, faultsFetched: 0, pagesByJsFault: 0, pagesInstalled: 0, blockedMs: 0, blockedMsByThread: new Map(), latency: new LatencyHistogram(),
     };
     this.#source = source;
     this.#pageSize = source.pageSize;
@@ -191,7 +196,7 @@ export class PostcopyDestination {
   #copy(fault: Fault, page: number, offset: number): void {
     const outcome = fault.copy(this.#source.bytes.subarray(offset, offset + this.#pageSize));
     if (outcome === 'done') {
-      this.stats.pagesByFault++;
+      this.stats.pagesByJsFault++;
       this.#markInstalled(page, page + 1);
     }
     const waitedMs = performance.now() - fault.receivedAt;
