@@ -81,6 +81,8 @@ for port in /sys/class/virtio-ports/*; do
 	out) OUT=/dev/${port##*/} ;; err) ERR=/dev/${port##*/} ;; status) STATUS=/dev/${port##*/} ;;
 	esac
 done
+# Loopback up: commands may talk TCP to themselves on 127.0.0.1 (the post-copy demo does).
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /lower || finish 125
 mount -t tmpfs -o mode=755 tmpfs /rw
 mkdir -p /rw/upper /rw/work

@@ -1,7 +1,8 @@
 // Builds the C programs under test/fixtures once per test run, into build/fixtures.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { buildVmm } from '../dist/demo/vmm.js';
 
 const root = path.join(__dirname, '..');
 const out = path.join(root, 'build', 'fixtures');
@@ -23,16 +24,10 @@ export function fixture(name: string): string {
 }
 
 /**
- * The KVM VMM fixture (test/fixtures/vmm, see its README): builds `vmm` and
- * `uffd_mini_handler` into build/fixtures/vmm with its Makefile (which knows
- * what is stale) and returns that folder. Warnings fail the build: the
- * fixture is meant to compile cleanly.
+ * The KVM VMM fixture (test/fixtures/vmm, see its README): `vmm` and
+ * `uffd_mini_handler` built into build/fixtures/vmm (lib/demo/vmm.ts builds
+ * it, for the demo too; warnings fail the build).
  */
 export function vmmFixture(): { vmm: string; miniHandler: string } {
-  const dir = path.join(out, 'vmm');
-  const made = spawnSync('make', ['-s', '-C', path.join(__dirname, 'fixtures', 'vmm'), `OUT=${dir}`], { encoding: 'utf8' });
-  const output = `${made.stdout ?? ''}${made.stderr ?? ''}`.trim();
-  if (made.error) throw made.error;
-  if (made.status !== 0 || output) throw new Error(`building the VMM fixture (make exit ${made.status}) printed:\n${output}`);
-  return { vmm: path.join(dir, 'vmm'), miniHandler: path.join(dir, 'uffd_mini_handler') };
+  return buildVmm(path.join(out, 'vmm'));
 }

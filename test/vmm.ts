@@ -1,44 +1,12 @@
-// Runs the KVM VMM fixture (test/fixtures/vmm) as a child process and reads
-// its JSON lines. Every wait is bounded: the VMM has its own watchdog
-// (--timeout-s) and run() kills it past a deadline as well.
+// Runs the KVM VMM fixture (test/fixtures/vmm) for the VM tests. Starting
+// it and reading its JSON lines is shared with the demo (lib/demo/vmm.ts);
+// what is here is for tests only: skip reasons and the snapshot handler.
 import { spawn } from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import { Memfd, Userfaultfd } from '../dist/index.js';
 
-/** One JSON line of the VMM's stdout. */
-export type VmmLine = Record<string, unknown>;
-
-export interface VmmRun {
-  pid: number;
-  /** Resolves when the VMM has exited. */
-  exited: Promise<VmmExit>;
-  kill(signal?: NodeJS.Signals): void;
-}
-
-export interface VmmExit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  lines: VmmLine[];
-  /** The last JSON line: the result ({"done":true,...}), a snapshot or an error. */
-  last: VmmLine | undefined;
-  stderr: string;
-}
-
-/**
- * Why the VM tests cannot run here, or undefined if they can: the fixture is
- * an x86-64 KVM VMM, and needs a /dev/kvm this process may open.
- */
-export function kvmSkipReason(): string | undefined {
-  if (process.arch !== 'x64') return `the VMM fixture is an x86-64 guest; this is ${process.arch}`;
-  if (!fs.existsSync('/dev/kvm')) return 'no /dev/kvm on this machine (KVM needs bare metal or nested virtualization)';
-  try {
-    fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
-  } catch (error) {
-    return `/dev/kvm cannot be opened: ${(error as Error).message}`;
-  }
-  return undefined;
-}
+export { describeExit, kvmSkipReason, runVmm, startVmm } from '../dist/demo/vmm.js';
+export type { VmmExit, VmmLine, VmmRun } from '../dist/demo/vmm.js';
 
 /**
  * Why a lazy restore cannot run here: the VMM opens its uffd without
@@ -68,56 +36,6 @@ export function guestMemfdSkipReason(): string | undefined {
   } catch (error) {
     return `no mappable guest_memfd on this kernel: ${(error as Error).message}`;
   }
-}
-
-/**
- * Starts `vmm args...`. onLine sees each JSON line as it arrives (for
- * example to kill the VMM at a point of its run). Past timeoutMs the VMM is
- * killed with SIGKILL; its own --timeout-s should fire long before.
- */
-export function startVmm(binary: string, args: string[], options: { onLine?: (line: VmmLine) => void; timeoutMs?: number } = {}): VmmRun {
-  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: VmmLine[] = [];
-  let stderr = '';
-  let partial = '';
-  child.stdout.setEncoding('utf8');
-  child.stdout.on('data', (chunk: string) => {
-    partial += chunk;
-    let newline: number;
-    while ((newline = partial.indexOf('\n')) >= 0) {
-      const text = partial.slice(0, newline);
-      partial = partial.slice(newline + 1);
-      let line: VmmLine;
-      try {
-        line = JSON.parse(text) as VmmLine;
-      } catch {
-        line = { unparsed: text };
-      }
-      lines.push(line);
-      options.onLine?.(line);
-    }
-  });
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (chunk: string) => (stderr += chunk));
-  const deadline = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 90_000);
-  const exited = new Promise<VmmExit>((resolve, reject) => {
-    child.once('error', reject);
-    // 'close': the process has exited and its stdout and stderr are drained.
-    child.once('close', (code, signal) => {
-      clearTimeout(deadline);
-      resolve({ code, signal, lines, last: lines.at(-1), stderr });
-    });
-  });
-  return { pid: child.pid!, exited, kill: (signal = 'SIGKILL') => void child.kill(signal) };
-}
-
-export function runVmm(binary: string, args: string[], timeoutMs?: number): Promise<VmmExit> {
-  return startVmm(binary, args, { timeoutMs }).exited;
-}
-
-/** Describes a run for an assertion message. */
-export function describeExit(exit: VmmExit): string {
-  return `exit ${exit.code ?? exit.signal}, last line ${JSON.stringify(exit.last)}, stderr ${JSON.stringify(exit.stderr.trim())}`;
 }
 
 /** What the snapshot handler did for one VMM (the serve command's summary of it). */

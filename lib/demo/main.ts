@@ -1,16 +1,17 @@
 // npm run demo: a post-copy live migration of a running workload's memory,
 // from a source process to a destination process over TCP on loopback, then
 // the same migration done stop-and-copy for comparison. See docs/postcopy.md.
-import { fork, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
+// With --vm the workload is a KVM guest's vCPU (lib/demo/vm.ts, docs/vm.md).
 import { parseArgs } from 'node:util';
-import cliProgress from 'cli-progress';
-import type { DestinationMessage, DestinationReport, DestinationSpec, Progress, SourceMessage, SourceSpec } from './messages';
-
-const MiB = 1 << 20;
+import { count, killAll, migrate, MiB, ms, sourceReady, start, us } from './launcher';
+import type { DestinationReport, SourceMessage, SourceSpec } from './messages';
+import { runVmDemo } from './vm';
 const USAGE = `Usage: npm run demo -- [options]
 
-  --size <MiB>          memory image size (default 128)
+  --vm                  migrate a running KVM guest instead (the project's VMM, test/fixtures/vmm): its
+                        vCPU is the workload, its memory the image; needs /dev/kvm (without it the
+                        demo says so and exits 0)
+  --size <MiB>          memory image size (default 128; with --vm 64)
   --bandwidth <MB/s>    link bandwidth the source paces itself to, or "unlimited" (default 125, i.e. 1 Gbit/s)
   --latency <ms>        one-way link latency, added to requests and to pages (default 0.5)
   --no-prefetch         post-copy without the background push: only pages the workload touches come
@@ -22,7 +23,8 @@ const USAGE = `Usage: npm run demo -- [options]
   --help                this text
 `;
 
-interface Options {
+export interface Options {
+  vm: boolean;
   killSourceAt: number | undefined;
   size: number;
   bandwidth: number;
@@ -35,7 +37,8 @@ interface Options {
 function parseOptions(): Options {
   const { values } = parseArgs({
     options: {
-      size: { type: 'string', default: '128' },
+      vm: { type: 'boolean', default: false },
+      size: { type: 'string' },
       bandwidth: { type: 'string', default: '125' },
       latency: { type: 'string', default: '0.5' },
       'no-prefetch': { type: 'boolean', default: false },
@@ -57,11 +60,12 @@ function parseOptions(): Options {
     }
     return n;
   };
-  const size = number('size', values.size, (n) => Number.isInteger(n) && n >= 4 && n <= 16384, 'a whole number of MiB from 4 to 16384');
+  const size = number('size', values.size ?? (values.vm ? '64' : '128'), (n) => Number.isInteger(n) && n >= 4 && n <= 16384, 'a whole number of MiB from 4 to 16384');
   const bandwidth = values.bandwidth === 'unlimited' ? Infinity
     : number('bandwidth', values.bandwidth, (n) => n > 0, 'a positive number of MB/s, or "unlimited"') * 1e6;
   const killText = values['kill-source-at'];
   return {
+    vm: values.vm,
     killSourceAt: killText === undefined ? undefined : number('kill-source-at', killText, (n) => n >= 0 && n < 100, 'a percentage from 0 to 99'),
     size: size * MiB,
     bandwidth,
@@ -72,104 +76,15 @@ function parseOptions(): Options {
   };
 }
 
-const children = new Set<ChildProcess>();
-function start(script: string, spec: object): ChildProcess {
-  const child = fork(path.join(__dirname, script), [JSON.stringify(spec)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  return child;
-}
-function killAll(): void {
-  for (const child of children) child.kill('SIGKILL');
-}
-process.once('SIGINT', () => {
-  killAll();
-  process.exit(130);
-});
-
-function ms(value: number): string {
-  return value >= 1000 ? `${(value / 1000).toFixed(2)} s` : `${value.toFixed(value < 10 ? 2 : 0)} ms`;
-}
-function us(value: number): string {
-  return value >= 1000 ? `${(value / 1000).toFixed(1)} ms` : `${Math.round(value)} µs`;
-}
-function count(value: number): string {
-  return value.toLocaleString('en-US');
-}
-
-function sourceReady(child: ChildProcess): Promise<SourceMessage & { type: 'ready' }> {
-  return new Promise((resolve, reject) => {
-    child.on('message', (message: SourceMessage) => {
-      if (message.type === 'ready') resolve(message);
-      else if (message.type === 'failed') reject(new Error(`the source failed: ${message.message}`));
-    });
-    child.once('exit', (code, signal) => reject(new Error(`the source exited (${signal ?? code}) before it was ready`)));
-  });
-}
-
-/** Runs one destination, drawing its progress; resolves with its report. */
-function migrate(label: string, spec: DestinationSpec, onProgress?: (progress: Progress) => void): Promise<DestinationReport> {
-  const tty = process.stdout.isTTY === true;
-  const bar = new cliProgress.SingleBar({
-    format: `${label.padEnd(13)} |{bar}| {percentage}% | {mib} MiB | demand {demand} pushed {pushed} pages | {rate} MB/s | fault p50 {p50} p99 {p99}`,
-    barsize: 24,
-    hideCursor: tty,
-    stream: process.stdout,
-    // CI logs: a line a second instead of redrawing.
-    noTTYOutput: true,
-    notTTYSchedule: 1000,
-    etaBuffer: 20,
-  }, cliProgress.Presets.shades_classic);
-  let last: Progress | undefined;
-  const payload = (p: Progress): object => {
-    const rate = last && p.elapsedMs > last.elapsedMs ? (p.bytes - last.bytes) / (p.elapsedMs - last.elapsedMs) / 1000 : 0;
-    last = p;
-    return {
-      mib: `${(p.installed * p.pageSize / MiB).toFixed(0)}/${(p.pages * p.pageSize / MiB).toFixed(0)}`,
-      demand: count(p.pagesOnDemand), pushed: count(p.pagesPushed), rate: rate.toFixed(0),
-      p50: p.faults === 0 ? '-' : us(p.faultP50Us), p99: p.faults === 0 ? '-' : us(p.faultP99Us),
-    };
-  };
-  let started = false;
-  return new Promise((resolve, reject) => {
-    const child = start('destination.js', spec);
-    child.on('message', (message: DestinationMessage) => {
-      if (message.type === 'progress') {
-        onProgress?.(message.progress);
-        if (!started) {
-          bar.start(message.progress.pages, 0, payload(message.progress));
-          started = true;
-        } else if (bar.isActive) {
-          bar.update(message.progress.installed, payload(message.progress));
-          // Every page is in place: the rest (the workload, the hash) needs no bar.
-          if (message.progress.installed === message.progress.pages) bar.stop();
-        }
-      } else if (message.type === 'done') {
-        if (bar.isActive) {
-          bar.update(message.report.progress.installed, payload(message.report.progress));
-          bar.stop();
-        }
-        resolve(message.report);
-      } else {
-        if (started) bar.stop();
-        reject(Object.assign(new Error(`${label}: the destination failed: ${message.message}`), { code: message.code, progress: message.progress }));
-      }
-    });
-    child.once('exit', (code, signal) => {
-      if (started) bar.stop();
-      reject(new Error(`${label}: the destination exited (${signal ?? `code ${code}`}) without a report`));
-    });
-  });
-}
-
 async function main(): Promise<number> {
   const options = parseOptions();
+  if (options.vm) return runVmDemo(options);
   const link = `${options.bandwidth === Infinity ? 'unlimited bandwidth' : `${options.bandwidth / 1e6} MB/s`}, ${options.latencyMs} ms one-way latency`;
   process.stdout.write(`Post-copy live migration demo: ${options.size / MiB} MiB image, link ${link}, prefetch ${options.prefetch ? 'on' : 'off'}, read-ahead ${options.readAhead} pages\n`);
   process.stdout.write('source: generating the image and running the workload on it locally ...\n');
   const sourceSpec: SourceSpec = { size: options.size, seed: options.seed, bandwidth: options.bandwidth, latencyMs: options.latencyMs };
   const source = start('source.js', sourceSpec);
-  const ready = await sourceReady(source);
+  const ready = await sourceReady<SourceMessage>(source);
   const { layout } = ready;
   process.stdout.write(
     `source: ${count(layout.orders)} orders in ${count(layout.chunks)} zlib chunks, a ${count(layout.indexCapacity)}-slot customer index, ` +
@@ -178,13 +93,13 @@ async function main(): Promise<number> {
 
   const base = { port: ready.port, seed: options.seed, readAhead: options.readAhead, prefetch: options.prefetch };
   const killAt = options.killSourceAt;
-  const post = await migrate('post-copy', { ...base, mode: 'postcopy' }, killAt === undefined ? undefined : (progress) => {
+  const post = await migrate<DestinationReport>('post-copy', 'destination.js', { ...base, mode: 'postcopy' }, killAt === undefined ? undefined : (progress) => {
     if (progress.present * 100 >= killAt * progress.pages && source.exitCode === null && source.signalCode === null) {
       process.stdout.write(`\nkilling the source (SIGKILL) at ${(progress.present * 100 / progress.pages).toFixed(0)} % of the pages, as asked\n`);
       source.kill('SIGKILL');
     }
   });
-  const stop = await migrate('stop-and-copy', { ...base, mode: 'stop-and-copy' });
+  const stop = await migrate<DestinationReport>('stop-and-copy', 'destination.js', { ...base, mode: 'stop-and-copy' });
   source.disconnect();
 
   const same = (report: DestinationReport): { result: boolean; hash: boolean } => ({

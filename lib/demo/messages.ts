@@ -75,3 +75,81 @@ export type DestinationMessage =
   | { type: 'progress'; progress: Progress }
   | { type: 'done'; report: DestinationReport }
   | { type: 'failed'; code: string; message: string; progress: Progress };
+
+// `npm run demo -- --vm`: the same migration, with a vCPU of the project's
+// KVM VMM (test/fixtures/vmm) as the workload.
+
+/** The VMM's result line ({"done":true,...}; see the fixture's README). */
+export interface GuestResult {
+  /** Chain pages the guest visited (passes x chain length, from boot). */
+  pages: number;
+  /** The guest's FNV-1a hash over everything it read. */
+  hash: string;
+  /** The host's computation of that hash from the seed (--verify), and whether they agree. */
+  expectedHash: string;
+  verified: boolean;
+  /** From the VMM's first KVM_RUN to the guest's last report. */
+  seconds: number;
+  /** The vCPU thread's wall time neither on a CPU nor waiting for one (schedstat): blocked on faults. Absent without schedstat. */
+  asleepSeconds?: number;
+  exits: number;
+}
+
+export interface VmSourceSpec {
+  vmm: string;
+  dir: string;
+  size: number;
+  seed: number;
+  passes: number;
+  snapshotAfter: number;
+  bandwidth: number;
+  latencyMs: number;
+  timeoutS: number;
+}
+
+/** The paused vCPU's state as the destination needs it: the snapshot's vcpu.bin and layout.json. */
+export interface VcpuState {
+  vcpu: string;
+  layout: string;
+}
+
+export type VmSourceMessage =
+  | { type: 'ready'; port: number; reference: GuestResult; referenceWallMs: number; ranMs: number; pausedAt: number; chainPages: number; state: VcpuState }
+  | { type: 'failed'; message: string };
+
+export interface VmDestinationSpec {
+  vmm: string;
+  dir: string;
+  port: number;
+  mode: DestinationSpec['mode'];
+  prefetch: boolean;
+  readAhead: number;
+  timeoutS: number;
+  state: VcpuState;
+}
+
+export interface VmDestinationReport {
+  mode: DestinationSpec['mode'];
+  guest: GuestResult;
+  /** From connecting to the source until the guest was done (post-copy: and the last page in place or the VMM gone). */
+  totalMs: number;
+  /** From connecting until the vCPU could run: the state transfer (post-copy) or the whole copy (stop-and-copy). */
+  switchoverMs: number;
+  /** Post-copy: the vCPU's time blocked on faults (the VMM's asleepSeconds); stop-and-copy: the copy. */
+  downtimeMs: number;
+  /** Post-copy: for each fault that needed the network, from its read to its page in place, summed. */
+  handlerBlockedMs: number;
+  /** Until every page was in guest memory; null if the guest finished first (the pages it never reads are not needed). */
+  transferMs: number | null;
+  cpuMs: number;
+  progress: Progress;
+  faultsFetched: number;
+  faultP50Us: number;
+  faultP99Us: number;
+  faultMaxUs: number;
+}
+
+export type VmDestinationMessage =
+  | { type: 'progress'; progress: Progress }
+  | { type: 'done'; report: VmDestinationReport }
+  | { type: 'failed'; code: string; message: string; progress: Progress };
