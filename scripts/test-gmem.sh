@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test-gmem.sh - `npm run test:gmem`: runs the guest_memfd userfaultfd tests
-# (test/64.guest-memfd.test.ts, test/66.guest-memfd-uffd.test.ts) and the VM tests (test/65.vm.test.ts)
+# (test/64.guest-memfd.test.ts, test/66.guest-memfd-uffd.test.ts) and the VM tests (test/65.vm.test.ts,
+# test/82.demo-vm.test.ts: npm run demo -- --vm)
 # for real, under a kernel that lets userfaultfd register guest_memfd
 # mappings, booted with scripts/run-in-qemu.sh. Opt-in: no packaged kernel
 # carries that support yet, so you point it at one you built:
@@ -24,5 +25,5 @@ cd "$ROOT"
 exec "$ROOT/scripts/run-in-qemu.sh" "$KERNEL" bash -c '
 	echo "== kernel $(uname -r), /dev/kvm: $([ -c /dev/kvm ] && echo present || echo absent)"
 	node dist/cli.js probe | sed -n "/^memory/,\$p"
-	exec npx vitest run test/64.guest-memfd.test.ts test/66.guest-memfd-uffd.test.ts test/65.vm.test.ts "$@"
+	exec npx vitest run test/64.guest-memfd.test.ts test/66.guest-memfd-uffd.test.ts test/65.vm.test.ts test/82.demo-vm.test.ts "$@"
 ' test-gmem "$@"
