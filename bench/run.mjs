@@ -204,6 +204,16 @@ for (const [type, memory, mode, zero] of [
 const VM_MIB = vmOnly || quick ? 8 : 64;
 const VM_VARIANTS = [C, NATIVE, NATIVE_SPIN, JS];
 
+/** Resolves once a handler listens on socket (the file exists); rejects if it exits first or takes over 60 s. */
+async function listening(socket, handlerRun) {
+  let exited = false;
+  handlerRun.then(() => (exited = true), () => (exited = true));
+  for (const deadline = Date.now() + 60_000; !fs.existsSync(socket);) {
+    if (exited || Date.now() > deadline) throw new Error(`the handler did not listen on ${socket}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 async function vcpuSection() {
   const md = ['', `## A vCPU as the faulting peer: lazy restore of a KVM guest (${VM_MIB} MiB, anon MISSING+COPY)`, ''];
   const { buildVmm, kvmSkipReason } = await import('../dist/demo/vmm.js');
@@ -227,6 +237,8 @@ async function vcpuSection() {
       const i = (k + rep) % VM_VARIANTS.length;
       const socket = path.join(tmp, `vm${socketNo++}.sock`);
       const handlerRun = run(...handlerCommand(VM_VARIANTS[i], socket, memFile));
+      // The VMM gives up connecting after 10 s; Node under emulation can take longer to listen.
+      await listening(socket, handlerRun);
       const guest = await run(vmm, ['--restore', snapshot, '--uffd-socket', socket, '--verify', '--progress-every', '0', '--timeout-s', '120']);
       const h = await Promise.race([handlerRun, new Promise((resolve) => setTimeout(() => resolve(null), 30_000))]);
       if (guest.code !== 0 || !guest.json?.verified || !h?.json) {
