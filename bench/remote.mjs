@@ -15,7 +15,7 @@ import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 import { startNginx, nginxMissing } from '../test/support/nginx.mjs';
-import { startProxyProcess } from '../test/support/delay-proxy.mjs';
+import { DelayProxy } from '../test/support/delay-proxy.mjs';
 import { serveFromSource, percentile } from '../test/support/serve-source.mjs';
 
 const require = createRequire(import.meta.url);
@@ -224,7 +224,7 @@ async function main() {
   const rows = [];
   try {
     for (const rtt of RTTS) {
-      const proxy = await startProxyProcess(nginx.port, rtt);
+      const proxy = await DelayProxy.start(nginx.port, rtt);
       try {
         const measured = await measureRtt(proxy.port);
         const bulks = [await bulk(proxy.port), await bulk(proxy.port)];
