@@ -182,6 +182,8 @@ export class HttpPageSource implements PageSource {
   /** The pinned identity of the object: its ETag and Last-Modified as the server sent them at open. */
   readonly etag: string | undefined;
   readonly lastModified: string | undefined;
+  /** A page that cannot be fetched has no stand-in: zeros would be wrong bytes, so handlers that take their default from the source poison it (SIGBUS). */
+  readonly failure = 'poison' as const;
 
   readonly #target: URL;
   readonly #headers: Record<string, string>;

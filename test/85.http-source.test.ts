@@ -250,6 +250,29 @@ describe.skipIf(missing !== undefined)(`HttpPageSource against nginx${missing ? 
     await expect(source.fetch(absent * PAGE, PAGE, { urgent: true })).rejects.toBe(source.error);
   });
 
+  it('is poisoned, not zero-filled, by default in the post-copy destination when its server dies: SIGBUS in the faulting process, complete rejects', async () => {
+    const own = await startNginx();
+    cleanup.push(() => own.stop());
+    fs.writeFileSync(path.join(own.root, 'image.bin'), imageBytes);
+    let requests = 0;
+    const source = await open(`${own.origin}/image.bin`, {
+      backgroundFill: false, readAheadMin: 4 * PAGE, readAheadMax: 4 * PAGE, retries: 2, retryDelayMs: 20,
+      onRequest: () => void (++requests === 20 && own.kill()),
+    });
+    expect(source.failure).toBe('poison');
+    const p = await peer(SIZE / PAGE);
+    // No failure option: the destination takes the source's policy.
+    const dest = new PostcopyDestination(p.uffd, { address: p.address, length: p.length }, source);
+    cleanup.push(() => dest.close());
+    const started = Date.now();
+    const { signal, report } = await p.go();
+    expect(signal).toBe('SIGBUS');
+    expect(report).toBeUndefined();
+    expect(Date.now() - started).toBeLessThan(10_000);
+    await expect(dest.complete).rejects.toMatchObject({ code: 'ERR_UFFD_SOURCE_UNAVAILABLE' });
+    expect(dest.error).toBe(source.error);
+  });
+
   it('fails with ERR_UFFD_SOURCE_CHANGED when the object is replaced mid-restore, never serving a byte of the new one', async () => {
     fs.writeFileSync(path.join(nginx.root, 'replaced.bin'), imageBytes);
     const source = await open(`${nginx.origin}/replaced.bin`, { backgroundFill: false, readAheadMin: 4 * PAGE, readAheadMax: 4 * PAGE });
