@@ -189,6 +189,31 @@ describe.skipIf(missing !== undefined)(`HttpPageSource against nginx${missing ? 
     expect(source.stats.bytesFetched).toBe(size);
   });
 
+  it('holds back the present flag of a read-ahead window\'s first page until it is asked for, then reads further ahead without a request for it', async () => {
+    const requests: HttpRequestInfo[] = [];
+    const window = 16;
+    const source = await open(`${nginx.origin}/image.bin`, { backgroundFill: false, readAheadMin: window * PAGE, readAheadMax: window * PAGE, onRequest: (r) => requests.push(r) });
+    // Two sequential misses: the second makes a stream, which reads the next window ahead.
+    await source.fetch(window * PAGE, PAGE, { urgent: true });
+    await source.fetch(2 * window * PAGE, PAGE, { urgent: true });
+    const ahead = 3 * window;
+    expect(requests.find((r) => r.priority === 'readahead')).toMatchObject({ start: ahead * PAGE, end: (ahead + window) * PAGE });
+    // The rest of that window lands and is flagged; its first page (the marker) is not.
+    await source.fetch((ahead + 1) * PAGE, (window - 1) * PAGE);
+    expect(source.present[ahead]).toBe(0);
+    for (let page = ahead + 1; page < ahead + window; page++) expect(source.present[page]).toBe(1);
+    // A fault on the marker: no request for it, the flag is set, and the next window is requested.
+    const sent = requests.length;
+    await source.fetch(ahead * PAGE, PAGE, { urgent: true });
+    expect(source.present[ahead]).toBe(1);
+    await source.fetch((ahead + window) * PAGE, window * PAGE);
+    const after = requests.slice(sent);
+    expect(after.some((r) => r.start <= ahead * PAGE && r.end > ahead * PAGE)).toBe(false);
+    expect(after.find((r) => r.priority === 'readahead' && r.start === (ahead + window) * PAGE)).toBeDefined();
+    expect(Buffer.compare(Buffer.from(source.bytes.subarray(ahead * PAGE, (ahead + 2 * window) * PAGE)), Buffer.from(imageBytes.subarray(ahead * PAGE, (ahead + 2 * window) * PAGE)))).toBe(0);
+    expect(expectDisjoint(requests)).toBe(source.stats.bytesFetched);
+  });
+
   it('coalesces neighbouring faults that wait at the same time into one range', async () => {
     const requests: HttpRequestInfo[] = [];
     const source = await open(`${nginx.origin}/image.bin`, { backgroundFill: false, readAheadMin: PAGE, readAheadMax: PAGE, onRequest: (r) => requests.push(r) });
