@@ -42,6 +42,7 @@ export interface ServeFromOptions {
   onMiss?: (fault: Fault, miss: Miss) => void | Promise<void>;
   onEvent?: (event: import('./uffd').NonFaultEvent) => void;
   onError?: (error: unknown, fault: Fault) => void;
+  /** serve()'s failure policy; default: the source's own (source.failure: 'poison' for a remote source), else 'fill'. */
   failure?: 'fill' | 'poison';
 }
 

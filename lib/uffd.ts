@@ -454,7 +454,8 @@ export class Userfaultfd implements FaultResolver {
     const onMiss = opts.onMiss ?? fetchAndResolve;
     if (typeof onMiss !== 'function') throw argTypeError('options.onMiss', 'a function', onMiss);
     const table = rangeTable(ranges, src);
-    const served = this.#serveWith((fault) => onMiss(fault, locate(ranges, src, fault)), opts, false);
+    // The source may say what a fault on a page it failed to deliver gets (a remote source: SIGBUS, never zeros).
+    const served = this.#serveWith((fault) => onMiss(fault, locate(ranges, src, fault)), { ...opts, failure: opts.failure ?? src?.failure }, false);
     const bytes = src ? src.bytes : new Uint8Array(0);
     this.#handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false);
     return served;
