@@ -7,6 +7,9 @@ import { UffdError, argTypeError, argValueError, invalid } from './errors';
 import type { Fault } from './events';
 import { systemPageSize } from './memory';
 import type { PageSource } from './page-source';
+import { serveWith, type ServeHost } from './serve';
+import type { Registration } from './registrations';
+import type { NonFaultEvent } from './uffd';
 import * as validate from './validate';
 
 /** A registered range served from the source: its bytes start at `offset` in the source. */
@@ -40,7 +43,7 @@ export interface ServeFromOptions {
    * source.fetch() of the page, then copy it (continue for minor faults).
    */
   onMiss?: (fault: Fault, miss: Miss) => void | Promise<void>;
-  onEvent?: (event: import('./uffd').NonFaultEvent) => void;
+  onEvent?: (event: NonFaultEvent) => void;
   onError?: (error: unknown, fault: Fault) => void;
   failure?: 'fill' | 'poison';
 }
@@ -55,6 +58,32 @@ export interface PlannedRange extends ServeRange {
 }
 
 const MAX_READ_AHEAD = 1024;
+
+/** Userfaultfd.serveFrom(). */
+export function serveFrom(host: ServeHost, source: PageSource | null, options?: ServeFromOptions): Promise<void> {
+  const src = checkSource(source);
+  const opts = validate.options<ServeFromOptions>(options, 'options');
+  host.checkOpen('serveFrom');
+  const ranges = planRanges(opts.ranges ?? defaultRanges(host.uffd.registrations), src, (address) => host.pageSizeAt(address));
+  const pages = readAhead(opts.readAhead);
+  const onMiss = opts.onMiss ?? fetchAndResolve;
+  if (typeof onMiss !== 'function') throw argTypeError('options.onMiss', 'a function', onMiss);
+  const table = rangeTable(ranges, src);
+  const { served } = serveWith(host, (fault) => onMiss(fault, locate(ranges, src, fault)), opts, false);
+  const bytes = src ? src.bytes : new Uint8Array(0);
+  host.handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false);
+  return served;
+}
+
+// The default ranges: every registration, back to back in address order from source offset 0.
+function defaultRanges(registrations: readonly Registration[]): ServeRange[] {
+  let offset = 0;
+  return [...registrations].sort((a, b) => (a.start < b.start ? -1 : 1)).map((r) => {
+    const range = { address: r.start, length: Number(r.end - r.start), offset };
+    offset += range.length;
+    return range;
+  });
+}
 
 export function checkSource(source: unknown): PageSource | null {
   if (source === null) return null;
