@@ -7,9 +7,10 @@
 import type { UffdHandle } from './binding';
 import { EVENT, MSG_SIZE } from './constants';
 import { UffdError, argTypeError, argValueError } from './errors';
+import type { EventStream } from './event-stream';
 import { decode, type DecodeContext, type Fault } from './events';
 import { FaultBatch } from './fault-batch';
-import type { Event, NonFaultEvent, Userfaultfd } from './uffd';
+import type { NonFaultEvent, Userfaultfd } from './uffd';
 import * as validate from './validate';
 
 export interface ServeOptions {
@@ -49,15 +50,9 @@ export interface ServeHost {
   /** The buffer the addon reads messages into, and how many it holds. */
   readonly view: DataView;
   readonly capacity: number;
-  /** Takes the event stream for serving; ERR_UFFD_BUSY if it has a consumer already. */
+  readonly stream: EventStream<Userfaultfd>;
+  /** Takes the event stream for serving; ERR_UFFD_CLOSED, or ERR_UFFD_BUSY if it has a consumer already. */
   claim(): void;
-  /** Where each batch read goes, decoded (serve) or as a count of raw messages (serveBatch). */
-  setDeliver(deliver: (batch: Event[]) => void): void;
-  setBatchHandler(handler: (count: number) => void): void;
-  /** Settles when the uffd closes: rejects with the read error that closed it, if one did. */
-  ended(): Promise<void>;
-  /** Decodes and delivers the count messages wait() left in the buffer. */
-  receive(count: number): void;
   /** Faults handed to JavaScript handlers (ServeStats.jsFaults). */
   countJsFaults(count: number): void;
   decodeContext(): DecodeContext<Userfaultfd>;
@@ -100,7 +95,7 @@ export function serveSync(host: ServeHost, handler: (fault: Fault) => void, opti
       // Faults refused with EAGAIN are retried after at most 1 ms.
       const count = host.handle.wait(retrying ? 1 : WAIT_SLICE_MS, spin);
       if (count < 0 || host.uffd.closed) break;
-      if (count > 0) host.receive(count);
+      if (count > 0) host.stream.receive(count);
       if (host.uffd.closed) break;
       retrying = retryNow();
     }
@@ -118,7 +113,7 @@ export function serveBatch(host: ServeHost, handler: (batch: FaultBatch) => void
   const { view, handle } = host;
   const batch = new FaultBatch(view, host.capacity, handle, (address) => host.pageSizeAtNumber(address));
   const report = opts.onError ?? ((error: unknown) => process.emitWarning(error as Error, 'UffdHandlerWarning'));
-  host.setBatchHandler((count) => {
+  host.stream.setBatchHandler((count) => {
     batch.load(count);
     if (batch.length < count) {
       // Events first, as serve() does; they are rare, so they may allocate.
@@ -140,7 +135,7 @@ export function serveBatch(host: ServeHost, handler: (batch: FaultBatch) => void
   });
   handle.setSpin(opts.spin === true);
   handle.start();
-  return host.ended();
+  return host.stream.ended();
 }
 
 /**
@@ -218,7 +213,7 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
     if (retryTurns < 100) setImmediate(run);
     else setTimeout(run, 1);
   };
-  host.setDeliver((batch) => {
+  host.stream.setDeliver((batch) => {
     // Events first: a fault read in the same batch as a REMOVE of its page
     // must be served after the removal is known, or stale data lands there.
     for (const event of batch) {
@@ -234,7 +229,7 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
     for (const event of batch) if (event.type === 'pagefault' && !uffd.closed) dispatch(event);
     scheduleRetry();
   });
-  return { served: host.ended(), retryNow };
+  return { served: host.stream.ended(), retryNow };
 }
 
 // The options every serving method shares.

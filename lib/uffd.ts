@@ -1,5 +1,9 @@
 // Userfaultfd: one uffd, its registrations, the ioctls that resolve faults,
-// and the stream of its events.
+// and the stream of its events. The parts live in their own modules, and the
+// methods here delegate to them: the record of registrations
+// (registrations.ts), the event stream and its one consumer (event-stream.ts),
+// serving faults with JavaScript handlers (serve.ts) and from a page source
+// (serve-from.ts).
 //
 // Threading: events are read on the thread that opened the uffd (the main
 // thread or a worker), by its event loop, never blocking it; resolving ioctls
@@ -7,7 +11,6 @@
 // registered memory that is not yet present: it would block in the kernel
 // waiting for a resolution only it can make. Faults come from other threads
 // (workers using attachView), native threads, or other processes.
-import { performance } from 'node:perf_hooks';
 import { native, type UffdHandle } from './binding';
 import {
   COPY_MODE_WP, CONTINUE_MODE_WP, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
@@ -16,8 +19,9 @@ import {
   type Feature, type Ioctl,
 } from './constants';
 import { UffdError, argTypeError, argValueError, invalid, libraryError, systemError } from './errors';
+import { EventStream } from './event-stream';
 import type { FaultBatch } from './fault-batch';
-import { decode, type DecodeContext, type Fault, type FaultResolver, type ForkEvent, type RemapEvent, type RemoveEvent, type UffdEvent, type UnmapEvent } from './events';
+import type { DecodeContext, Fault, FaultResolver, ForkEvent, RemapEvent, RemoveEvent, UffdEvent, UnmapEvent } from './events';
 import { Mapping, systemPageSize } from './memory';
 import type { PageSource } from './page-source';
 import { Registrations, type AdoptedRange, type RegisterModes, type Registration } from './registrations';
@@ -62,16 +66,9 @@ export class Userfaultfd implements FaultResolver {
   readonly #view = new DataView(this.#messages);
   #closed = false;
   readonly #registrations = new Registrations();
-  /** Who reads the events: at most one consumer, for the uffd's whole life. */
-  #consumer: 'none' | 'iterator' | 'serve' = 'none';
-  #deliver: (batch: Event[]) => void = () => {};
-  #queue: Event[] = [];
-  #waiting: ((result: IteratorResult<Event>) => void)[] = [];
-  #failure: UffdError | undefined;
-  #ended: (() => void)[] = [];
+  readonly #stream: EventStream<Userfaultfd> = new EventStream(this.#view, this, () => this.#decodeContext());
   #jsFaults = 0;
   #context: DecodeContext<Userfaultfd> | undefined;
-  #batchHandler: ((count: number) => void) | undefined;
   #serveHost: ServeHost | undefined;
   #finalStats: Float64Array = new Float64Array(20);
 
@@ -90,7 +87,7 @@ export class Userfaultfd implements FaultResolver {
     this.enabledFeatures = this.#enabled;
     // The handle holds this callback weakly until the stream starts; a
     // Userfaultfd nobody holds is collected and its handle closes the fd.
-    this.#callback = (count: number) => this.#onMessages(count);
+    this.#callback = (count: number) => this.#stream.receive(count);
     this.#handle = new native.UffdHandle(fd, this.#callback, this.#messages, lentId);
   }
 
@@ -319,33 +316,10 @@ export class Userfaultfd implements FaultResolver {
    * closes the uffd, which wakes every waiting thread.
    */
   events(): AsyncIterableIterator<Event> {
-    this.#claim('iterator');
-    this.#deliver = (batch) => {
-      for (const event of batch) {
-        const waiter = this.#waiting.shift();
-        if (waiter) waiter({ value: event, done: false });
-        else this.#queue.push(event);
-      }
-    };
+    this.#checkOpen('userfaultfd');
+    this.#stream.claim('iterator');
+    const iterator = this.#stream.iterator();
     this.#handle.start();
-    const iterator: AsyncIterableIterator<Event> = {
-      next: () => {
-        const event = this.#queue.shift();
-        if (event) return Promise.resolve({ value: event, done: false });
-        if (this.#failure) {
-          const failure = this.#failure;
-          this.#failure = undefined;
-          return Promise.reject(failure);
-        }
-        if (this.#closed) return Promise.resolve({ value: undefined, done: true });
-        return new Promise((resolve) => this.#waiting.push(resolve));
-      },
-      return: () => {
-        this.close();
-        return Promise.resolve({ value: undefined, done: true });
-      },
-      [Symbol.asyncIterator]: () => iterator,
-    };
     return iterator;
   }
 
@@ -442,8 +416,7 @@ export class Userfaultfd implements FaultResolver {
     // After close: the native thread has been joined, its counters are final.
     this.#finalStats = this.#handle.stats();
     this.#registrations.clear();
-    this.#queue = [];
-    this.#end();
+    this.#stream.end();
   }
 
   [Symbol.dispose](): void {
@@ -451,26 +424,6 @@ export class Userfaultfd implements FaultResolver {
   }
 
   // ---- internals ----
-
-  #onMessages(count: number): void {
-    if (count < 0) {
-      this.#failure = systemError(count, 'read');
-      this.close();
-      return;
-    }
-    if (this.#batchHandler) {
-      this.#batchHandler(count);
-      return;
-    }
-    const context = this.#decodeContext();
-    context.receivedAt = performance.now();
-    const batch: Event[] = [];
-    for (let i = 0; i < count; i++) {
-      const event = decode(this.#view, i, context);
-      if (event) batch.push(event);
-    }
-    this.#deliver(batch);
-  }
 
   // What the serving functions (serve.ts, serve-from.ts) may use of this
   // object's internals; made once, on the first serve.
@@ -480,17 +433,11 @@ export class Userfaultfd implements FaultResolver {
       handle: this.#handle,
       view: this.#view,
       capacity: MESSAGE_CAPACITY,
-      claim: () => this.#claim('serve'),
-      setDeliver: (deliver) => {
-        this.#deliver = deliver;
+      stream: this.#stream,
+      claim: () => {
+        this.#checkOpen('userfaultfd');
+        this.#stream.claim('serve');
       },
-      setBatchHandler: (handler) => {
-        this.#batchHandler = handler;
-      },
-      ended: () => new Promise<void>((resolve, reject) => {
-        this.#ended.push(() => (this.#failure ? reject(this.#failure) : resolve()));
-      }),
-      receive: (count) => this.#onMessages(count),
       countJsFaults: (count) => {
         this.#jsFaults += count;
       },
@@ -510,28 +457,6 @@ export class Userfaultfd implements FaultResolver {
       receivedAt: 0,
       adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
     });
-  }
-
-  #end(): void {
-    for (const waiter of this.#waiting.splice(0)) {
-      if (this.#failure) {
-        const failure = this.#failure;
-        this.#failure = undefined;
-        waiter(Promise.reject(failure) as never);
-      } else {
-        waiter({ value: undefined, done: true });
-      }
-    }
-    for (const ended of this.#ended.splice(0)) ended();
-  }
-
-  #claim(consumer: 'iterator' | 'serve'): void {
-    this.#checkOpen('userfaultfd');
-    if (this.#consumer !== 'none') {
-      throw libraryError('ERR_UFFD_BUSY', 'userfaultfd',
-        `this userfaultfd's events are already consumed by ${this.#consumer === 'serve' ? 'serve()' : 'an events() iterator'}; a uffd has one consumer for its whole life`);
-    }
-    this.#consumer = consumer;
   }
 
   #checkOpen(syscall: string): void {
