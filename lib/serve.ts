@@ -191,7 +191,7 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
   // read whatever is queued), backing off to 1 ms after many tries.
   let retryScheduled = false;
   let retryTurns = 0;
-  // serveSync blocks the loop: it retries between its waits instead.
+  // serveSync blocks the loop: it calls this between its waits instead.
   const retryNow = (): boolean => {
     const again = retry;
     retry = [];
@@ -204,10 +204,7 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
     const run = (): void => {
       retryScheduled = false;
       retryTurns++;
-      const again = retry;
-      retry = [];
-      for (const fault of again) if (!uffd.closed) dispatch(fault);
-      if (retry.length === 0) retryTurns = 0;
+      if (!retryNow()) retryTurns = 0;
       scheduleRetry();
     };
     if (retryTurns < 100) setImmediate(run);
@@ -221,11 +218,7 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
       if (opts.onEvent) guarded(() => opts.onEvent!(event));
       else if (event.type === 'fork') event.uffd.close();
     }
-    if (retry.length > 0) {
-      const again = retry;
-      retry = [];
-      for (const fault of again) if (!uffd.closed) dispatch(fault);
-    }
+    if (retry.length > 0) retryNow();
     for (const event of batch) if (event.type === 'pagefault' && !uffd.closed) dispatch(event);
     scheduleRetry();
   });
