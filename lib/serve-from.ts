@@ -45,6 +45,7 @@ export interface ServeFromOptions {
   onMiss?: (fault: Fault, miss: Miss) => void | Promise<void>;
   onEvent?: (event: NonFaultEvent) => void;
   onError?: (error: unknown, fault: Fault) => void;
+  /** serve()'s failure policy; default: the source's own (source.failure: 'poison' for a remote source), else 'fill'. */
   failure?: 'fill' | 'poison';
 }
 
@@ -69,7 +70,8 @@ export function serveFrom(host: ServeHost, source: PageSource | null, options?: 
   const onMiss = opts.onMiss ?? fetchAndResolve;
   if (typeof onMiss !== 'function') throw argTypeError('options.onMiss', 'a function', onMiss);
   const table = rangeTable(ranges, src);
-  const { served } = serveWith(host, (fault) => onMiss(fault, locate(ranges, src, fault)), opts, false);
+  // The source may say what a fault on a page it failed to deliver gets (a remote source: SIGBUS, never zeros).
+  const { served } = serveWith(host, (fault) => onMiss(fault, locate(ranges, src, fault)), { ...opts, failure: opts.failure ?? src?.failure }, false);
   const bytes = src ? src.bytes : new Uint8Array(0);
   host.handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false);
   return served;
