@@ -13,6 +13,7 @@ import { systemPageSize } from './memory';
 const FLAG_WRITE = Number(PAGEFAULT_FLAG.WRITE);
 const FLAG_WP = Number(PAGEFAULT_FLAG.WP);
 const FLAG_MINOR = Number(PAGEFAULT_FLAG.MINOR);
+const FLAG_RWP = Number(PAGEFAULT_FLAG.RWP);
 const TWO_32 = 2 ** 32;
 const NO_MODE = 0n;
 
@@ -75,7 +76,7 @@ export class FaultBatch {
 
   kind(i: number): FaultKind {
     const flags = this.#flags(i);
-    return flags & FLAG_WP ? 'wp' : flags & FLAG_MINOR ? 'minor' : 'missing';
+    return flags & FLAG_RWP ? 'rwp' : flags & FLAG_WP ? 'wp' : flags & FLAG_MINOR ? 'minor' : 'missing';
   }
 
   write(i: number): boolean {
@@ -108,8 +109,12 @@ export class FaultBatch {
       const kind = this.kind(i);
       try {
         if (kind === 'minor') this.continue(i);
-        else if (kind === 'wp') {
-          this.#handle.writeProtect(this.pageAddress(i), this.pageSize(i), NO_MODE);
+        else if (kind === 'wp' || kind === 'rwp') {
+          // A protection fault has its page: filling it would only find it
+          // there (EEXIST) and the thread would fault again. Mode 0 removes
+          // the protection and wakes.
+          if (kind === 'wp') this.#handle.writeProtect(this.pageAddress(i), this.pageSize(i), NO_MODE);
+          else this.#handle.rwProtect(this.pageAddress(i), this.pageSize(i), NO_MODE);
           this.#resolved[i] = 1;
         } else this.zero(i);
       } catch {

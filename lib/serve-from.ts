@@ -164,7 +164,7 @@ function allPresent(source: PageSource, offset: number, length: number): boolean
 
 /** The default onMiss: what the native path would do, after fetching what is missing. */
 export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
-  if (fault.kind === 'wp') {
+  if (fault.kind === 'wp' || fault.kind === 'rwp') {
     fault.unprotect();
     return;
   }
