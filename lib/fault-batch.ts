@@ -8,7 +8,7 @@ import type { UffdHandle } from './binding';
 import { EVENT, MSG_SIZE, PAGEFAULT_FLAG } from './constants';
 import type { UffdError } from './errors';
 import type { FaultKind, Outcome } from './events';
-import { systemPageSize } from './memory';
+import { systemPageSize, zeroBytes } from './memory';
 
 const FLAG_WRITE = Number(PAGEFAULT_FLAG.WRITE);
 const FLAG_WP = Number(PAGEFAULT_FLAG.WP);
@@ -25,7 +25,6 @@ export class FaultBatch {
   readonly #at: Uint8Array;
   readonly #resolved: Uint8Array;
   #length = 0;
-  #zeros: Uint8Array | undefined;
 
   /** @internal Made by Userfaultfd.serveBatch. */
   constructor(view: DataView, capacity: number, handle: UffdHandle, pageSizeAt: (address: number) => number) {
@@ -144,10 +143,7 @@ export class FaultBatch {
       if (how === 0) this.#handle.copy(page, data!, NO_MODE);
       else if (how === 2) this.#handle.continue(page, size, NO_MODE);
       else if (size === systemPageSize()) this.#handle.zeroPage(page, size, NO_MODE);
-      else {
-        if (!this.#zeros || this.#zeros.length < size) this.#zeros = new Uint8Array(size);
-        this.#handle.copy(page, this.#zeros.subarray(0, size), NO_MODE);
-      }
+      else this.#handle.copy(page, zeroBytes(size), NO_MODE);
       this.#resolved[i] = 1;
       return 'done';
     } catch (error) {

@@ -5,7 +5,6 @@
 // resolve it the way the native path would have).
 import { UffdError, argTypeError, argValueError, invalid } from './errors';
 import type { Fault } from './events';
-import { systemPageSize } from './memory';
 import type { PageSource } from './page-source';
 import { serveWith, type ServeHost } from './serve';
 import type { Registration } from './registrations';
@@ -174,7 +173,7 @@ export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
       `ERR_UFFD_UNRESOLVED: the fault at ${validate.hex(fault.address)} is outside every range given to serveFrom(); add its range, or give onMiss`);
   }
   if (range.zero) {
-    zeroFill(fault);
+    fault.zero();
     return;
   }
   if (source) {
@@ -183,17 +182,7 @@ export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
   }
   if (fault.kind === 'minor') fault.continue();
   else if (source) fault.copy(source.bytes.subarray(offset, offset + fault.pageSize));
-  else zeroFill(fault);
+  else fault.zero();
 }
 
-let zeros: Uint8Array | undefined;
 
-// hugetlb has no UFFDIO_ZEROPAGE: copy zeros there.
-function zeroFill(fault: Fault): void {
-  if (fault.pageSize === systemPageSize()) {
-    fault.zero();
-    return;
-  }
-  if (!zeros || zeros.length < fault.pageSize) zeros = new Uint8Array(fault.pageSize);
-  fault.copy(zeros.subarray(0, fault.pageSize));
-}

@@ -262,8 +262,6 @@ function unresolved(fault: Fault): UffdError {
     `ERR_UFFD_UNRESOLVED: the handler finished without resolving the ${fault.kind} fault at 0x${fault.address.toString(16)}; call fault.copy(), fault.zero(), fault.continue() or another resolving method`);
 }
 
-let zeroPages: Uint8Array | undefined;
-
 // The failure policy. It must not throw: the handler's error is what gets reported.
 function resolveAfterFailure(fault: Fault, failure: 'fill' | 'poison'): void {
   const attempts: (() => unknown)[] = [];
@@ -271,11 +269,6 @@ function resolveAfterFailure(fault: Fault, failure: 'fill' | 'poison'): void {
   if (fault.kind === 'minor') attempts.push(() => fault.continue());
   if (fault.kind === 'wp' || fault.kind === 'rwp') attempts.push(() => fault.unprotect());
   attempts.push(() => fault.zero());
-  // hugetlb ranges have no ZEROPAGE: copy zeros instead.
-  attempts.push(() => {
-    if (!zeroPages || zeroPages.byteLength < fault.pageSize) zeroPages = new Uint8Array(fault.pageSize);
-    return fault.copy(zeroPages.subarray(0, fault.pageSize));
-  });
   // Filling failed too (no memory: a hugetlb pool ran dry). A wake alone would
   // let the thread fault again at once, forever; SIGBUS is what the kernel
   // itself gives a thread whose huge page cannot be allocated.
