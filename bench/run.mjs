@@ -1,4 +1,8 @@
-// npm run bench [-- --quick] [-- --out FILE]
+// npm run bench [-- --quick] [-- --out FILE] [-- --only SECTION[,SECTION]]
+//
+// SECTION: workloads, floor, read-ahead, placements, busy, idle, rss. With
+// --only, the run writes only those sections (to --out, by default a file in
+// the temporary directory, so that bench/RESULTS.md keeps a whole run).
 //
 // The library against a plain C page-fault handler on the same workloads, one
 // after the other, and bench/RESULTS.md written from the run. The faulting
@@ -18,7 +22,15 @@ import { fileURLToPath } from 'node:url';
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
-const outFile = args.includes('--out') ? args[args.indexOf('--out') + 1] : path.join(root, 'bench', 'RESULTS.md');
+const SECTIONS = ['workloads', 'floor', 'read-ahead', 'placements', 'busy', 'idle', 'rss'];
+const only = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : SECTIONS;
+for (const section of only) {
+  if (!SECTIONS.includes(section)) throw new Error(`--only: unknown section '${section}' (one of ${SECTIONS.join(', ')})`);
+}
+const wanted = (section) => only.includes(section);
+const outFile = args.includes('--out')
+  ? args[args.indexOf('--out') + 1]
+  : only.length < SECTIONS.length ? path.join(os.tmpdir(), `uffd-bench-${only.join('-')}.md`) : path.join(root, 'bench', 'RESULTS.md');
 const command = `npm run bench${args.length ? ` -- ${args.join(' ')}` : ''}`;
 
 // Sizes: 64 MiB of 4 KiB pages in two regions (like a guest's memory around
@@ -40,7 +52,7 @@ function log(line) {
 
 function compile() {
   fs.mkdirSync(build, { recursive: true });
-  for (const [name, source] of [['c_handler', 'bench/native/c_handler.c'], ['fc_peer', 'test/fixtures/fc_peer.c']]) {
+  for (const [name, source] of [['c_handler', 'bench/native/c_handler.c'], ['fc_peer', 'test/fixtures/fc_peer.c'], ['wake_latency', 'bench/native/wake_latency.c']]) {
     execFileSync('cc', ['-O2', '-Wall', '-Wextra', '-pthread', '-o', path.join(build, name), path.join(root, source)], { stdio: 'inherit' });
   }
 }
@@ -128,8 +140,8 @@ async function measure(workload, handler, placement = 'unpinned', extra = {}) {
   };
 }
 
-async function floor(workload) {
-  const r = await run(path.join(build, 'fc_peer'), ['--no-uffd', '--regions', REGIONS, '--threads', String(workload.threads), '--order', workload.order, '--memory', workload.memory]);
+async function floor(workload, cpu) {
+  const r = await run(path.join(build, 'fc_peer'), ['--no-uffd', '--regions', REGIONS, '--threads', String(workload.threads), '--order', workload.order, '--memory', workload.memory, ...(cpu === undefined ? [] : ['--cpu', String(cpu)])]);
   if (!r.json?.ok) throw new Error(`floor failed: ${r.out}${r.err}`);
   return { pagesPerSec: r.json.pagesPerSec, mbPerSec: r.json.mbPerSec, p50: r.json.p50us, p99: r.json.p99us };
 }
@@ -214,115 +226,140 @@ async function main() {
   md.push('- Ratios: library figure / C handler figure from the same repetition (pages/s; p99 where marked).', '');
 
   // ---- issue 5: every workload, C vs library native vs library JS ----
-  log('workloads: C handler vs library (native, JS, JS batch) ...');
-  md.push('## Every workload: the library against the C handler (unpinned)', '');
-  md.push('| workload | threads | order | handler | pages/s | MB/s | p50 µs | p99 µs | CPU µs/fault | pages/s vs C | p99 vs C |');
-  md.push('|---|---|---|---|---|---|---|---|---|---|---|');
-  for (const w of workloads) {
-    const rows = await compare(w, [C, NATIVE, NATIVE_SPIN, JS, BATCH]);
-    for (const r of rows) {
-      md.push(`| ${w.type} | ${w.threads} | ${w.order} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.mbPerSec.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.cpuUsPerFault.toFixed(1)} | ${r.ratio.toFixed(2)}x | ${r.p99Ratio.toFixed(2)}x |`);
+  if (wanted('workloads')) {
+    log('workloads: C handler vs library (native, JS, JS batch) ...');
+    md.push('## Every workload: the library against the C handler (unpinned)', '');
+    md.push('| workload | threads | order | handler | pages/s | MB/s | p50 µs | p99 µs | CPU µs/fault | pages/s vs C | p99 vs C |');
+    md.push('|---|---|---|---|---|---|---|---|---|---|---|');
+    for (const w of workloads) {
+      const rows = await compare(w, [C, NATIVE, NATIVE_SPIN, JS, BATCH]);
+      for (const r of rows) {
+        md.push(`| ${w.type} | ${w.threads} | ${w.order} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.mbPerSec.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.cpuUsPerFault.toFixed(1)} | ${r.ratio.toFixed(2)}x | ${r.p99Ratio.toFixed(2)}x |`);
+      }
+      log(`  ${w.type} ${w.threads}t ${w.order}: ${rows.map((r) => `${r.variant.style ?? 'c'}${r.variant.spin ? '+spin' : ''} ${fmt(r.pagesPerSec)} (${r.ratio.toFixed(2)}x)`).join(', ')}`);
     }
-    log(`  ${w.type} ${w.threads}t ${w.order}: ${rows.map((r) => `${r.variant.style ?? 'c'}${r.variant.spin ? '+spin' : ''} ${fmt(r.pagesPerSec)} (${r.ratio.toFixed(2)}x)`).join(', ')}`);
   }
-  md.push('', '### The floor: first touch with no userfaultfd', '');
-  md.push('| memory | threads | order | pages/s | MB/s | p50 µs | p99 µs |', '|---|---|---|---|---|---|---|');
-  for (const memory of ['anon', 'memfd']) {
-    for (const threads of [1, 2]) {
-      for (const order of ['seq', 'random']) {
-        const f = await floor({ memory, threads, order });
-        md.push(`| ${memory} | ${threads} | ${order} | ${fmt(f.pagesPerSec)} | ${f.mbPerSec.toFixed(1)} | ${f.p50.toFixed(1)} | ${f.p99.toFixed(1)} |`);
+  if (wanted('floor')) {
+    md.push('', '### The floor: first touch with no userfaultfd', '');
+    md.push('| memory | threads | order | pages/s | MB/s | p50 µs | p99 µs |', '|---|---|---|---|---|---|---|');
+    for (const memory of ['anon', 'memfd']) {
+      for (const threads of [1, 2]) {
+        for (const order of ['seq', 'random']) {
+          const f = await floor({ memory, threads, order });
+          md.push(`| ${memory} | ${threads} | ${order} | ${fmt(f.pagesPerSec)} | ${f.mbPerSec.toFixed(1)} | ${f.p50.toFixed(1)} | ${f.p99.toFixed(1)} |`);
+        }
       }
     }
+
   }
 
   const save = () => fs.writeFileSync(outFile, `${md.join('\n')}\n\n(run in progress: later sections follow when it completes)\n`);
   save();
 
   // ---- read-ahead ----
-  log('read-ahead ...');
-  md.push('', '## Read-ahead: 16 pages per fault against page by page (anon MISSING+COPY, sequential)', '');
-  md.push('| threads | handler | pages/s | MB/s | p50 µs | p99 µs | faults | pages/s vs page by page |', '|---|---|---|---|---|---|---|---|');
-  for (const threads of [1, 2]) {
-    const w = { type: 'anon MISSING+COPY', memory: 'anon', mode: 'missing', zero: false, threads, order: 'seq' };
-    const rows = await compare(w, [
-      { ...NATIVE_SPIN, label: 'library native, page by page' }, { ...NATIVE_SPIN, readAhead: 16, label: 'library native, readAhead 16' },
-      { ...C, label: 'C handler, page by page' }, { ...C, readAhead: 16, label: 'C handler, --readahead 16' },
-    ]);
-    const cBase = rows[2].pagesPerSec;
-    for (const [i, r] of rows.entries()) {
-      const base = i < 2 ? rows[0].pagesPerSec : cBase;
-      md.push(`| ${threads} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.mbPerSec.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.last.handler.faults} | ${(r.pagesPerSec / base).toFixed(2)}x |`);
-    }
-  }
-
-  save();
-
-  // ---- issue 12: spinning and placements ----
-  log('spinning and placements ...');
-  md.push('', '## Spinning and thread placement (anon MISSING+COPY, sequential)', '');
-  md.push('Placements: **unpinned** (the scheduler decides); **split** (faulting threads on CPU 1, every handler-side thread on CPU 0: each fault crosses CPUs twice); **same** (everything on CPU 0).', '');
-  md.push('| placement | threads | handler | pages/s | p50 µs | p99 µs | CPU µs/fault | pages/s vs plain C | p99 vs plain C | spin hits / windows |');
-  md.push('|---|---|---|---|---|---|---|---|---|---|');
-  for (const placement of ['unpinned', 'split', 'same']) {
+  if (wanted('read-ahead')) {
+    log('read-ahead ...');
+    md.push('', '## Read-ahead: 16 pages per fault against page by page (anon MISSING+COPY, sequential)', '');
+    md.push('| threads | handler | pages/s | MB/s | p50 µs | p99 µs | faults | pages/s vs page by page |', '|---|---|---|---|---|---|---|---|');
     for (const threads of [1, 2]) {
       const w = { type: 'anon MISSING+COPY', memory: 'anon', mode: 'missing', zero: false, threads, order: 'seq' };
-      const rows = await compare(w, [C, CSPIN, NATIVE, NATIVE_SPIN, JS, JS_SPIN, BATCH_SPIN, WORKER, WORKER_SPIN], placement);
-      for (const r of rows) {
-        const s = r.last.handler.spin;
-        md.push(`| ${placement} | ${threads} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.cpuUsPerFault.toFixed(1)} | ${r.ratio.toFixed(2)}x | ${r.p99Ratio.toFixed(2)}x | ${s ? `${s.hits} / ${s.windows}` : '-'} |`);
+      const rows = await compare(w, [
+        { ...NATIVE_SPIN, label: 'library native, page by page' }, { ...NATIVE_SPIN, readAhead: 16, label: 'library native, readAhead 16' },
+        { ...C, label: 'C handler, page by page' }, { ...C, readAhead: 16, label: 'C handler, --readahead 16' },
+      ]);
+      const cBase = rows[2].pagesPerSec;
+      for (const [i, r] of rows.entries()) {
+        const base = i < 2 ? rows[0].pagesPerSec : cBase;
+        md.push(`| ${threads} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.mbPerSec.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.last.handler.faults} | ${(r.pagesPerSec / base).toFixed(2)}x |`);
       }
-      log(`  ${placement} ${threads}t: ${rows.map((r) => `${r.variant.style ?? 'c'}${r.variant.spin ? '+spin' : ''} ${r.ratio.toFixed(2)}x`).join(', ')}`);
     }
+
+    save();
   }
 
-  save();
+  // ---- issue 12: spinning and placements ----
+  if (wanted('placements')) {
+    log('spinning and placements ...');
+    md.push('', '## Spinning and thread placement (anon MISSING+COPY, sequential)', '');
+    md.push('Placements: **unpinned** (the scheduler decides); **split** (faulting threads on CPU 1, every handler-side thread on CPU 0: each fault crosses CPUs twice); **same** (everything on CPU 0).', '');
+    md.push('| placement | threads | handler | pages/s | p50 µs | p99 µs | CPU µs/fault | pages/s vs plain C | p99 vs plain C | spin hits / windows |');
+    md.push('|---|---|---|---|---|---|---|---|---|---|');
+    let splitC = NaN;
+    for (const placement of ['unpinned', 'split', 'same']) {
+      for (const threads of [1, 2]) {
+        const w = { type: 'anon MISSING+COPY', memory: 'anon', mode: 'missing', zero: false, threads, order: 'seq' };
+        const rows = await compare(w, [C, CSPIN, NATIVE, NATIVE_SPIN, JS, JS_SPIN, BATCH_SPIN, WORKER, WORKER_SPIN], placement);
+        for (const r of rows) {
+          const s = r.last.handler.spin;
+          md.push(`| ${placement} | ${threads} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.cpuUsPerFault.toFixed(1)} | ${r.ratio.toFixed(2)}x | ${r.p99Ratio.toFixed(2)}x | ${s ? `${s.hits} / ${s.windows}` : '-'} |`);
+        }
+        log(`  ${placement} ${threads}t: ${rows.map((r) => `${r.variant.style ?? 'c'}${r.variant.spin ? '+spin' : ''} ${r.ratio.toFixed(2)}x`).join(', ')}`);
+        if (placement === 'split' && threads === 1) splitC = rows[0].pagesPerSec;
+      }
+    }
+    // What spinning can win here: the wake-up it saves, against what a fault
+    // costs with no userfaultfd at all.
+    const wake = await run(path.join(build, 'wake_latency'), ['--cpus', '0,1']);
+    const f = await floor({ memory: 'anon', threads: 1, order: 'seq' }, 1);
+    if (wake.json) {
+      md.push('', `What spinning can save on this machine, measured in this run: waking a sleeping thread from the other CPU takes ${wake.json.sleepingWakeUs.toFixed(1)} µs one way (bench/native/wake_latency.c, median; ${wake.json.spinningWakeUs.toFixed(2)} µs when the waiter spins). A fault crosses CPUs twice on the split placement; spinning removes the handler's wake-up only, since the faulting thread sleeps in the kernel. First touch with no userfaultfd at all (the floor), 1 thread on CPU 1: ${fmt(f.pagesPerSec)} pages/s; 2.5x the plain C handler's split figure would be ${fmt(2.5 * splitC)} pages/s.`);
+    }
+
+    save();
+  }
 
   // ---- busy main thread ----
-  log('busy main thread ...');
-  // 2 MiB: a handler on a busy loop serves about one fault per 10 ms task.
-  md.push('', '## A busy main thread: 10 ms JavaScript tasks back to back while faults arrive (anon MISSING+COPY, 2 MiB, 1 thread, random order)', '');
-  md.push('| handler | main thread | pages/s | p50 µs | p99 µs | p99 busy / idle |', '|---|---|---|---|---|---|');
-  const w = { type: 'anon MISSING+COPY', memory: 'anon', mode: 'missing', zero: false, threads: 1, order: 'random', regions: '2M' };
-  for (const v of [NATIVE_SPIN, JS, WORKER_SPIN]) {
-    const rows = await compare(w, [v, { ...v, busyMs: 10 }]);
-    md.push(`| ${name(v)} | idle | ${fmt(rows[0].pagesPerSec)} | ${rows[0].p50.toFixed(1)} | ${rows[0].p99.toFixed(1)} | |`);
-    md.push(`| ${name(v)} | busy (10 ms tasks) | ${fmt(rows[1].pagesPerSec)} | ${rows[1].p50.toFixed(1)} | ${rows[1].p99.toFixed(1)} | ${rows[1].p99Ratio.toFixed(2)}x |`);
-  }
+  if (wanted('busy')) {
+    log('busy main thread ...');
+    // 2 MiB: a handler on a busy loop serves about one fault per 10 ms task.
+    md.push('', '## A busy main thread: 10 ms JavaScript tasks back to back while faults arrive (anon MISSING+COPY, 2 MiB, 1 thread, random order)', '');
+    md.push('| handler | main thread | pages/s | p50 µs | p99 µs | p99 busy / idle |', '|---|---|---|---|---|---|');
+    const w = { type: 'anon MISSING+COPY', memory: 'anon', mode: 'missing', zero: false, threads: 1, order: 'random', regions: '2M' };
+    for (const v of [NATIVE_SPIN, JS, WORKER_SPIN]) {
+      const rows = await compare(w, [v, { ...v, busyMs: 10 }]);
+      md.push(`| ${name(v)} | idle | ${fmt(rows[0].pagesPerSec)} | ${rows[0].p50.toFixed(1)} | ${rows[0].p99.toFixed(1)} | |`);
+      md.push(`| ${name(v)} | busy (10 ms tasks) | ${fmt(rows[1].pagesPerSec)} | ${rows[1].p50.toFixed(1)} | ${rows[1].p99.toFixed(1)} | ${rows[1].p99Ratio.toFixed(2)}x |`);
+    }
 
-  save();
+    save();
+  }
 
   // ---- idle CPU ----
-  log('idle CPU ...');
-  md.push('', '## Idle: a served uffd with no faults for 1 s', '');
-  md.push('| handler | CPU ms over 1 s | % of one CPU |', '|---|---|---|');
-  for (const v of [{ style: 'none', label: 'Node with no uffd (the baseline)' }, NATIVE_SPIN, JS_SPIN, WORKER_SPIN]) {
-    const r = await run(process.execPath, [path.join(root, 'bench', 'lib-handler.mjs'), '--style', v.style, '--spin', '1', '--idle-ms', '1000']);
-    if (!r.json) throw new Error(`idle run failed: ${r.out}${r.err}`);
-    md.push(`| ${name(v)} | ${r.json.cpuMs.toFixed(2)} | ${r.json.cpuPercent.toFixed(2)}% |`);
+  if (wanted('idle')) {
+    log('idle CPU ...');
+    md.push('', '## Idle: a served uffd with no faults for 1 s', '');
+    md.push('| handler | CPU ms over 1 s | % of one CPU |', '|---|---|---|');
+    for (const v of [{ style: 'none', label: 'Node with no uffd (the baseline)' }, NATIVE_SPIN, JS_SPIN, WORKER_SPIN]) {
+      const r = await run(process.execPath, [path.join(root, 'bench', 'lib-handler.mjs'), '--style', v.style, '--spin', '1', '--idle-ms', '1000']);
+      if (!r.json) throw new Error(`idle run failed: ${r.out}${r.err}`);
+      md.push(`| ${name(v)} | ${r.json.cpuMs.toFixed(2)} | ${r.json.cpuPercent.toFixed(2)}% |`);
+    }
+
+    save();
   }
 
-  save();
-
   // ---- resident memory over 1,000,000 faults ----
-  log('resident memory over many faults ...');
-  const faultsPerPass = (IMAGE_MIB << 20) / 4096;
-  md.push('', `## Resident memory over ${(RSS_REPEAT * faultsPerPass).toLocaleString('en')} faults (anon, 1 thread, sequential; after the first pass the peer drops its memory with MADV_DONTNEED and touches it again, ${RSS_REPEAT} passes)`, '');
-  md.push('| handler | faults | RSS at the first sample (KiB) | RSS at the last sample (KiB) | growth (KiB) | pages/s (first pass) |', '|---|---|---|---|---|---|');
-  for (const v of [NATIVE_SPIN, JS]) {
-    const rw = { type: 'anon', memory: 'anon', mode: 'missing', zero: false, threads: 1, order: 'seq' };
-    let r;
-    try {
-      r = await measure(rw, v, 'unpinned', { repeat: RSS_REPEAT, rssEvery: faultsPerPass * 2 });
-    } catch (error) {
-      log(`  ${error.message.split('\n')[0]}`);
-      md.push(`| ${name(v)} | failed | | | | |`);
-      continue;
+  if (wanted('rss')) {
+    log('resident memory over many faults ...');
+    const faultsPerPass = (IMAGE_MIB << 20) / 4096;
+    md.push('', `## Resident memory over ${(RSS_REPEAT * faultsPerPass).toLocaleString('en')} faults (anon, 1 thread, sequential; after the first pass the peer drops its memory with MADV_DONTNEED and touches it again, ${RSS_REPEAT} passes)`, '');
+    md.push('| handler | faults | RSS at the first sample (KiB) | RSS at the last sample (KiB) | growth (KiB) | pages/s (first pass) |', '|---|---|---|---|---|---|');
+    for (const v of [NATIVE_SPIN, JS]) {
+      const rw = { type: 'anon', memory: 'anon', mode: 'missing', zero: false, threads: 1, order: 'seq' };
+      let r;
+      try {
+        r = await measure(rw, v, 'unpinned', { repeat: RSS_REPEAT, rssEvery: faultsPerPass * 2 });
+      } catch (error) {
+        log(`  ${error.message.split('\n')[0]}`);
+        md.push(`| ${name(v)} | failed | | | | |`);
+        continue;
+      }
+      const rss = r.handler.rss;
+      const first = rss[0];
+      const last = rss[rss.length - 1];
+      md.push(`| ${name(v)} | ${r.handler.faults.toLocaleString('en')} | ${first?.rssKiB ?? '-'} (at ${first?.faults ?? '-'}) | ${last?.rssKiB ?? '-'} (at ${last?.faults ?? '-'}) | ${first && last ? last.rssKiB - first.rssKiB : '-'} | ${fmt(r.pagesPerSec)} |`);
     }
-    const rss = r.handler.rss;
-    const first = rss[0];
-    const last = rss[rss.length - 1];
-    md.push(`| ${name(v)} | ${r.handler.faults.toLocaleString('en')} | ${first?.rssKiB ?? '-'} (at ${first?.faults ?? '-'}) | ${last?.rssKiB ?? '-'} (at ${last?.faults ?? '-'}) | ${first && last ? last.rssKiB - first.rssKiB : '-'} | ${fmt(r.pagesPerSec)} |`);
+
   }
 
   md.push('', `Run time: ${((Date.now() - started) / 1000).toFixed(0)} s.`, '');

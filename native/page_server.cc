@@ -93,6 +93,7 @@ PageServer* PageServer::Create(uv_loop_t* loop, int uffd, const Source& source, 
 
 void PageServer::Stop() {
   if (!thread_.joinable()) return;
+  stopping_.store(true, std::memory_order_relaxed);
   uint64_t one = 1;
   (void)!write(stop_fd_, &one, sizeof one);
   thread_.join();
@@ -157,6 +158,7 @@ void PageServer::Run() {
     uint64_t now = SpinPolicy::NowNs();
     if (n > 0) spin_.Slept(now - slept_from);
     if (n > 0 || !pending_.empty()) Serve(buffer_, n > 0 ? static_cast<size_t>(n) : 0, now);
+    if (!ReadAhead()) return;
     // Spin: the next fault usually comes sooner than this thread could wake.
     for (uint64_t window; (window = spin_.Window()) > 0;) {
       uint64_t start = SpinPolicy::NowNs();
@@ -167,6 +169,7 @@ void PageServer::Run() {
           now = SpinPolicy::NowNs();
           spin_.Hit(now - start);
           Serve(buffer_, static_cast<size_t>(n), now);
+          if (!ReadAhead()) return;
           hit = true;
           break;
         }
@@ -187,6 +190,69 @@ void PageServer::Run() {
     counters_.spin_hits.store(sc.hits, std::memory_order_relaxed);
     counters_.spin_ns.store(sc.spun_ns, std::memory_order_relaxed);
   }
+}
+
+bool PageServer::ReadAhead() {
+  while (!ahead_.empty() && !stopping_.load(std::memory_order_relaxed)) {
+    // Demand first: whatever faulted meanwhile is served before the next piece.
+    long n = uffd::ReadMessages(uffd_, buffer_, FaultStream::kCapacity);
+    if (n > 0) {
+      Serve(buffer_, static_cast<size_t>(n), SpinPolicy::NowNs());
+      continue;
+    }
+    if (n < 0 && n != -EAGAIN) {
+      queue_->PushError(static_cast<int>(n));
+      return false;
+    }
+    Ahead& a = ahead_.front();
+    RangeState& r = ranges_[a.range];
+    while (a.next < a.end && !Fillable(r, a.next, a.kind)) a.next++;
+    if (a.next == a.end) {
+      ahead_.erase(ahead_.begin());
+      continue;
+    }
+    uint64_t ps = r.range.page_size, piece = std::max<uint64_t>(1, kAheadPiece / ps), end = a.next + 1;
+    while (end < a.end && end - a.next < piece && Fillable(r, end, a.kind)) end++;
+    // Mode 0: the ioctl wakes any thread that faulted on these pages before
+    // its message was read (that message then finds them there: EEXIST).
+    uint64_t done = 0;
+    int rc = Ioctl(r, a.kind, a.next, end - a.next, 0, &done);
+    uint64_t got = done / ps;
+    for (uint64_t p = a.next; p < a.next + got; p++) r.state[p] |= kServed;
+    counters_.pages.fetch_add(got, std::memory_order_relaxed);
+    counters_.bytes.fetch_add(got * ps, std::memory_order_relaxed);
+    counters_.read_ahead_pages.fetch_add(got, std::memory_order_relaxed);
+    if (a.kind == Kind::kZero) counters_.zero_pages.fetch_add(got, std::memory_order_relaxed);
+    a.next += got;
+    if (rc == -EEXIST) {
+      // Filled meanwhile (by a racing resolution, or the process wrote it).
+      counters_.eexist.fetch_add(1, std::memory_order_relaxed);
+      r.state[a.next++] |= kServed;
+    } else if (rc == -ESRCH || rc == -ENOENT) {
+      ahead_.clear();  // the faulting process is gone
+      continue;
+    } else if (rc < 0) {
+      // EAGAIN (the address space is changing) or refused: read-ahead is
+      // only ever a guess, so the stream is dropped; faults still come.
+      ahead_.erase(ahead_.begin());
+      continue;
+    }
+    if (a.next >= a.end) ahead_.erase(ahead_.begin());
+  }
+  return true;
+}
+
+void PageServer::QueueAhead(uint32_t range, uint64_t first, uint64_t end, Kind kind) {
+  if (first >= end) return;
+  for (Ahead& a : ahead_) {
+    if (a.range == range && a.kind == kind && first <= a.end && a.next <= end) {
+      a.next = std::min(a.next, first);
+      a.end = std::max(a.end, end);
+      return;
+    }
+  }
+  if (ahead_.size() == kMaxAhead) ahead_.erase(ahead_.begin());
+  ahead_.push_back(Ahead{range, first, end, kind});
 }
 
 void PageServer::ApplyRemove(uint64_t start, uint64_t end) {
@@ -321,16 +387,6 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
   RangeState& r = ranges_[jobs[a].range];
   Kind kind = jobs[a].kind;
   uint64_t ps = r.range.page_size;
-  uint64_t fault_first = first, fault_end = end;
-  // Read-ahead: grow the run to the aligned chunk around it, over pages that
-  // can be filled the same way and are not known to be there.
-  uint64_t ra = options_.read_ahead;
-  if (ra > 1 && kind != Kind::kContinue) {
-    uint64_t chunk_first = first - first % ra;
-    uint64_t chunk_end = std::min(r.pages, (end + ra - 1) / ra * ra);
-    while (first > chunk_first && Fillable(r, first - 1, kind)) first--;
-    while (end < chunk_end && Fillable(r, end, kind)) end++;
-  }
   auto mark = [&](uint64_t from, uint64_t to) {
     for (uint64_t p = from; p < to; p++) r.state[p] |= kServed;
   };
@@ -361,8 +417,6 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
   uint64_t resolved = p - first;
   counters_.pages.fetch_add(resolved, std::memory_order_relaxed);
   counters_.bytes.fetch_add(resolved * ps, std::memory_order_relaxed);
-  uint64_t beyond = (fault_first - first) + (end - fault_end);
-  counters_.read_ahead_pages.fetch_add(std::min(beyond, resolved), std::memory_order_relaxed);
   if (kind == Kind::kZero) counters_.zero_pages.fetch_add(resolved, std::memory_order_relaxed);
   if (kind == Kind::kContinue) counters_.continued_pages.fetch_add(resolved, std::memory_order_relaxed);
   uint64_t now = SpinPolicy::NowNs();
@@ -384,4 +438,18 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
       counters_.faults_forwarded.fetch_add(1, std::memory_order_relaxed);
     }
   }
+  // Read-ahead, after the faulting pages are in: the rest of their chunk, and
+  // the chunk after it when the faults follow each other one or two chunks
+  // apart (a sequential stream faults once per two chunks when it is kept
+  // ahead of).
+  uint64_t ra = options_.read_ahead;
+  if (ra <= 1 || kind == Kind::kContinue || rc < 0) return;
+  uint64_t chunk = first / ra, chunk_first = chunk * ra;
+  uint64_t chunk_end = std::min(r.pages, (end + ra - 1) / ra * ra);
+  bool sequential = r.any_chunk && (chunk == r.last_chunk + 1 || chunk == r.last_chunk + 2);
+  r.last_chunk = (end - 1) / ra;
+  r.any_chunk = true;
+  uint32_t range = jobs[a].range;
+  QueueAhead(range, end, sequential ? std::min(r.pages, chunk_end + ra) : chunk_end, kind);
+  QueueAhead(range, chunk_first, first, kind);
 }

@@ -8,8 +8,15 @@
 // - minor faults on present pages: UFFDIO_CONTINUE (the page cache holds them);
 // - missing faults in a zero range, or on pages a REMOVE event dropped:
 //   UFFDIO_ZEROPAGE (a copy of zeros on hugetlb, which has no ZEROPAGE).
-// Faults in one batch on adjacent pages are resolved by one ioctl, and with
-// read-ahead the aligned chunk of N pages around each fault is filled with it.
+// Faults in one batch on adjacent pages are resolved by one ioctl. With
+// read-ahead N, the rest of the aligned chunk of N pages around each fault is
+// filled right after the faulting pages are resolved (the faulting thread
+// runs again as soon as its own page is in), and when the fault continues a
+// sequential stream (the chunk before it is in), so is the next chunk: the
+// two windows of the kernel's own read-ahead, so that a sequential reader
+// faults once per two chunks and rarely waits for a copy. Read-ahead goes in
+// pieces, with the uffd read between them: a demand fault never waits behind
+// more than one piece.
 // Everything else goes to JavaScript through a MessageQueue, unchanged: faults
 // on pages not present (yet), write-protect faults, faults outside the ranges,
 // faults an ioctl refused, and every non-fault event.
@@ -91,6 +98,10 @@ class PageServer {
     // Per page: kServed once resolved (or found there), kRemoved after a
     // REMOVE. Lets read-ahead skip pages known to be there.
     std::vector<uint8_t> state;
+    // The chunk of the last fault read ahead of, for telling a sequential
+    // stream (the next fault one or two chunks on) from random access.
+    uint64_t last_chunk = 0;
+    bool any_chunk = false;
   };
   static constexpr uint8_t kServed = 1;
   static constexpr uint8_t kRemoved = 2;
@@ -104,9 +115,25 @@ class PageServer {
     uffd_msg msg;
   };
 
+  // Pages to fill ahead of the faults: [next, end) of a range, by one kind.
+  struct Ahead {
+    uint32_t range;
+    uint64_t next;
+    uint64_t end;
+    Kind kind;
+  };
+  // At most this many streams are followed; a new one replaces the oldest.
+  static constexpr size_t kMaxAhead = 16;
+  // Bytes filled ahead per ioctl (at least one page): small enough that a
+  // demand fault read between pieces is not kept waiting for long.
+  static constexpr uint64_t kAheadPiece = 16 * 1024;
+
   PageServer() = default;
   void Run();
-  bool ReadAndServe();
+  // Fills ahead_ piece by piece, serving any message that arrives first.
+  // False when reading the uffd failed (the error is pushed).
+  bool ReadAhead();
+  void QueueAhead(uint32_t range, uint64_t first, uint64_t end, Kind kind);
   void Serve(const uffd_msg* msgs, size_t n, uint64_t read_at);
   void ApplyRemove(uint64_t start, uint64_t end);
   bool Present(const RangeState& r, uint64_t page) const;
@@ -124,11 +151,13 @@ class PageServer {
   Options options_;
   MessageQueue* queue_ = nullptr;
   std::thread thread_;
+  std::atomic<bool> stopping_{false};  // ends ReadAhead() early; poll() then sees stop_fd_
   SpinPolicy spin_;
   const uint8_t* zeros_ = nullptr;
   uint64_t zeros_size_ = 0;
   std::vector<Job> pending_;  // refused with EAGAIN: retried after the next read
   std::vector<Job> jobs_;
+  std::vector<Ahead> ahead_;
   std::vector<uffd_msg> forward_;
   uffd_msg buffer_[FaultStream::kCapacity];
 

