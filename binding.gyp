@@ -6,6 +6,10 @@
         ["OS!='linux'", {"type": "none"}, {
           "sources": [
             "native/binding.cc",
+            "native/binding_constants.cc",
+            "native/binding_memory.cc",
+            "native/binding_socket.cc",
+            "native/binding_uffd.cc",
             "native/fault_stream.cc",
             "native/fd_watch.cc",
             "native/kvm.cc",

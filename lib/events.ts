@@ -4,6 +4,7 @@
 import os from 'node:os';
 import { EVENT, MSG_SIZE, PAGEFAULT_FLAG } from './constants';
 import type { UffdError } from './errors';
+import { systemPageSize, zeroBytes } from './memory';
 
 /** missing: no page; minor: in the page cache, not mapped; wp: a write to a write-protected page; rwp: any access to a read-write-protected page (Linux 7.3). */
 export type FaultKind = 'missing' | 'minor' | 'wp' | 'rwp';
@@ -67,8 +68,9 @@ export class Fault {
     return this.#resolve(() => this.#resolver.copy(this.pageAddress, data, options));
   }
 
-  /** UFFDIO_ZEROPAGE: the page reads as zeros. */
+  /** The page reads as zeros: UFFDIO_ZEROPAGE, or a copy of zeros on hugetlb (which has no ZEROPAGE). */
   zero(): Outcome {
+    if (this.pageSize !== systemPageSize()) return this.#resolve(() => this.#resolver.copy(this.pageAddress, zeroBytes(this.pageSize)));
     return this.#resolve(() => this.#resolver.zeroPage(this.pageAddress, this.pageSize));
   }
 

@@ -8,11 +8,12 @@ import type { UffdHandle } from './binding';
 import { EVENT, MSG_SIZE, PAGEFAULT_FLAG } from './constants';
 import type { UffdError } from './errors';
 import type { FaultKind, Outcome } from './events';
-import { systemPageSize } from './memory';
+import { systemPageSize, zeroBytes } from './memory';
 
 const FLAG_WRITE = Number(PAGEFAULT_FLAG.WRITE);
 const FLAG_WP = Number(PAGEFAULT_FLAG.WP);
 const FLAG_MINOR = Number(PAGEFAULT_FLAG.MINOR);
+const FLAG_RWP = Number(PAGEFAULT_FLAG.RWP);
 const TWO_32 = 2 ** 32;
 const NO_MODE = 0n;
 
@@ -24,7 +25,6 @@ export class FaultBatch {
   readonly #at: Uint8Array;
   readonly #resolved: Uint8Array;
   #length = 0;
-  #zeros: Uint8Array | undefined;
 
   /** @internal Made by Userfaultfd.serveBatch. */
   constructor(view: DataView, capacity: number, handle: UffdHandle, pageSizeAt: (address: number) => number) {
@@ -75,7 +75,7 @@ export class FaultBatch {
 
   kind(i: number): FaultKind {
     const flags = this.#flags(i);
-    return flags & FLAG_WP ? 'wp' : flags & FLAG_MINOR ? 'minor' : 'missing';
+    return flags & FLAG_RWP ? 'rwp' : flags & FLAG_WP ? 'wp' : flags & FLAG_MINOR ? 'minor' : 'missing';
   }
 
   write(i: number): boolean {
@@ -108,8 +108,12 @@ export class FaultBatch {
       const kind = this.kind(i);
       try {
         if (kind === 'minor') this.continue(i);
-        else if (kind === 'wp') {
-          this.#handle.writeProtect(this.pageAddress(i), this.pageSize(i), NO_MODE);
+        else if (kind === 'wp' || kind === 'rwp') {
+          // A protection fault has its page: filling it would only find it
+          // there (EEXIST) and the thread would fault again. Mode 0 removes
+          // the protection and wakes.
+          if (kind === 'wp') this.#handle.writeProtect(this.pageAddress(i), this.pageSize(i), NO_MODE);
+          else this.#handle.rwProtect(this.pageAddress(i), this.pageSize(i), NO_MODE);
           this.#resolved[i] = 1;
         } else this.zero(i);
       } catch {
@@ -139,10 +143,7 @@ export class FaultBatch {
       if (how === 0) this.#handle.copy(page, data!, NO_MODE);
       else if (how === 2) this.#handle.continue(page, size, NO_MODE);
       else if (size === systemPageSize()) this.#handle.zeroPage(page, size, NO_MODE);
-      else {
-        if (!this.#zeros || this.#zeros.length < size) this.#zeros = new Uint8Array(size);
-        this.#handle.copy(page, this.#zeros.subarray(0, size), NO_MODE);
-      }
+      else this.#handle.copy(page, zeroBytes(size), NO_MODE);
       this.#resolved[i] = 1;
       return 'done';
     } catch (error) {

@@ -22,6 +22,15 @@
 // background response will only reach much later than a new request would
 // bring it (the runner's estimate) cuts that request short at the page: the page
 // and what follows are requested again, urgently, and nothing is fetched twice.
+//
+// A reader that keeps up with read-ahead never misses, so it never says where
+// it is. As Linux's page cache does (PG_readahead), the first page of each
+// read-ahead window is a marker: its bytes land like any other page's, but
+// its `present` flag is held back until somebody asks for it. The reader's
+// fault on it reaches fetch() at once (no network wait: the bytes are there),
+// which releases the flag and moves the stream's read-ahead forward, so the
+// windows ahead of a sequential reader are requested before it reaches them.
+// Markers are released when every page has landed, and when the source fails.
 
 export type Priority = 'urgent' | 'readahead' | 'background';
 
@@ -94,6 +103,9 @@ export class FetchScheduler {
   readonly pages: number;
   readonly #present: Uint8Array;
   readonly #state: Uint8Array;
+  /** Read-ahead markers: pages whose present flag is held back until they are asked for. */
+  readonly #marker: Uint8Array;
+  #markers = 0;
   readonly #options: SchedulerOptions;
   readonly #run: Runner;
   readonly #split: SplitAdvisor;
@@ -120,6 +132,7 @@ export class FetchScheduler {
     this.pages = pages;
     this.#present = present;
     this.#state = new Uint8Array(pages);
+    this.#marker = new Uint8Array(pages);
     this.#options = options;
     this.#run = run;
     this.#split = split;
@@ -155,8 +168,22 @@ export class FetchScheduler {
   want(start: number, end: number, urgent: boolean): Promise<void> {
     if (this.#failure !== undefined) return Promise.reject(this.#failure);
     let missing = 0;
-    for (let page = start; page < end; page++) if (this.#state[page] !== PRESENT) missing++;
-    if (missing === 0) return Promise.resolve();
+    let marked = false;
+    for (let page = start; page < end; page++) {
+      if (this.#marker[page] !== 0) {
+        marked = true;
+        this.#unmark(page);
+      }
+      if (this.#state[page] !== PRESENT) missing++;
+    }
+    if (missing === 0) {
+      // A sequential reader reached a read-ahead marker: request further ahead.
+      if (marked && urgent) {
+        this.#demand(start, end);
+        this.#schedulePump();
+      }
+      return Promise.resolve();
+    }
     const promise = new Promise<void>((resolve, reject) => this.#waiters.add({ start, end, missing, resolve, reject }));
     if (urgent) this.#demand(start, end);
     else this.#readahead.push([start, end]);
@@ -181,9 +208,10 @@ export class FetchScheduler {
     for (let page = start; page < end; page++) {
       this.#state[page] = PRESENT;
       // The flag is stored after the bytes, for readers on other threads.
-      Atomics.store(this.#present, page, 1);
+      if (this.#marker[page] === 0) Atomics.store(this.#present, page, 1);
     }
     this.#presentCount += end - start;
+    if (this.#presentCount === this.pages) this.#unmarkAll();
     for (const waiter of this.#waiters) {
       const overlap = Math.min(end, waiter.end) - Math.max(start, waiter.start);
       if (overlap <= 0) continue;
@@ -200,6 +228,8 @@ export class FetchScheduler {
   fail(error: unknown): void {
     if (this.#failure !== undefined) return;
     this.#failure = error;
+    // Pages that did land stay usable without asking (fetch now rejects).
+    this.#unmarkAll();
     this.#urgent = [];
     this.#readahead = [];
     for (const waiter of this.#waiters) waiter.reject(error);
@@ -238,6 +268,7 @@ export class FetchScheduler {
     while (sequential && stream.next < this.pages && stream.next - start < 2 * stream.window) {
       const aheadEnd = Math.min(this.pages, stream.next + stream.window);
       this.#readahead.push([stream.next, aheadEnd]);
+      this.#mark(stream.next);
       stream.next = aheadEnd;
     }
   }
@@ -255,6 +286,23 @@ export class FetchScheduler {
       this.counters.split++;
       return;
     }
+  }
+
+  #mark(page: number): void {
+    if (this.#state[page] === PRESENT || this.#marker[page] !== 0) return;
+    this.#marker[page] = 1;
+    this.#markers++;
+  }
+
+  #unmark(page: number): void {
+    this.#marker[page] = 0;
+    this.#markers--;
+    if (this.#state[page] === PRESENT) Atomics.store(this.#present, page, 1);
+  }
+
+  #unmarkAll(): void {
+    if (this.#markers === 0) return;
+    for (let page = 0; page < this.pages && this.#markers > 0; page++) if (this.#marker[page] !== 0) this.#unmark(page);
   }
 
   #schedulePump(): void {
@@ -359,6 +407,8 @@ export class FetchScheduler {
   }
 
   #dispatch(start: number, end: number, priority: Priority): void {
+    // A read-ahead window joined to an urgent request is a fault's now: no marker in it.
+    if (priority === 'urgent' && this.#markers > 0) for (let page = start; page < end; page++) if (this.#marker[page] !== 0) this.#unmark(page);
     this.#inFlight[priority]++;
     this.counters.requests[priority]++;
     this.counters.pages[priority] += end - start;

@@ -182,6 +182,8 @@ export class HttpPageSource implements PageSource {
   /** The pinned identity of the object: its ETag and Last-Modified as the server sent them at open. */
   readonly etag: string | undefined;
   readonly lastModified: string | undefined;
+  /** A page that cannot be fetched has no stand-in: zeros would be wrong bytes, so handlers that take their default from the source poison it (SIGBUS). */
+  readonly failure = 'poison' as const;
 
   readonly #target: URL;
   readonly #headers: Record<string, string>;
@@ -454,7 +456,6 @@ export class HttpPageSource implements PageSource {
         let info: HttpRequestInfo | undefined;
         timing.info = undefined;
         try {
-          let response: Response;
           this.#requests[priority]++;
           if (this.#onRequest) {
             info = { start: from, end: asked, priority, attempt };
@@ -462,20 +463,13 @@ export class HttpPageSource implements PageSource {
             this.#onRequest(info);
           }
           if (first && attempt === 0) {
-            response = first.response;
+            this.#noteRoundTrip(performance.now() - timing.sentAt);
+            await this.#consume(first.response, transfer, timing, asked, end);
           } else {
             timing.sentAt = performance.now();
             timing.firstByteAt = undefined;
-            response = await this.#pool.request({
-              path: this.#target.pathname + this.#target.search, method: 'GET',
-              headers: { ...this.#headers, ...this.#pin.condition, range },
-              headersTimeout: this.#options.stallTimeoutMs, bodyTimeout: this.#options.stallTimeoutMs,
-              signal: this.#abort.signal,
-            }) as Response;
-            this.#check(response, from, asked);
+            await this.#get(range, transfer, timing, from, asked, end);
           }
-          this.#noteRoundTrip(performance.now() - timing.sentAt);
-          await this.#consume(response, transfer, timing, asked, end);
           if (timing.pos < end()) throw new Error(`the response ended at byte ${timing.pos} of ${range}`);
           if (info) info.end = end();
         } catch (error) {
@@ -500,37 +494,96 @@ export class HttpPageSource implements PageSource {
     }
   }
 
-  // Streams a body into the cache, landing each page once all its bytes are
-  // in, and stops at the transfer's end when a fault has lowered it.
+  // The opening request's body (a stream: open() returned before it
+  // arrived), into the cache like any other.
   async #consume(response: Response, transfer: Transfer, timing: Timing, asked: number, end: () => number): Promise<void> {
-    const pages = this.present.length;
     try {
       for await (const chunk of response.body as AsyncIterable<Buffer>) {
-        if (this.#closed) return;
-        if (timing.pos + chunk.length > asked) throw new Fatal(httpError(this.url, `sent more bytes than the range asked for (${asked - timing.pos} more expected, ${chunk.length} received)`));
-        if (timing.firstByteAt === undefined) {
-          timing.firstByteAt = performance.now();
-          timing.firstBytePos = timing.pos;
-        }
-        const length = Math.min(chunk.length, end() - timing.pos);
-        // Before the pages land (and wake whoever waits on them).
-        if (timing.info && end() < timing.info.end) timing.info.end = end();
-        if (length > 0) {
-          // pwrite into the memfd rather than a copy through the mapping: the
-          // kernel fills each new shmem page straight from the chunk, without
-          // a page fault and without zeroing it first.
-          fs.writeSync(this.#memfd.fd, chunk, 0, length, timing.pos);
-          timing.pos += length;
-          this.#bytesFetched += length;
-          this.#scheduler.landed(transfer, timing.pos === this.size ? pages : Math.floor(timing.pos / this.pageSize));
-        }
-        // Cut short for a fault: the rest of this response is not needed
-        // (closing a response before its end costs its connection, so only then).
-        if (timing.pos >= end() && end() < asked) return;
+        if (this.#closed || !this.#take(chunk, transfer, timing, asked, end)) return;
       }
     } finally {
       discard(response);
     }
+  }
+
+  // One ranged GET through undici's dispatch API: each chunk of the body is
+  // written to the cache as the socket delivers it, with no stream, async
+  // iterator or promise per chunk (request()'s Readable body costs a few
+  // times the CPU per byte, which at a few hundred MB/s is the bottleneck).
+  // Resolves when the body ended or was cut short for a fault; rejects on a
+  // failure (a Fatal one when retrying cannot help).
+  #get(range: string, transfer: Transfer, timing: Timing, from: number, asked: number, end: () => number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      let cut = false;
+      let stop: (() => void) | undefined;
+      const settle = (error?: unknown): void => {
+        if (settled) return;
+        settled = true;
+        if (stop) this.#abort.signal.removeEventListener('abort', stop);
+        if (error === undefined || cut) resolve();
+        else reject(error);
+      };
+      const handler: Dispatcher.DispatchHandler = {
+        onRequestStart: (controller) => {
+          stop = () => controller.abort(new Error('the page source was closed or failed'));
+          if (this.#abort.signal.aborted) stop();
+          else this.#abort.signal.addEventListener('abort', stop, { once: true });
+        },
+        onResponseStart: (controller, statusCode, headers) => {
+          try {
+            this.#check({ statusCode, headers }, from, asked);
+            this.#noteRoundTrip(performance.now() - timing.sentAt);
+          } catch (error) {
+            controller.abort(error as Error);
+          }
+        },
+        onResponseData: (controller, chunk) => {
+          try {
+            if (this.#closed) controller.abort(new Error('the page source was closed'));
+            else if (!this.#take(chunk, transfer, timing, asked, end)) {
+              // Cut short for a fault: closing a response before its end
+              // costs its connection (HTTP/1.1 cannot cancel one), so only now.
+              cut = true;
+              controller.abort(new Error('cut short for a fault'));
+            }
+          } catch (error) {
+            controller.abort(error as Error);
+          }
+        },
+        onResponseEnd: () => settle(),
+        onResponseError: (_controller, error) => settle(error),
+      };
+      this.#pool.dispatch({
+        path: this.#target.pathname + this.#target.search, method: 'GET',
+        headers: { ...this.#headers, ...this.#pin.condition, range },
+        headersTimeout: this.#options.stallTimeoutMs, bodyTimeout: this.#options.stallTimeoutMs,
+      }, handler);
+    });
+  }
+
+  // Writes a chunk of a response into the cache, landing each page once all
+  // its bytes are in. Returns false once the transfer's end, lowered by a
+  // fault, is reached: the rest of the response is not wanted.
+  #take(chunk: Buffer, transfer: Transfer, timing: Timing, asked: number, end: () => number): boolean {
+    if (timing.pos + chunk.length > asked) throw new Fatal(httpError(this.url, `sent more bytes than the range asked for (${asked - timing.pos} more expected, ${chunk.length} received)`));
+    if (timing.firstByteAt === undefined) {
+      timing.firstByteAt = performance.now();
+      timing.firstBytePos = timing.pos;
+    }
+    const length = Math.min(chunk.length, end() - timing.pos);
+    // Before the pages land (and wake whoever waits on them).
+    if (timing.info && end() < timing.info.end) timing.info.end = end();
+    if (length > 0) {
+      // pwrite into the memfd rather than a copy through the mapping: the
+      // kernel fills each new shmem page straight from the chunk, without
+      // a page fault and without zeroing it first.
+      fs.writeSync(this.#memfd.fd, chunk, 0, length, timing.pos);
+      timing.pos += length;
+      this.#bytesFetched += length;
+      this.#scheduler.landed(transfer, timing.pos === this.size ? this.present.length : Math.floor(timing.pos / this.pageSize));
+    }
+    return !(timing.pos >= end() && end() < asked);
   }
 
   // Whether a fault on `page` is better served by a new request (about one
@@ -573,7 +626,7 @@ export class HttpPageSource implements PageSource {
   }
 
   // Every answer after the first must be the pinned object's exact range.
-  #check(response: Response, from: number, end: number): void {
+  #check(response: Pick<Response, 'statusCode' | 'headers'>, from: number, end: number): void {
     const status = response.statusCode;
     if (status === 412 || status === 200) {
       throw new Fatal(changed(this.url, status === 412
@@ -627,7 +680,7 @@ function parseContentRange(value: string | undefined): { start: number; end: num
   return { start: Number(match[1]), end: Number(match[2]), total: match[3] === '*' ? undefined : Number(match[3]) };
 }
 
-function pinOf(response: Response, shown: string): Pin {
+function pinOf(response: Pick<Response, 'headers'>, shown: string): Pin {
   const etag = header(response.headers, 'etag');
   const lastModified = header(response.headers, 'last-modified');
   // If-Match compares strongly: a weak ETag never matches, so pin those by date.

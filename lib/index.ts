@@ -1,6 +1,8 @@
 // userfaultfd for Node.js: the public API.
 export { Userfaultfd } from './uffd';
-export type { OpenOptions, RegisterModes, Registration, Target, ServeOptions, ServeSyncOptions, UffdLoan, Event, NonFaultEvent, AdoptedRange } from './uffd';
+export type { OpenOptions, Target, UffdLoan, Event, NonFaultEvent } from './uffd';
+export type { RegisterModes, Registration, AdoptedRange } from './registrations';
+export type { ServeOptions, ServeSyncOptions } from './serve';
 export type { ServeFromOptions, ServeRange, Miss } from './serve-from';
 export type { ServeStats, SpinStats } from './stats';
 export { Fault } from './events';

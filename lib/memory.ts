@@ -18,6 +18,14 @@ export function systemPageSize(): number {
   return native.systemPageSize();
 }
 
+let zeros = new Uint8Array(0);
+
+/** size bytes of zeros, to copy where UFFDIO_ZEROPAGE does not apply (hugetlb). Shared: never write to it. */
+export function zeroBytes(size: number): Uint8Array {
+  if (zeros.length < size) zeros = new Uint8Array(size);
+  return zeros.subarray(0, size);
+}
+
 /** The default huge page size from /proc/meminfo (Hugepagesize), or 0 when the kernel has none. */
 export function defaultHugePageSize(): number {
   const match = /^Hugepagesize:\s+(\d+) kB$/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'));

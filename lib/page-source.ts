@@ -30,6 +30,13 @@ export interface PageSource {
   /** One flag per page, non-zero once the page's bytes are in `bytes`; null when all are. */
   readonly present: Uint8Array | null;
   /**
+   * How a fault is resolved when this source cannot deliver its page and the
+   * handler's options do not say (serveFrom, PostcopyDestination): 'poison'
+   * (UFFDIO_POISON: SIGBUS for the faulting thread) for a source whose pages
+   * have no stand-in, since zeros would be wrong bytes; default 'fill'.
+   */
+  readonly failure?: 'fill' | 'poison';
+  /**
    * Makes [offset, offset + length) present (offset and length page-aligned,
    * inside the image). Resolves once every page of it is; rejects with a
    * UffdError when the source cannot deliver (after its own retries).

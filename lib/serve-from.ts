@@ -5,8 +5,10 @@
 // resolve it the way the native path would have).
 import { UffdError, argTypeError, argValueError, invalid } from './errors';
 import type { Fault } from './events';
-import { systemPageSize } from './memory';
 import type { PageSource } from './page-source';
+import { serveWith, type ServeHost } from './serve';
+import type { Registration } from './registrations';
+import type { NonFaultEvent } from './uffd';
 import * as validate from './validate';
 
 /** A registered range served from the source: its bytes start at `offset` in the source. */
@@ -40,8 +42,9 @@ export interface ServeFromOptions {
    * source.fetch() of the page, then copy it (continue for minor faults).
    */
   onMiss?: (fault: Fault, miss: Miss) => void | Promise<void>;
-  onEvent?: (event: import('./uffd').NonFaultEvent) => void;
+  onEvent?: (event: NonFaultEvent) => void;
   onError?: (error: unknown, fault: Fault) => void;
+  /** serve()'s failure policy; default: the source's own (source.failure: 'poison' for a remote source), else 'fill'. */
   failure?: 'fill' | 'poison';
 }
 
@@ -55,6 +58,33 @@ export interface PlannedRange extends ServeRange {
 }
 
 const MAX_READ_AHEAD = 1024;
+
+/** Userfaultfd.serveFrom(). */
+export function serveFrom(host: ServeHost, source: PageSource | null, options?: ServeFromOptions): Promise<void> {
+  const src = checkSource(source);
+  const opts = validate.options<ServeFromOptions>(options, 'options');
+  host.checkOpen('serveFrom');
+  const ranges = planRanges(opts.ranges ?? defaultRanges(host.uffd.registrations), src, (address) => host.pageSizeAt(address));
+  const pages = readAhead(opts.readAhead);
+  const onMiss = opts.onMiss ?? fetchAndResolve;
+  if (typeof onMiss !== 'function') throw argTypeError('options.onMiss', 'a function', onMiss);
+  const table = rangeTable(ranges, src);
+  // The source may say what a fault on a page it failed to deliver gets (a remote source: SIGBUS, never zeros).
+  const { served } = serveWith(host, (fault) => onMiss(fault, locate(ranges, src, fault)), { ...opts, failure: opts.failure ?? src?.failure }, false);
+  const bytes = src ? src.bytes : new Uint8Array(0);
+  host.handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false);
+  return served;
+}
+
+// The default ranges: every registration, back to back in address order from source offset 0.
+function defaultRanges(registrations: readonly Registration[]): ServeRange[] {
+  let offset = 0;
+  return [...registrations].sort((a, b) => (a.start < b.start ? -1 : 1)).map((r) => {
+    const range = { address: r.start, length: Number(r.end - r.start), offset };
+    offset += range.length;
+    return range;
+  });
+}
 
 export function checkSource(source: unknown): PageSource | null {
   if (source === null) return null;
@@ -133,7 +163,7 @@ function allPresent(source: PageSource, offset: number, length: number): boolean
 
 /** The default onMiss: what the native path would do, after fetching what is missing. */
 export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
-  if (fault.kind === 'wp') {
+  if (fault.kind === 'wp' || fault.kind === 'rwp') {
     fault.unprotect();
     return;
   }
@@ -143,7 +173,7 @@ export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
       `ERR_UFFD_UNRESOLVED: the fault at ${validate.hex(fault.address)} is outside every range given to serveFrom(); add its range, or give onMiss`);
   }
   if (range.zero) {
-    zeroFill(fault);
+    fault.zero();
     return;
   }
   if (source) {
@@ -152,17 +182,7 @@ export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
   }
   if (fault.kind === 'minor') fault.continue();
   else if (source) fault.copy(source.bytes.subarray(offset, offset + fault.pageSize));
-  else zeroFill(fault);
+  else fault.zero();
 }
 
-let zeros: Uint8Array | undefined;
 
-// hugetlb has no UFFDIO_ZEROPAGE: copy zeros there.
-function zeroFill(fault: Fault): void {
-  if (fault.pageSize === systemPageSize()) {
-    fault.zero();
-    return;
-  }
-  if (!zeros || zeros.length < fault.pageSize) zeros = new Uint8Array(fault.pageSize);
-  fault.copy(zeros.subarray(0, fault.pageSize));
-}

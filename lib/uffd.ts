@@ -1,5 +1,9 @@
 // Userfaultfd: one uffd, its registrations, the ioctls that resolve faults,
-// and the stream of its events.
+// and the stream of its events. The parts live in their own modules, and the
+// methods here delegate to them: the record of registrations
+// (registrations.ts), the event stream and its one consumer (event-stream.ts),
+// serving faults with JavaScript handlers (serve.ts) and from a page source
+// (serve-from.ts).
 //
 // Threading: events are read on the thread that opened the uffd (the main
 // thread or a worker), by its event loop, never blocking it; resolving ioctls
@@ -7,20 +11,23 @@
 // registered memory that is not yet present: it would block in the kernel
 // waiting for a resolution only it can make. Faults come from other threads
 // (workers using attachView), native threads, or other processes.
-import { performance } from 'node:perf_hooks';
 import { native, type UffdHandle } from './binding';
 import {
-  COPY_MODE_WP, CONTINUE_MODE_WP, EVENT, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
+  COPY_MODE_WP, CONTINUE_MODE_WP, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
   RUNTIME_FEATURES, RWPROTECT_MODE_DONTWAKE, RWPROTECT_MODE_RWP,
   WRITEPROTECT_MODE_DONTWAKE, WRITEPROTECT_MODE_WP, FEATURES, featureBits, featureNames, ioctlNames,
   type Feature, type Ioctl,
 } from './constants';
 import { UffdError, argTypeError, argValueError, invalid, libraryError, systemError } from './errors';
-import { FaultBatch } from './fault-batch';
-import { decode, Fault, type DecodeContext, type FaultResolver, type ForkEvent, type RemapEvent, type RemoveEvent, type UffdEvent, type UnmapEvent } from './events';
+import { EventStream } from './event-stream';
+import type { FaultBatch } from './fault-batch';
+import type { DecodeContext, Fault, FaultResolver, ForkEvent, RemapEvent, RemoveEvent, UffdEvent, UnmapEvent } from './events';
 import { Mapping, systemPageSize } from './memory';
 import type { PageSource } from './page-source';
-import { checkSource, fetchAndResolve, locate, planRanges, rangeTable, readAhead, type ServeFromOptions, type ServeRange } from './serve-from';
+import { Registrations, type AdoptedRange, type RegisterModes, type Registration } from './registrations';
+import * as serving from './serve';
+import type { ServeBatchOptions, ServeHost, ServeOptions, ServeSyncOptions } from './serve';
+import { serveFrom as serveFromSource, type ServeFromOptions } from './serve-from';
 import { readStats, type ServeStats } from './stats';
 import * as validate from './validate';
 
@@ -39,67 +46,11 @@ export interface OpenOptions {
   userModeOnly?: boolean;
 }
 
-export interface RegisterModes {
-  /** Faults on pages that are not there (resolve with copy, zeroPage). Default true. */
-  missing?: boolean;
-  /** Faults on pages in the page cache but not mapped (shmem, hugetlbfs; resolve with continue). */
-  minor?: boolean;
-  /** Faults on writes to write-protected pages (resolve with writeProtect(..., false)). */
-  wp?: boolean;
-  /**
-   * Linux 7.3, feature RWP: faults on any access, read or write, to pages made
-   * read-write protected with rwProtect(..., true) (resolve with
-   * rwProtect(..., false)). Cannot be combined with wp: both use the same PTE bit.
-   */
-  rwp?: boolean;
-}
-
 /** A range to register: a Mapping, or any page-aligned range of this process (or of the process that created the uffd). */
 export type Target = Mapping | { address: bigint; length: number | bigint; pageSize?: number };
 
-export interface Registration {
-  readonly start: bigint;
-  readonly end: bigint;
-  readonly pageSize: number;
-  readonly modes: Readonly<Required<RegisterModes>>;
-  /** The ioctls the kernel allows on this range (UFFDIO_REGISTER's answer). */
-  readonly ioctls: ReadonlySet<Ioctl>;
-}
-
-/** A range another process registered on an adopted uffd. */
-export interface AdoptedRange {
-  address: bigint;
-  length: number | bigint;
-  pageSize?: number;
-  modes?: RegisterModes;
-}
-
 export type Event = UffdEvent<Userfaultfd>;
 export type NonFaultEvent = ForkEvent<Userfaultfd> | RemapEvent | RemoveEvent | UnmapEvent;
-
-export interface ServeOptions {
-  /** Non-cooperative events (fork, remap, remove, unmap). A fork's uffd is closed if this is not given. */
-  onEvent?: (event: NonFaultEvent) => void;
-  /** Called when the handler throws, rejects, or returns without resolving its fault. Default: process.emitWarning. */
-  onError?: (error: unknown, fault: Fault) => void;
-  /**
-   * How a fault the handler failed on is resolved, so that its thread never hangs:
-   * 'fill' (default): missing -> zero page, minor -> the page cache's page, wp -> write allowed;
-   * 'poison': UFFDIO_POISON, the faulting thread gets SIGBUS ('fill' where the range does not allow POISON).
-   */
-  failure?: 'fill' | 'poison';
-  /**
-   * Adaptive spinning on this thread after each batch (default false): faster
-   * when faults come back to back, but the loop runs nothing else for up to
-   * 1 ms at a time (see docs/performance.md).
-   */
-  spin?: boolean;
-}
-
-export interface ServeSyncOptions extends Omit<ServeOptions, 'spin'> {
-  /** Adaptive spinning in wait (default true: this thread does nothing else). */
-  spin?: boolean;
-}
 
 /** What a worker needs to serve this uffd's faults (Userfaultfd.borrow); plain data, for workerData. */
 export interface UffdLoan {
@@ -108,28 +59,17 @@ export interface UffdLoan {
   readonly ranges: AdoptedRange[];
 }
 
-// How long a blocking wait lasts before it returns to JavaScript, so that a
-// worker asked to terminate gets the chance (an idle worker wakes this often).
-const WAIT_SLICE_MS = 50;
-
 export class Userfaultfd implements FaultResolver {
   readonly #handle: UffdHandle;
   readonly #callback: (count: number) => void;
   readonly #messages = new ArrayBuffer(MSG_SIZE * MESSAGE_CAPACITY);
   readonly #view = new DataView(this.#messages);
   #closed = false;
-  #registrations: Registration[] = [];
-  /** Who reads the events: at most one consumer, for the uffd's whole life. */
-  #consumer: 'none' | 'iterator' | 'serve' = 'none';
-  #deliver: (batch: Event[]) => void = () => {};
-  #queue: Event[] = [];
-  #waiting: ((result: IteratorResult<Event>) => void)[] = [];
-  #failure: UffdError | undefined;
-  #ended: (() => void)[] = [];
+  readonly #registrations = new Registrations();
+  readonly #stream: EventStream<Userfaultfd> = new EventStream(this.#view, this, () => this.#decodeContext());
   #jsFaults = 0;
   #context: DecodeContext<Userfaultfd> | undefined;
-  #batchHandler: ((count: number) => void) | undefined;
-  #retryNow: () => boolean = () => false;
+  #serveHost: ServeHost | undefined;
   #finalStats: Float64Array = new Float64Array(20);
 
   /** How the descriptor was obtained: 'syscall', 'device' (/dev/userfaultfd), 'adopted' (an fd given to fromFd or a fork event), or 'borrowed' (lent by another thread). */
@@ -147,7 +87,7 @@ export class Userfaultfd implements FaultResolver {
     this.enabledFeatures = this.#enabled;
     // The handle holds this callback weakly until the stream starts; a
     // Userfaultfd nobody holds is collected and its handle closes the fd.
-    this.#callback = (count: number) => this.#onMessages(count);
+    this.#callback = (count: number) => this.#stream.receive(count);
     this.#handle = new native.UffdHandle(fd, this.#callback, this.#messages, lentId);
   }
 
@@ -187,7 +127,7 @@ export class Userfaultfd implements FaultResolver {
     validate.fd(fd, 'fd');
     const opts = validate.options<{ features: Feature[]; ranges: AdoptedRange[] }>(options, 'options');
     const uffd = new Userfaultfd(fd, 'adopted', 0n, featureBits(opts.features ?? []));
-    uffd.#adopt(opts.ranges ?? []);
+    uffd.#registrations.adopt(opts.ranges ?? []);
     return uffd;
   }
 
@@ -203,7 +143,7 @@ export class Userfaultfd implements FaultResolver {
     return {
       id: this.#handle.lend(),
       features: [...this.enabledFeatures],
-      ranges: this.#registrations.map((r) => ({ address: r.start, length: r.end - r.start, pageSize: r.pageSize, modes: { ...r.modes } })),
+      ranges: this.#registrations.list.map((r) => ({ address: r.start, length: r.end - r.start, pageSize: r.pageSize, modes: { ...r.modes } })),
     };
   }
 
@@ -213,7 +153,7 @@ export class Userfaultfd implements FaultResolver {
       throw argTypeError('loan', 'the object uffd.lend() returned', loan);
     }
     const uffd = new Userfaultfd(-1, 'borrowed', 0n, featureBits(loan.features ?? []), loan.id);
-    uffd.#adopt(loan.ranges ?? []);
+    uffd.#registrations.adopt(loan.ranges ?? []);
     return uffd;
   }
 
@@ -226,7 +166,7 @@ export class Userfaultfd implements FaultResolver {
   }
 
   get registrations(): readonly Registration[] {
-    return this.#registrations;
+    return this.#registrations.list;
   }
 
   /** UFFDIO_REGISTER. Returns the ioctls the kernel allows on the range. */
@@ -246,8 +186,7 @@ export class Userfaultfd implements FaultResolver {
       throw explainRegisterFailure(error, target);
     }
     const ioctls = ioctlNames(mask);
-    this.#forget(start, start + BigInt(length));
-    this.#registrations.push({
+    this.#registrations.add({
       start, end: start + BigInt(length), pageSize, ioctls,
       modes: { missing: !!m.missing, minor: !!m.minor, wp: !!m.wp, rwp: !!m.rwp },
     });
@@ -260,7 +199,7 @@ export class Userfaultfd implements FaultResolver {
     const { start, length, pageSize } = targetRange(target);
     validate.range('ioctl(UFFDIO_UNREGISTER)', start, length, pageSize);
     this.#handle.unregister(start, BigInt(length));
-    this.#forget(start, start + BigInt(length));
+    this.#registrations.forget(start, start + BigInt(length));
   }
 
   /**
@@ -276,7 +215,7 @@ export class Userfaultfd implements FaultResolver {
       throw argTypeError('data', 'an ArrayBuffer, a TypedArray, a DataView or a Buffer', data);
     }
     if (data.byteLength === 0 && isDetached(data)) throw argValueError('data', 'is detached (transferred or destroyed); pass a live buffer');
-    validate.range(syscall, address, data.byteLength, this.#pageSizeAt(address));
+    validate.range(syscall, address, data.byteLength, this.#registrations.pageSizeAt(address));
     const opts = validate.options<{ dontWake: boolean; writeProtect: boolean }>(options, 'options');
     const mode = (opts.dontWake ? MODE_DONTWAKE : 0n) | (opts.writeProtect ? COPY_MODE_WP : 0n);
     return this.#handle.copy(address, data, mode);
@@ -359,7 +298,7 @@ export class Userfaultfd implements FaultResolver {
   move(dst: bigint, src: bigint, length: number | bigint, options?: { dontWake?: boolean; allowSrcHoles?: boolean }): number {
     const syscall = 'ioctl(UFFDIO_MOVE)';
     const [start, bytes] = this.#range(syscall, dst, length);
-    validate.range(syscall, validate.address(src, 'src'), bytes, this.#pageSizeAt(start));
+    validate.range(syscall, validate.address(src, 'src'), bytes, this.#registrations.pageSizeAt(start));
     const opts = validate.options<{ dontWake: boolean; allowSrcHoles: boolean }>(options, 'options');
     const mode = (opts.dontWake ? MODE_DONTWAKE : 0n) | (opts.allowSrcHoles ? MOVE_MODE_ALLOW_SRC_HOLES : 0n);
     return this.#handle.move(start, src, BigInt(bytes), mode);
@@ -377,33 +316,10 @@ export class Userfaultfd implements FaultResolver {
    * closes the uffd, which wakes every waiting thread.
    */
   events(): AsyncIterableIterator<Event> {
-    this.#claim('iterator');
-    this.#deliver = (batch) => {
-      for (const event of batch) {
-        const waiter = this.#waiting.shift();
-        if (waiter) waiter({ value: event, done: false });
-        else this.#queue.push(event);
-      }
-    };
+    this.#checkOpen('userfaultfd');
+    this.#stream.claim('iterator');
+    const iterator = this.#stream.iterator();
     this.#handle.start();
-    const iterator: AsyncIterableIterator<Event> = {
-      next: () => {
-        const event = this.#queue.shift();
-        if (event) return Promise.resolve({ value: event, done: false });
-        if (this.#failure) {
-          const failure = this.#failure;
-          this.#failure = undefined;
-          return Promise.reject(failure);
-        }
-        if (this.#closed) return Promise.resolve({ value: undefined, done: true });
-        return new Promise((resolve) => this.#waiting.push(resolve));
-      },
-      return: () => {
-        this.close();
-        return Promise.resolve({ value: undefined, done: true });
-      },
-      [Symbol.asyncIterator]: () => iterator,
-    };
     return iterator;
   }
 
@@ -423,12 +339,7 @@ export class Userfaultfd implements FaultResolver {
    * after the next batch's events. Resolves when the uffd is closed.
    */
   serve(handler: (fault: Fault) => void | Promise<void>, options?: ServeOptions): Promise<void> {
-    if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
-    const opts = validate.options<ServeOptions>(options, 'options');
-    const served = this.#serveWith(handler, opts, false);
-    this.#handle.setSpin(opts.spin === true);
-    this.#handle.start();
-    return served;
+    return serving.serve(this.#host(), handler, options);
   }
 
   /**
@@ -446,18 +357,7 @@ export class Userfaultfd implements FaultResolver {
    * See docs/performance.md.
    */
   serveFrom(source: PageSource | null, options?: ServeFromOptions): Promise<void> {
-    const src = checkSource(source);
-    const opts = validate.options<ServeFromOptions>(options, 'options');
-    this.#checkOpen('serveFrom');
-    const ranges = planRanges(opts.ranges ?? this.#defaultRanges(), src, (address) => this.#pageSizeAt(address));
-    const pages = readAhead(opts.readAhead);
-    const onMiss = opts.onMiss ?? fetchAndResolve;
-    if (typeof onMiss !== 'function') throw argTypeError('options.onMiss', 'a function', onMiss);
-    const table = rangeTable(ranges, src);
-    const served = this.#serveWith((fault) => onMiss(fault, locate(ranges, src, fault)), opts, false);
-    const bytes = src ? src.bytes : new Uint8Array(0);
-    this.#handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false);
-    return served;
+    return serveFromSource(this.#host(), source, options);
   }
 
   /**
@@ -470,23 +370,7 @@ export class Userfaultfd implements FaultResolver {
    * fault left unresolved gets the failure policy. See docs/performance.md.
    */
   serveSync(handler: (fault: Fault) => void, options?: ServeSyncOptions): void {
-    if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
-    const opts = validate.options<ServeSyncOptions>(options, 'options');
-    this.#serveWith(handler, opts, true).catch(() => {});
-    const spin = opts.spin !== false;
-    let retrying = false;
-    try {
-      for (;;) {
-        // Faults refused with EAGAIN are retried after at most 1 ms.
-        const count = this.#handle.wait(retrying ? 1 : WAIT_SLICE_MS, spin);
-        if (count < 0 || this.#closed) break;
-        if (count > 0) this.#onMessages(count);
-        if (this.#closed) break;
-        retrying = this.#retryNow();
-      }
-    } finally {
-      this.close();
-    }
+    serving.serveSync(this.#host(), handler, options);
   }
 
   /**
@@ -498,146 +382,13 @@ export class Userfaultfd implements FaultResolver {
    * handler that throws, reported to onError) get the 'fill' policy.
    * Non-fault events reach onEvent first. Resolves when the uffd is closed.
    */
-  serveBatch(handler: (batch: FaultBatch) => void, options?: Pick<ServeOptions, 'onEvent' | 'spin'> & { onError?: (error: unknown) => void }): Promise<void> {
-    if (typeof handler !== 'function') throw argTypeError('handler', 'a function', handler);
-    const opts = validate.options<Pick<ServeOptions, 'onEvent' | 'spin'> & { onError?: (error: unknown) => void }>(options, 'options');
-    checkServeOptions(opts);
-    this.#claim('serve');
-    const batch = new FaultBatch(this.#view, MESSAGE_CAPACITY, this.#handle, (address) => this.#pageSizeAtNumber(address));
-    const report = opts.onError ?? ((error: unknown) => process.emitWarning(error as Error, 'UffdHandlerWarning'));
-    this.#batchHandler = (count) => {
-      batch.load(count);
-      if (batch.length < count) {
-        // Events first, as serve() does; they are rare, so they may allocate.
-        for (let i = 0; i < count; i++) {
-          const event = this.#view.getUint8(i * MSG_SIZE) === EVENT.PAGEFAULT ? undefined : decode(this.#view, i, this.#decodeContext());
-          if (!event || event.type === 'pagefault') continue;
-          if (opts.onEvent) guarded(() => opts.onEvent!(event));
-          else if (event.type === 'fork') event.uffd.close();
-        }
-      }
-      if (batch.length === 0) return;
-      this.#jsFaults += batch.length;
-      try {
-        handler(batch);
-      } catch (error) {
-        guarded(() => report(error));
-      }
-      if (!this.#closed) batch.fillUnresolved();
-    };
-    this.#handle.setSpin(opts.spin === true);
-    this.#handle.start();
-    return new Promise<void>((resolve, reject) => {
-      this.#ended.push(() => (this.#failure ? reject(this.#failure) : resolve()));
-    });
+  serveBatch(handler: (batch: FaultBatch) => void, options?: ServeBatchOptions): Promise<void> {
+    return serving.serveBatch(this.#host(), handler, options);
   }
 
   /** Counters of what serving has done so far (cheap: one call into the addon). */
   stats(): ServeStats {
     return readStats(this.#closed ? this.#finalStats : this.#handle.stats(), this.#jsFaults);
-  }
-
-  // Claims the uffd for serving and sets the delivery of batches: events
-  // first, then faults to handler. sync: handlers cannot await (serveSync).
-  #serveWith(handler: (fault: Fault) => void | Promise<void>, opts: Partial<ServeOptions>, sync: boolean): Promise<void> {
-    checkServeOptions(opts);
-    this.#claim('serve');
-    const report = opts.onError ?? warnHandlerFailure;
-    const failure = opts.failure ?? 'fill';
-    const fail = (error: unknown, fault: Fault): void => {
-      if (this.#closed) return;
-      if (!fault.resolved) resolveAfterFailure(fault, failure);
-      // A throwing onError must not cost the rest of the batch its handling.
-      guarded(() => report(error, fault));
-    };
-    // A resolution refused with EAGAIN (an event is queued that this side
-    // has not read yet) is tried again after the next batch's events.
-    let retry: Fault[] = [];
-    const failed = (error: unknown, fault: Fault): void => {
-      // Handlers may throw anything, undefined and null included.
-      if ((error as UffdError | null | undefined)?.code === 'EAGAIN' && !fault.resolved) {
-        retry.push(fault);
-        scheduleRetry();
-      } else {
-        fail(error, fault);
-      }
-    };
-    const dispatch = (fault: Fault): void => {
-      this.#jsFaults++;
-      let result: void | Promise<void>;
-      try {
-        result = handler(fault);
-      } catch (error) {
-        failed(error, fault);
-        return;
-      }
-      if (fault.resolved) return;
-      // Closures only for handlers that are still working on their fault.
-      if (!sync && result && typeof (result as Promise<void>).then === 'function') {
-        (result as Promise<void>).then(() => { if (!fault.resolved) fail(unresolved(fault), fault); }, (error) => failed(error, fault));
-      } else {
-        fail(unresolved(fault), fault);
-      }
-    };
-    // The event that made the kernel refuse with EAGAIN is usually read in
-    // the next batch; but the kernel lowers its "address space changing" mark
-    // only after the changing thread resumes, a moment after its event was
-    // read, and then no further batch may come. So refused faults are also
-    // retried on the next turn of the event loop (after its poll phase has
-    // read whatever is queued), backing off to 1 ms after many tries.
-    let retryScheduled = false;
-    let retryTurns = 0;
-    // serveSync blocks the loop: it retries between its waits instead.
-    this.#retryNow = () => {
-      const again = retry;
-      retry = [];
-      for (const fault of again) if (!this.#closed) dispatch(fault);
-      return retry.length > 0;
-    };
-    const scheduleRetry = (): void => {
-      if (sync || retryScheduled || retry.length === 0 || this.#closed) return;
-      retryScheduled = true;
-      const run = (): void => {
-        retryScheduled = false;
-        retryTurns++;
-        const again = retry;
-        retry = [];
-        for (const fault of again) if (!this.#closed) dispatch(fault);
-        if (retry.length === 0) retryTurns = 0;
-        scheduleRetry();
-      };
-      if (retryTurns < 100) setImmediate(run);
-      else setTimeout(run, 1);
-    };
-    this.#deliver = (batch) => {
-      // Events first: a fault read in the same batch as a REMOVE of its page
-      // must be served after the removal is known, or stale data lands there.
-      for (const event of batch) {
-        if (event.type === 'pagefault') continue;
-        if (opts.onEvent) guarded(() => opts.onEvent!(event));
-        else if (event.type === 'fork') event.uffd.close();
-      }
-      if (retry.length > 0) {
-        const again = retry;
-        retry = [];
-        for (const fault of again) if (!this.#closed) dispatch(fault);
-      }
-      for (const event of batch) if (event.type === 'pagefault' && !this.#closed) dispatch(event);
-      scheduleRetry();
-    };
-    return new Promise<void>((resolve, reject) => {
-      this.#ended.push(() => (this.#failure ? reject(this.#failure) : resolve()));
-    });
-  }
-
-  // serveFrom's default: every registration, back to back in address order from source offset 0.
-  #defaultRanges(): ServeRange[] {
-    let offset = 0;
-    return [...this.#registrations].sort((a, b) => (a.start < b.start ? -1 : 1)).map((r) => {
-      const range = { address: r.start, length: Number(r.end - r.start), offset };
-      offset += range.length;
-      return range;
-    });
   }
 
   /** Whether an active event stream keeps the process alive (the default), like a socket's ref(). */
@@ -664,9 +415,8 @@ export class Userfaultfd implements FaultResolver {
     this.#handle.close();
     // After close: the native thread has been joined, its counters are final.
     this.#finalStats = this.#handle.stats();
-    this.#registrations = [];
-    this.#queue = [];
-    this.#end();
+    this.#registrations.clear();
+    this.#stream.end();
   }
 
   [Symbol.dispose](): void {
@@ -675,74 +425,38 @@ export class Userfaultfd implements FaultResolver {
 
   // ---- internals ----
 
-  #onMessages(count: number): void {
-    if (count < 0) {
-      this.#failure = systemError(count, 'read');
-      this.close();
-      return;
-    }
-    if (this.#batchHandler) {
-      this.#batchHandler(count);
-      return;
-    }
-    const context = this.#decodeContext();
-    context.receivedAt = performance.now();
-    const batch: Event[] = [];
-    for (let i = 0; i < count; i++) {
-      const event = decode(this.#view, i, context);
-      if (event) batch.push(event);
-    }
-    this.#deliver(batch);
+  // What the serving functions (serve.ts, serve-from.ts) may use of this
+  // object's internals; made once, on the first serve.
+  #host(): ServeHost {
+    return (this.#serveHost ??= {
+      uffd: this,
+      handle: this.#handle,
+      view: this.#view,
+      capacity: MESSAGE_CAPACITY,
+      stream: this.#stream,
+      claim: () => {
+        this.#checkOpen('userfaultfd');
+        this.#stream.claim('serve');
+      },
+      countJsFaults: (count) => {
+        this.#jsFaults += count;
+      },
+      decodeContext: () => this.#decodeContext(),
+      checkOpen: (syscall) => this.#checkOpen(syscall),
+      pageSizeAt: (address) => this.#registrations.pageSizeAt(address),
+      pageSizeAtNumber: (address) => this.#registrations.pageSizeAtNumber(address),
+    });
   }
 
   // One context for the uffd's life: a batch allocates its events and nothing else.
   #decodeContext(): DecodeContext<Userfaultfd> {
     return (this.#context ??= {
       resolver: this as FaultResolver,
-      pageSizeAt: (address: bigint) => this.#pageSizeAt(address),
+      pageSizeAt: (address: bigint) => this.#registrations.pageSizeAt(address),
       threadIds: this.enabledFeatures.has('THREAD_ID'),
       receivedAt: 0,
       adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
     });
-  }
-
-  #end(): void {
-    for (const waiter of this.#waiting.splice(0)) {
-      if (this.#failure) {
-        const failure = this.#failure;
-        this.#failure = undefined;
-        waiter(Promise.reject(failure) as never);
-      } else {
-        waiter({ value: undefined, done: true });
-      }
-    }
-    for (const ended of this.#ended.splice(0)) ended();
-  }
-
-  #claim(consumer: 'iterator' | 'serve'): void {
-    this.#checkOpen('userfaultfd');
-    if (this.#consumer !== 'none') {
-      throw libraryError('ERR_UFFD_BUSY', 'userfaultfd',
-        `this userfaultfd's events are already consumed by ${this.#consumer === 'serve' ? 'serve()' : 'an events() iterator'}; a uffd has one consumer for its whole life`);
-    }
-    this.#consumer = consumer;
-  }
-
-  // Records ranges another process or thread registered: faults there learn
-  // their page size and modes from them.
-  #adopt(ranges: unknown): void {
-    if (!Array.isArray(ranges)) throw argTypeError('options.ranges', 'an array of { address, length, pageSize?, modes? }', ranges);
-    for (const range of ranges as AdoptedRange[]) {
-      if (range === null || typeof range !== 'object') throw argTypeError('range', 'an object { address, length, pageSize?, modes? }', range);
-      const start = validate.address(range.address, 'range.address');
-      const length = validate.size(range.length, 'range.length');
-      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.pageSize(range.pageSize, 'range.pageSize');
-      validate.range('userfaultfd', start, length, pageSize);
-      this.#registrations.push({
-        start, end: start + BigInt(length), pageSize, ioctls: new Set(),
-        modes: { missing: range.modes?.missing ?? true, minor: range.modes?.minor ?? false, wp: range.modes?.wp ?? false, rwp: range.modes?.rwp ?? false },
-      });
-    }
   }
 
   #checkOpen(syscall: string): void {
@@ -753,33 +467,11 @@ export class Userfaultfd implements FaultResolver {
     this.#checkOpen(syscall);
     const start = validate.address(address, 'address');
     const bytes = validate.size(length, 'length');
-    validate.range(syscall, start, bytes, this.#pageSizeAt(start));
+    validate.range(syscall, start, bytes, this.#registrations.pageSizeAt(start));
     return [start, bytes];
   }
 
-  #pageSizeAtNumber(address: number): number {
-    for (const r of this.#registrations) if (address >= Number(r.start) && address < Number(r.end)) return r.pageSize;
-    return systemPageSize();
-  }
 
-  #pageSizeAt(address: bigint): number {
-    for (const r of this.#registrations) if (address >= r.start && address < r.end) return r.pageSize;
-    return systemPageSize();
-  }
-
-  // Drops the parts of registrations inside [start, end).
-  #forget(start: bigint, end: bigint): void {
-    const kept: Registration[] = [];
-    for (const r of this.#registrations) {
-      if (r.end <= start || r.start >= end) {
-        kept.push(r);
-        continue;
-      }
-      if (r.start < start) kept.push({ ...r, end: start });
-      if (r.end > end) kept.push({ ...r, start: end });
-    }
-    this.#registrations = kept;
-  }
 }
 
 function isDetached(data: ArrayBufferView | ArrayBuffer): boolean {
@@ -805,73 +497,6 @@ function targetRange(target: Target): { start: bigint; length: number; pageSize:
   const length = validate.size(target.length, 'target.length');
   const pageSize = target.pageSize === undefined ? systemPageSize() : validate.pageSize(target.pageSize, 'target.pageSize');
   return { start, length, pageSize };
-}
-
-// Runs a user callback of serve(); what it throws becomes an uncaught
-// exception once the current batch has been handled, as from any callback.
-// The options every serving method shares.
-function checkServeOptions(opts: Partial<Pick<ServeOptions, 'onError' | 'onEvent' | 'failure'>>): void {
-  for (const name of ['onError', 'onEvent'] as const) {
-    if (opts[name] !== undefined && typeof opts[name] !== 'function') throw argTypeError(`options.${name}`, 'a function', opts[name]);
-  }
-  if (opts.failure !== undefined && opts.failure !== 'fill' && opts.failure !== 'poison') {
-    throw argValueError('options.failure', `must be 'fill' or 'poison'. Received ${String(opts.failure)}`);
-  }
-}
-
-function guarded(callback: () => void): void {
-  try {
-    callback();
-  } catch (error) {
-    process.nextTick(() => {
-      throw error;
-    });
-  }
-}
-
-function warnHandlerFailure(error: unknown, fault: Fault): void {
-  if (error instanceof Error) {
-    process.emitWarning(error, 'UffdHandlerWarning');
-    return;
-  }
-  process.emitWarning(
-    `the handler for the ${fault.kind} fault at 0x${fault.address.toString(16)} threw or rejected with ${typeof error === 'string' ? `'${error}'` : String(error)}, not an Error; the fault was resolved by the failure policy`,
-    'UffdHandlerWarning');
-}
-
-function unresolved(fault: Fault): UffdError {
-  return new UffdError('ERR_UFFD_UNRESOLVED',
-    `ERR_UFFD_UNRESOLVED: the handler finished without resolving the ${fault.kind} fault at 0x${fault.address.toString(16)}; call fault.copy(), fault.zero(), fault.continue() or another resolving method`);
-}
-
-let zeroPages: Uint8Array | undefined;
-
-// The failure policy. It must not throw: the handler's error is what gets reported.
-function resolveAfterFailure(fault: Fault, failure: 'fill' | 'poison'): void {
-  const attempts: (() => unknown)[] = [];
-  if (failure === 'poison') attempts.push(() => fault.poison());
-  if (fault.kind === 'minor') attempts.push(() => fault.continue());
-  if (fault.kind === 'wp' || fault.kind === 'rwp') attempts.push(() => fault.unprotect());
-  attempts.push(() => fault.zero());
-  // hugetlb ranges have no ZEROPAGE: copy zeros instead.
-  attempts.push(() => {
-    if (!zeroPages || zeroPages.byteLength < fault.pageSize) zeroPages = new Uint8Array(fault.pageSize);
-    return fault.copy(zeroPages.subarray(0, fault.pageSize));
-  });
-  // Filling failed too (no memory: a hugetlb pool ran dry). A wake alone would
-  // let the thread fault again at once, forever; SIGBUS is what the kernel
-  // itself gives a thread whose huge page cannot be allocated.
-  if (failure !== 'poison') attempts.push(() => fault.poison());
-  // No range any more (unregistered, unmapped): the thread sees ordinary memory.
-  attempts.push(() => fault.wake());
-  for (const attempt of attempts) {
-    try {
-      attempt();
-      return;
-    } catch {
-      // Try the next way.
-    }
-  }
 }
 
 // The kernel answers EINVAL for every range it cannot register; for a

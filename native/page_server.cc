@@ -278,7 +278,9 @@ bool PageServer::Present(const RangeState& r, uint64_t page) const {
 bool PageServer::Plan(const uffd_msg& msg, uint64_t read_at, Job* job) const {
   if (msg.event != UFFD_EVENT_PAGEFAULT) return false;
   uint64_t flags = msg.arg.pagefault.flags, address = msg.arg.pagefault.address;
-  if (flags & UFFD_PAGEFAULT_FLAG_WP) return false;
+  // Protection faults have their page: JavaScript decides (a copy would only
+  // find it there, and the woken thread would fault again).
+  if (flags & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_RWP)) return false;
   for (uint32_t i = 0; i < ranges_.size(); i++) {
     const RangeState& r = ranges_[i];
     if (address - r.range.start >= r.range.length) continue;

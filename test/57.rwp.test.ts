@@ -6,7 +6,7 @@
 // every memory type is in the matrix (test/56); these are the API's own cases.
 // Each test is skipped with the probe's reason on kernels without RWP.
 import { afterEach, describe, expect, it } from 'vitest';
-import { Mapping, Userfaultfd, probe, scanAccessed, unavailable, type Fault } from '../dist/index.js';
+import { BufferPageSource, Mapping, Userfaultfd, probe, scanAccessed, unavailable, type Fault } from '../dist/index.js';
 import { PAGE, asleepInFault, pattern, touch, wchan } from './helpers';
 
 const report = probe();
@@ -68,6 +68,33 @@ describe('read-write protection (RWP)', () => {
     new Uint8Array(second).set(new Uint8Array(data, PAGE, PAGE));
     expect(await touch({ address: mapping.address + BigInt(PAGE), length: PAGE, expected: second }).result).toMatchObject({ ok: true });
     expect(faults.map((f) => f.pageAddress)).toEqual([mapping.address, mapping.address + BigInt(PAGE), mapping.address + BigInt(PAGE)]);
+  });
+});
+
+describe('rwp faults through every serving style', () => {
+  // An rwp fault has its page: filling it (COPY or ZEROPAGE) finds it there,
+  // and a thread woken on EEXIST faults again, for ever. Each style must lift
+  // the protection instead.
+  it.skipIf(needRwp !== undefined)(`serveBatch: kind() says rwp and a fault left unresolved gets its protection removed${skipped(needRwp)}`, async () => {
+    const { mapping, uffd, data } = protectedMemory(4, ['RWP']);
+    const kinds: string[] = [];
+    void uffd.serveBatch((batch) => {
+      for (let i = 0; i < batch.length; i++) kinds.push(batch.kind(i));
+    });
+    expect(await touch({ address: mapping.address, length: mapping.length, expected: data }).result).toMatchObject({ ok: true });
+    expect(kinds.length).toBeGreaterThanOrEqual(4);
+    expect(new Set(kinds)).toEqual(new Set(['rwp']));
+  });
+
+  it.skipIf(needRwp !== undefined)(`serveFrom: the native thread passes rwp faults on and the default onMiss removes the protection${skipped(needRwp)}`, async () => {
+    const { mapping, uffd, data } = protectedMemory(4, ['RWP']);
+    // A source with other bytes: a copy would be refused (EEXIST) and, were
+    // it not, would change what the pages hold.
+    void uffd.serveFrom(new BufferPageSource(new Uint8Array(mapping.length).fill(0xee)), { readAhead: 4 });
+    expect(await touch({ address: mapping.address, length: mapping.length, expected: data }).result).toMatchObject({ ok: true });
+    const stats = uffd.stats();
+    expect(stats.nativeFaults).toBe(0);
+    expect(stats.jsFaults).toBe(4);
   });
 });
 

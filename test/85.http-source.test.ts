@@ -189,6 +189,31 @@ describe.skipIf(missing !== undefined)(`HttpPageSource against nginx${missing ? 
     expect(source.stats.bytesFetched).toBe(size);
   });
 
+  it('holds back the present flag of a read-ahead window\'s first page until it is asked for, then reads further ahead without a request for it', async () => {
+    const requests: HttpRequestInfo[] = [];
+    const window = 16;
+    const source = await open(`${nginx.origin}/image.bin`, { backgroundFill: false, readAheadMin: window * PAGE, readAheadMax: window * PAGE, onRequest: (r) => requests.push(r) });
+    // Two sequential misses: the second makes a stream, which reads the next window ahead.
+    await source.fetch(window * PAGE, PAGE, { urgent: true });
+    await source.fetch(2 * window * PAGE, PAGE, { urgent: true });
+    const ahead = 3 * window;
+    expect(requests.find((r) => r.priority === 'readahead')).toMatchObject({ start: ahead * PAGE, end: (ahead + window) * PAGE });
+    // The rest of that window lands and is flagged; its first page (the marker) is not.
+    await source.fetch((ahead + 1) * PAGE, (window - 1) * PAGE);
+    expect(source.present[ahead]).toBe(0);
+    for (let page = ahead + 1; page < ahead + window; page++) expect(source.present[page]).toBe(1);
+    // A fault on the marker: no request for it, the flag is set, and the next window is requested.
+    const sent = requests.length;
+    await source.fetch(ahead * PAGE, PAGE, { urgent: true });
+    expect(source.present[ahead]).toBe(1);
+    await source.fetch((ahead + window) * PAGE, window * PAGE);
+    const after = requests.slice(sent);
+    expect(after.some((r) => r.start <= ahead * PAGE && r.end > ahead * PAGE)).toBe(false);
+    expect(after.find((r) => r.priority === 'readahead' && r.start === (ahead + window) * PAGE)).toBeDefined();
+    expect(Buffer.compare(Buffer.from(source.bytes.subarray(ahead * PAGE, (ahead + 2 * window) * PAGE)), Buffer.from(imageBytes.subarray(ahead * PAGE, (ahead + 2 * window) * PAGE)))).toBe(0);
+    expect(expectDisjoint(requests)).toBe(source.stats.bytesFetched);
+  });
+
   it('coalesces neighbouring faults that wait at the same time into one range', async () => {
     const requests: HttpRequestInfo[] = [];
     const source = await open(`${nginx.origin}/image.bin`, { backgroundFill: false, readAheadMin: PAGE, readAheadMax: PAGE, onRequest: (r) => requests.push(r) });
@@ -248,6 +273,29 @@ describe.skipIf(missing !== undefined)(`HttpPageSource against nginx${missing ? 
     // Later fetches of absent pages fail at once with the same error.
     const absent = source.present.indexOf(0);
     await expect(source.fetch(absent * PAGE, PAGE, { urgent: true })).rejects.toBe(source.error);
+  });
+
+  it('is poisoned, not zero-filled, by default in the post-copy destination when its server dies: SIGBUS in the faulting process, complete rejects', async () => {
+    const own = await startNginx();
+    cleanup.push(() => own.stop());
+    fs.writeFileSync(path.join(own.root, 'image.bin'), imageBytes);
+    let requests = 0;
+    const source = await open(`${own.origin}/image.bin`, {
+      backgroundFill: false, readAheadMin: 4 * PAGE, readAheadMax: 4 * PAGE, retries: 2, retryDelayMs: 20,
+      onRequest: () => void (++requests === 20 && own.kill()),
+    });
+    expect(source.failure).toBe('poison');
+    const p = await peer(SIZE / PAGE);
+    // No failure option: the destination takes the source's policy.
+    const dest = new PostcopyDestination(p.uffd, { address: p.address, length: p.length }, source);
+    cleanup.push(() => dest.close());
+    const started = Date.now();
+    const { signal, report } = await p.go();
+    expect(signal).toBe('SIGBUS');
+    expect(report).toBeUndefined();
+    expect(Date.now() - started).toBeLessThan(10_000);
+    await expect(dest.complete).rejects.toMatchObject({ code: 'ERR_UFFD_SOURCE_UNAVAILABLE' });
+    expect(dest.error).toBe(source.error);
   });
 
   it('fails with ERR_UFFD_SOURCE_CHANGED when the object is replaced mid-restore, never serving a byte of the new one', async () => {

@@ -27,10 +27,12 @@ export interface DestinationOptions {
   /** Pages after a demanded page to request with it, urgently (default 0). */
   readAhead?: number;
   /**
-   * How a fault is resolved when its page cannot be had (the source is lost):
-   * 'fill' (default) maps a zero page, and `complete` rejects so the
-   * application can stop its workload; 'poison' gives the faulting thread
-   * SIGBUS (which ends a Node.js process: for workloads in other processes).
+   * How a fault is resolved when its page cannot be had (the source is lost);
+   * either way `complete` rejects with the source's error. 'poison' gives the
+   * faulting thread SIGBUS (which ends a Node.js process: for workloads in
+   * other processes); 'fill' maps a zero page, so the application can stop
+   * its workload. Default: the source's own policy (source.failure: 'poison'
+   * for an HttpPageSource, whose zeros would be wrong bytes), else 'fill'.
    */
   failure?: 'fill' | 'poison';
   /** Called once, with the first error (the source lost, an ioctl refused). */
@@ -145,7 +147,7 @@ export class PostcopyDestination {
       ranges: [{ address: this.#address, length, offset: 0 }],
       onMiss: (fault) => this.#onFault(fault),
       spin: false,
-      failure: opts.failure ?? 'fill',
+      failure: opts.failure ?? source.failure ?? 'fill',
       onError: (error) => this.#fail(error as UffdError),
     });
     // Whatever is present already (all of it, for a source that is entirely local).

@@ -1,38 +1,67 @@
 // A TCP proxy on loopback that adds network latency (tc netem is not
 // available on these kernels): every byte is held for half the round-trip
 // time in each direction, and a new connection's first request waits one
-// more round trip, as the TCP handshake would make it. It can also stall
-// (hold every byte of the connections open now, forever) and drop (reset
-// them). Used in-process by the tests, and as a child process by the bench
-// (`node delay-proxy.mjs UPSTREAM_PORT RTT_MS` prints the port it listens on).
-import net from 'node:net';
-import { fork } from 'node:child_process';
+// more round trip, as the TCP handshake would make it; bandwidth is not
+// limited. It can also stall (hold every byte of the connections open now,
+// forever) and drop (reset them). The proxy is a small C program
+// (delay-proxy.c, built here into build/fixtures like the tests' other C
+// fixtures) in a child process, so that moving bytes costs neither the
+// caller's event loop nor a JavaScript callback per chunk; used by the tests
+// and by the bench.
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
-// Past this many unsent bytes towards one side, reading from the other pauses.
-const HIGH_WATER = 16 * 1024 * 1024;
+const here = path.dirname(fileURLToPath(import.meta.url));
+const source = path.join(here, 'delay-proxy.c');
+const binary = path.join(here, '..', '..', 'build', 'fixtures', 'delay-proxy');
+
+/** The compiled proxy, built if missing or older than its source. */
+export function delayProxyBinary() {
+  if (!fs.existsSync(binary) || fs.statSync(binary).mtimeMs < fs.statSync(source).mtimeMs) {
+    fs.mkdirSync(path.dirname(binary), { recursive: true });
+    // Test files run in parallel: each builds its own copy and renames it in place.
+    const temporary = `${binary}.${process.pid}`;
+    execFileSync('cc', ['-O2', '-Wall', '-Wextra', '-o', temporary, source], { stdio: 'inherit' });
+    fs.renameSync(temporary, binary);
+  }
+  return binary;
+}
 
 export class DelayProxy {
-  #server;
-  #upstream;
+  #child;
+  #acks = [];
+  #exited;
   #rttMs;
-  #pairs = new Set();
   port = 0;
-  connections = 0;
 
-  constructor(upstreamPort, rttMs = 0) {
-    this.#upstream = upstreamPort;
+  constructor(child, rttMs) {
+    this.#child = child;
     this.#rttMs = rttMs;
-    this.#server = net.createServer((client) => this.#accept(client));
   }
 
+  /** Starts a proxy to 127.0.0.1:upstreamPort adding rttMs of round trip; resolves once it listens. */
   static async start(upstreamPort, rttMs = 0) {
-    const proxy = new DelayProxy(upstreamPort, rttMs);
-    await new Promise((resolve, reject) => {
-      proxy.#server.once('error', reject);
-      proxy.#server.listen(0, '127.0.0.1', resolve);
+    const child = spawn(delayProxyBinary(), [String(upstreamPort), String(rttMs)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const proxy = new DelayProxy(child, rttMs);
+    // A proxy that died is reported by its exit; writes to it after that are moot.
+    child.stdin.on('error', () => {});
+    let exitCode;
+    proxy.#exited = new Promise((resolve) => child.once('exit', (code, signal) => {
+      exitCode = code ?? signal;
+      // With the proxy gone, so are the connections a stall or a drop was for.
+      for (const ack of proxy.#acks.splice(0)) ack.resolve();
+      resolve();
+    }));
+    const lines = readline.createInterface({ input: child.stdout });
+    proxy.port = await new Promise((resolve, reject) => {
+      lines.once('line', (line) => resolve(Number(line)));
+      child.once('error', reject);
+      void proxy.#exited.then(() => reject(new Error(`the delay proxy exited (${exitCode}) before listening`)));
     });
-    proxy.port = proxy.#server.address().port;
+    lines.on('line', () => proxy.#acks.shift()?.resolve());
     return proxy;
   }
 
@@ -40,105 +69,29 @@ export class DelayProxy {
     return this.#rttMs;
   }
 
-  set rttMs(ms) {
-    this.#rttMs = ms;
-  }
-
   /** Holds every byte of the connections open now, in both directions, for good; new connections are unaffected. */
   stallExisting() {
-    for (const pair of this.#pairs) pair.stalled = true;
+    return this.#command('stall');
   }
 
   /** Resets every connection open now. */
   dropExisting() {
-    for (const pair of this.#pairs) {
-      pair.client.resetAndDestroy();
-      pair.upstream.destroy();
-    }
+    return this.#command('drop');
   }
 
+  /** Ends the proxy (and with it every connection through it); bounded. */
   async close() {
-    this.dropExisting();
-    await new Promise((resolve) => this.#server.close(resolve));
+    this.#child.stdin.end();
+    const timer = setTimeout(() => this.#child.kill('SIGKILL'), 2000);
+    await this.#exited;
+    clearTimeout(timer);
   }
 
-  #accept(client) {
-    this.connections++;
-    client.setNoDelay(true);
-    const upstream = net.connect(this.#upstream, '127.0.0.1');
-    upstream.setNoDelay(true);
-    const pair = { client, upstream, stalled: false, acceptedAt: performance.now() };
-    this.#pairs.add(pair);
-    const end = () => {
-      this.#pairs.delete(pair);
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', end).on('close', end);
-    upstream.on('error', () => client.resetAndDestroy()).on('close', end);
-    // Request direction: the handshake's round trip, then half an RTT.
-    this.#pipe(pair, client, upstream, () => Math.max(performance.now(), pair.acceptedAt + this.#rttMs) + this.#rttMs / 2);
-    this.#pipe(pair, upstream, client, () => performance.now() + this.#rttMs / 2);
-  }
-
-  #pipe(pair, from, to, dueOf) {
-    const queue = [];
-    let queued = 0;
-    let timer;
-    const flush = () => {
-      timer = undefined;
-      if (pair.stalled) return;
-      // libuv's timers have millisecond resolution: send what is due within half of one.
-      const now = performance.now() + 0.5;
-      while (queue.length > 0 && queue[0].due <= now) {
-        const { chunk } = queue.shift();
-        queued -= chunk.length;
-        to.write(chunk);
-      }
-      if (queued < HIGH_WATER && from.isPaused()) from.resume();
-      if (queue.length > 0) timer = setTimeout(flush, queue[0].due - performance.now());
-    };
-    from.on('data', (chunk) => {
-      if (pair.stalled) return;
-      if (this.#rttMs === 0 && queue.length === 0) {
-        if (!to.write(chunk)) {
-          from.pause();
-          to.once('drain', () => from.resume());
-        }
-        return;
-      }
-      queue.push({ chunk, due: dueOf() });
-      queued += chunk.length;
-      if (queued >= HIGH_WATER) from.pause();
-      if (!timer) timer = setTimeout(flush, queue[0].due - performance.now());
-    });
-    from.on('end', () => {
-      const finish = () => (queue.length === 0 ? to.end() : setTimeout(finish, 1));
-      finish();
+  // The command is written at once; the promise resolves when the proxy has applied it.
+  #command(name) {
+    return new Promise((resolve) => {
+      this.#acks.push({ resolve });
+      this.#child.stdin.write(`${name}\n`);
     });
   }
-}
-
-/** Runs the proxy in a child process (so its work does not share the caller's event loop). */
-export async function startProxyProcess(upstreamPort, rttMs) {
-  const child = fork(fileURLToPath(import.meta.url), [String(upstreamPort), String(rttMs)], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
-  const port = await new Promise((resolve, reject) => {
-    child.once('message', resolve);
-    child.once('exit', (code) => reject(new Error(`the proxy exited with ${code}`)));
-  });
-  return {
-    port,
-    close: () => new Promise((resolve) => {
-      child.once('exit', resolve);
-      child.kill('SIGTERM');
-    }),
-  };
-}
-
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const proxy = await DelayProxy.start(Number(process.argv[2]), Number(process.argv[3] ?? 0));
-  if (process.send) process.send(proxy.port);
-  else process.stdout.write(`${proxy.port}\n`);
-  process.once('SIGTERM', () => void proxy.close().then(() => process.exit(0)));
-  process.once('disconnect', () => void proxy.close().then(() => process.exit(0)));
 }

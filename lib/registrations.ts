@@ -1,0 +1,102 @@
+// The ranges registered on one uffd, as this side knows them: faults learn
+// their page size from them, lend() passes them on, serveFrom() serves them
+// by default. The kernel keeps the real registrations; this is the record of
+// what UFFDIO_REGISTER answered, or of what another thread or process said it
+// registered (adopted ranges).
+import type { Ioctl } from './constants';
+import { argTypeError } from './errors';
+import { systemPageSize } from './memory';
+import * as validate from './validate';
+
+export interface RegisterModes {
+  /** Faults on pages that are not there (resolve with copy, zeroPage). Default true. */
+  missing?: boolean;
+  /** Faults on pages in the page cache but not mapped (shmem, hugetlbfs; resolve with continue). */
+  minor?: boolean;
+  /** Faults on writes to write-protected pages (resolve with writeProtect(..., false)). */
+  wp?: boolean;
+  /**
+   * Linux 7.3, feature RWP: faults on any access, read or write, to pages made
+   * read-write protected with rwProtect(..., true) (resolve with
+   * rwProtect(..., false)). Cannot be combined with wp: both use the same PTE bit.
+   */
+  rwp?: boolean;
+}
+
+export interface Registration {
+  readonly start: bigint;
+  readonly end: bigint;
+  readonly pageSize: number;
+  readonly modes: Readonly<Required<RegisterModes>>;
+  /** The ioctls the kernel allows on this range (UFFDIO_REGISTER's answer). */
+  readonly ioctls: ReadonlySet<Ioctl>;
+}
+
+/** A range another process registered on an adopted uffd. */
+export interface AdoptedRange {
+  address: bigint;
+  length: number | bigint;
+  pageSize?: number;
+  modes?: RegisterModes;
+}
+
+export class Registrations {
+  #list: Registration[] = [];
+
+  get list(): readonly Registration[] {
+    return this.#list;
+  }
+
+  /** Records a new registration over [start, end), replacing what was recorded there. */
+  add(registration: Registration): void {
+    this.forget(registration.start, registration.end);
+    this.#list.push(registration);
+  }
+
+  // Records ranges another process or thread registered: faults there learn
+  // their page size and modes from them.
+  adopt(ranges: unknown): void {
+    if (!Array.isArray(ranges)) throw argTypeError('options.ranges', 'an array of { address, length, pageSize?, modes? }', ranges);
+    for (const range of ranges as AdoptedRange[]) {
+      if (range === null || typeof range !== 'object') throw argTypeError('range', 'an object { address, length, pageSize?, modes? }', range);
+      const start = validate.address(range.address, 'range.address');
+      const length = validate.size(range.length, 'range.length');
+      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.pageSize(range.pageSize, 'range.pageSize');
+      validate.range('userfaultfd', start, length, pageSize);
+      this.#list.push({
+        start, end: start + BigInt(length), pageSize, ioctls: new Set(),
+        modes: { missing: range.modes?.missing ?? true, minor: range.modes?.minor ?? false, wp: range.modes?.wp ?? false, rwp: range.modes?.rwp ?? false },
+      });
+    }
+  }
+
+  // Drops the parts of registrations inside [start, end).
+  forget(start: bigint, end: bigint): void {
+    const kept: Registration[] = [];
+    for (const r of this.#list) {
+      if (r.end <= start || r.start >= end) {
+        kept.push(r);
+        continue;
+      }
+      if (r.start < start) kept.push({ ...r, end: start });
+      if (r.end > end) kept.push({ ...r, start: end });
+    }
+    this.#list = kept;
+  }
+
+  clear(): void {
+    this.#list = [];
+  }
+
+  /** The page size of the registration holding address (the system's outside every registration). */
+  pageSizeAt(address: bigint): number {
+    for (const r of this.#list) if (address >= r.start && address < r.end) return r.pageSize;
+    return systemPageSize();
+  }
+
+  /** pageSizeAt for a number address (FaultBatch's). */
+  pageSizeAtNumber(address: number): number {
+    for (const r of this.#list) if (address >= Number(r.start) && address < Number(r.end)) return r.pageSize;
+    return systemPageSize();
+  }
+}

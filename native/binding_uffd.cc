@@ -1,0 +1,477 @@
+// The uffd's binding: UffdHandle (one uffd, the ioctls on it, and the stream
+// or native server that delivers its messages to JavaScript), and the module
+// functions that open a uffd and do its handshake.
+#include <uv.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "binding_util.h"
+#include "fault_stream.h"
+#include "mapping_table.h"
+#include "page_server.h"
+#include "spin_policy.h"
+#include "uffd.h"
+#include "uffd_share.h"
+
+namespace binding {
+
+// A uffd and the stream that delivers its messages to one JavaScript callback.
+class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "UffdHandle",
+                       {
+                           InstanceMethod<&UffdHandle::JsRegister>("register"),
+                           InstanceMethod<&UffdHandle::JsUnregister>("unregister"),
+                           InstanceMethod<&UffdHandle::JsCopy>("copy"),
+                           InstanceMethod<&UffdHandle::JsZeroPage>("zeroPage"),
+                           InstanceMethod<&UffdHandle::JsContinue>("continue"),
+                           InstanceMethod<&UffdHandle::JsPoison>("poison"),
+                           InstanceMethod<&UffdHandle::JsMove>("move"),
+                           InstanceMethod<&UffdHandle::JsWake>("wake"),
+                           InstanceMethod<&UffdHandle::JsWriteProtect>("writeProtect"),
+                           InstanceMethod<&UffdHandle::JsRwProtect>("rwProtect"),
+                           InstanceMethod<&UffdHandle::JsSetMode>("setMode"),
+                           InstanceMethod<&UffdHandle::JsStart>("start"),
+                           InstanceMethod<&UffdHandle::JsStop>("stop"),
+                           InstanceMethod<&UffdHandle::JsSetRef>("setRef"),
+                           InstanceMethod<&UffdHandle::JsClose>("close"),
+                           InstanceMethod<&UffdHandle::JsServeNative>("serveNative"),
+                           InstanceMethod<&UffdHandle::JsStats>("stats"),
+                           InstanceMethod<&UffdHandle::JsSetSpin>("setSpin"),
+                           InstanceMethod<&UffdHandle::JsWait>("wait"),
+                           InstanceMethod<&UffdHandle::JsLend>("lend"),
+                           InstanceAccessor<&UffdHandle::JsFd>("fd"),
+                       });
+  }
+
+  // new UffdHandle(fd, onMessages(count), messages: ArrayBuffer, lentId?):
+  // adopts fd, or with lentId shares the uffd another thread lent (fd unused).
+  explicit UffdHandle(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<UffdHandle>(info), on_messages_(info.Env(), FunctionArg(info, 1)) {
+    Napi::Env env = info.Env();
+    if (!info[2].IsArrayBuffer()) throw Napi::TypeError::New(env, "UffdHandle(fd, onMessages, messages)");
+    int err = 0;
+    if (info.Length() > 3 && !info[3].IsUndefined()) {
+      share_ = UffdShare::Borrow(U64(info, 3));
+      if (share_ == nullptr) ThrowCode(env, "ERR_UFFD_CLOSED", "userfaultfd");
+      owner_ = false;
+    } else {
+      int fd = Int(info, 0);
+      share_ = UffdShare::Adopt(fd, &err);
+      if (share_ == nullptr) {
+        uffd::Close(fd);
+        ThrowErrno(env, err, "eventfd");
+      }
+    }
+    fd_ = share_->fd();
+    messages_ = Napi::Persistent(info[2].As<Napi::ArrayBuffer>());
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    stream_ = FaultStream::Create(loop, fd_, this, &err);
+    if (stream_ == nullptr) {
+      share_.reset();
+      fd_ = -1;
+      ThrowErrno(env, err, "uv_poll_init");
+    }
+    Data(env)->handles.insert(this);
+    // Only this thread's loop can read this object's events: its registered
+    // ranges are served here until it is closed (see GuardServingThread).
+    MappingTable::Get().ServeOn(this, std::this_thread::get_id());
+  }
+
+  ~UffdHandle() override {
+    CloseNative();
+    // At environment teardown the instance data may already be gone.
+    if (AddonData* data = Data(Env())) data->handles.erase(this);
+  }
+
+  // Closing the last descriptor makes the kernel drop the registrations and
+  // wake every thread blocked on a fault of this uffd.
+  // A borrowed uffd stays open for its owner: closing it here only lets go.
+  void CloseNative() {
+    if (fd_ < 0) return;
+    MappingTable::Get().Forget(this);
+    // The native thread first: it must never outlive the descriptor.
+    // (The source's references go with StopPolling or the destructor: at
+    // environment teardown no reference may be deleted here.)
+    if (server_ != nullptr) {
+      StopServer();
+    }
+    if (stream_ != nullptr) {
+      stream_spin_final_ = stream_->spin_counters();
+      stream_->Destroy();
+      stream_ = nullptr;
+    }
+    if (owner_) share_->Shutdown();
+    share_.reset();
+    fd_ = -1;
+  }
+
+  void OnMessages(const uffd_msg* msgs, size_t n) override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    Napi::ArrayBuffer buffer = messages_.Value();
+    size_t fit = buffer.ByteLength() / sizeof(uffd_msg);
+    if (n > fit) n = fit;
+    std::memcpy(buffer.Data(), msgs, n * sizeof(uffd_msg));
+    on_messages_.Call(Value(), {Napi::Number::New(env, static_cast<double>(n))});
+  }
+
+  void OnStreamError(int error) override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    on_messages_.Call(Value(), {Napi::Number::New(env, error)});
+  }
+
+ private:
+
+  int Fd(const Napi::CallbackInfo& info) {
+    if (fd_ < 0 || share_->shut_down()) ThrowCode(info.Env(), "ERR_UFFD_CLOSED", "userfaultfd");
+    return fd_;
+  }
+
+  Napi::Value Done(Napi::Env env, int r, uint64_t done, const char* syscall) {
+    if (r < 0) {
+      Napi::Object extra = Napi::Object::New(env);
+      extra.Set("bytesDone", Napi::Number::New(env, static_cast<double>(done)));
+      ThrowErrno(env, r, syscall, extra);
+    }
+    return Napi::Number::New(env, static_cast<double>(done));
+  }
+
+  // register(start, len, mode) -> allowed ioctls (bigint)
+  Napi::Value JsRegister(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t start = U64(info, 0), len = U64(info, 1), mode = U64(info, 2);
+    uint64_t ioctls = 0;
+    int r = uffd::Register(fd, start, len, mode, &ioctls);
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_REGISTER)");
+    MappingTable::Get().AddRegistration(this, start, len);
+    return Big(info.Env(), ioctls);
+  }
+
+  Napi::Value JsUnregister(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t start = U64(info, 0), len = U64(info, 1);
+    int r = uffd::Unregister(fd, start, len);
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_UNREGISTER)");
+    MappingTable::Get().RemoveRegistration(this, start, len);
+    return info.Env().Undefined();
+  }
+
+  // copy(dst, source, mode) -> bytes copied; copies source.byteLength bytes.
+  Napi::Value JsCopy(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t dst = U64(info, 0);
+    Bytes src = BytesOf(info, 1);
+    uint64_t mode = U64(info, 2);
+    // The kernel reads the source with an ordinary user access: if it is
+    // registered memory served here, that read would never be resolved.
+    GuardServingThread(info.Env(), src.address, src.length, "ioctl(UFFDIO_COPY)");
+    uint64_t done = 0;
+    int r = uffd::Copy(fd, dst, src.address, src.length, mode, &done);
+    return Done(info.Env(), r, done, "ioctl(UFFDIO_COPY)");
+  }
+
+  Napi::Value JsZeroPage(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t done = 0;
+    int r = uffd::ZeroPage(fd, U64(info, 0), U64(info, 1), U64(info, 2), &done);
+    return Done(info.Env(), r, done, "ioctl(UFFDIO_ZEROPAGE)");
+  }
+
+  Napi::Value JsContinue(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t done = 0;
+    int r = uffd::Continue(fd, U64(info, 0), U64(info, 1), U64(info, 2), &done);
+    return Done(info.Env(), r, done, "ioctl(UFFDIO_CONTINUE)");
+  }
+
+  Napi::Value JsPoison(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t done = 0;
+    int r = uffd::Poison(fd, U64(info, 0), U64(info, 1), U64(info, 2), &done);
+    return Done(info.Env(), r, done, "ioctl(UFFDIO_POISON)");
+  }
+
+  // move(dst, src, len, mode) -> bytes moved
+  Napi::Value JsMove(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    uint64_t done = 0;
+    int r = uffd::Move(fd, U64(info, 0), U64(info, 1), U64(info, 2), U64(info, 3), &done);
+    return Done(info.Env(), r, done, "ioctl(UFFDIO_MOVE)");
+  }
+
+  Napi::Value JsWake(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::Wake(fd, U64(info, 0), U64(info, 1));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_WAKE)");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsWriteProtect(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::WriteProtect(fd, U64(info, 0), U64(info, 1), U64(info, 2));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_WRITEPROTECT)");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsRwProtect(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::RwProtect(fd, U64(info, 0), U64(info, 1), U64(info, 2));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_RWPROTECT)");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsSetMode(const Napi::CallbackInfo& info) {
+    int fd = Fd(info);
+    int r = uffd::SetMode(fd, U64(info, 0), U64(info, 1));
+    if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_SET_MODE)");
+    return info.Env().Undefined();
+  }
+
+  // While the stream runs, it holds the JavaScript object alive.
+  Napi::Value JsStart(const Napi::CallbackInfo& info) {
+    Fd(info);
+    if (!started_) {
+      int r = stream_->Start();
+      if (r < 0) ThrowErrno(info.Env(), r, "uv_poll_start");
+      started_ = true;
+      Ref();
+      on_messages_.Hold();
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsStop(const Napi::CallbackInfo& info) {
+    StopPolling();
+    return info.Env().Undefined();
+  }
+
+  // Joins the native thread, keeping its final counters for stats().
+  void StopServer() {
+    server_->Stop();
+    final_stats_ = server_->stats();
+    has_final_stats_ = true;
+    server_->Destroy();
+    server_ = nullptr;
+  }
+
+  void StopPolling() {
+    if (server_ != nullptr) {
+      StopServer();
+      source_bytes_.Reset();
+      source_present_.Reset();
+      Unref();
+      on_messages_.Release();
+    }
+    if (!started_) return;
+    if (stream_ != nullptr) stream_->Stop();
+    started_ = false;
+    Unref();
+    on_messages_.Release();
+  }
+
+  Napi::Value JsSetRef(const Napi::CallbackInfo& info) {
+    Fd(info);
+    if (info[0].ToBoolean()) {
+      stream_->Ref();
+      if (server_ != nullptr) server_->Ref();
+    } else {
+      stream_->Unref();
+      if (server_ != nullptr) server_->Unref();
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsClose(const Napi::CallbackInfo& info) {
+    StopPolling();
+    CloseNative();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value JsFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+
+  // serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage,
+  //   ranges: BigUint64Array [start, length, pageSize, sourceOffset, fill]...,
+  //   readAhead, spin): starts the native fast path instead of the stream.
+  // The source's buffers are held until the server has stopped.
+  Napi::Value JsServeNative(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int fd = Fd(info);
+    if (started_ || server_ != nullptr) ThrowCode(env, "ERR_UFFD_BUSY", "serveFrom");
+    if (!info[0].IsTypedArray() || !info[3].IsTypedArray()) throw Napi::TypeError::New(env, "serveNative(bytes, present, presentPage, ranges, readAhead, spin)");
+    Bytes bytes = BytesOf(info, 0);
+    // The native thread reads the source inside UFFDIO_COPY: registered
+    // memory that only this uffd could fill would block it for good.
+    GuardServingThread(env, bytes.address, bytes.length, "serveFrom");
+    PageServer::Source source;
+    source.bytes = reinterpret_cast<const uint8_t*>(bytes.address);
+    source.size = bytes.length;
+    if (!info[1].IsNull()) {
+      Bytes present = BytesOf(info, 1);
+      source.present = reinterpret_cast<const uint8_t*>(present.address);
+      source.present_page = U64(info, 2);
+      if (present.length * source.present_page < source.size) throw Napi::RangeError::New(env, "present has fewer flags than the source has pages");
+    }
+    auto table = info[3].As<Napi::BigUint64Array>();
+    if (table.ElementLength() % 5 != 0) throw Napi::TypeError::New(env, "ranges: 5 numbers per range");
+    std::vector<PageServer::Range> ranges;
+    for (size_t i = 0; i < table.ElementLength(); i += 5) {
+      uint64_t fill = table[i + 4];
+      if (fill > 2) throw Napi::RangeError::New(env, "ranges: fill is 0, 1 or 2");
+      ranges.push_back({table[i], table[i + 1], table[i + 2], table[i + 3], static_cast<PageServer::Fill>(fill)});
+    }
+    PageServer::Options options;
+    options.read_ahead = static_cast<uint32_t>(U64(info, 4));
+    options.spin = info[5].ToBoolean();
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    int err = 0;
+    server_ = PageServer::Create(loop, fd, source, std::move(ranges), options, this, &err);
+    if (server_ == nullptr) ThrowErrno(env, err, "serveFrom");
+    source_bytes_ = Napi::Persistent(info[0].As<Napi::Object>());
+    if (!info[1].IsNull()) source_present_ = Napi::Persistent(info[1].As<Napi::Object>());
+    Ref();
+    on_messages_.Hold();
+    return env.Undefined();
+  }
+
+  // stats() -> Float64Array of the counters, in the order lib/stats.ts reads them.
+  Napi::Value JsStats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto out = Napi::Float64Array::New(env, 20);
+    if (server_ != nullptr || has_final_stats_) {
+      PageServer::Stats s = server_ != nullptr ? server_->stats() : final_stats_;
+      const uint64_t values[] = {s.faults_native, s.faults_forwarded, s.events, s.pages, s.bytes, s.read_ahead_pages,
+                                 s.zero_pages, s.continued_pages, s.eexist, s.eagain, s.batches, s.messages, s.ioctls,
+                                 s.service_p50_ns, s.service_p99_ns, s.service_max_ns, s.spin_windows, s.spin_hits, s.spin_ns};
+      for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) out[i] = static_cast<double>(values[i]);
+    } else {
+      const SpinPolicy::Counters& c = stream_ != nullptr ? stream_->spin_counters() : stream_spin_final_;
+      const SpinPolicy::Counters& w = wait_spin_.counters();
+      out[16] = static_cast<double>(c.spins + w.spins);
+      out[17] = static_cast<double>(c.hits + w.hits);
+      out[18] = static_cast<double>(c.spun_ns + w.spun_ns);
+    }
+    out[19] = server_ != nullptr || has_final_stats_ ? 1 : 0;
+    return out;
+  }
+
+  Napi::Value JsSetSpin(const Napi::CallbackInfo& info) {
+    Fd(info);
+    stream_->SetSpin(info[0].ToBoolean());
+    return info.Env().Undefined();
+  }
+
+  // wait(timeoutMs, spin) -> messages read into the messages buffer, 0 when
+  // the time ran out, -1 once the uffd is closed. Blocks this thread.
+  Napi::Value JsWait(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (fd_ < 0) return Napi::Number::New(env, -1);
+    if (started_ || server_ != nullptr) ThrowCode(env, "ERR_UFFD_BUSY", "wait");
+    wait_spin_.set_enabled(info[1].ToBoolean());
+    Napi::ArrayBuffer buffer = messages_.Value();
+    size_t capacity = std::min(buffer.ByteLength() / sizeof(uffd_msg), FaultStream::kCapacity);
+    long n = share_->Wait(static_cast<uffd_msg*>(buffer.Data()), capacity, Int(info, 0), &wait_spin_);
+    if (n == -ECANCELED) return Napi::Number::New(env, -1);
+    if (n < 0) ThrowErrno(env, static_cast<int>(n), "read");
+    return Napi::Number::New(env, static_cast<double>(n));
+  }
+
+  // lend() -> an id another thread's UffdHandle can share this uffd by.
+  Napi::Value JsLend(const Napi::CallbackInfo& info) {
+    Fd(info);
+    return Napi::Number::New(info.Env(), static_cast<double>(UffdShare::Lend(share_)));
+  }
+
+  int fd_ = -1;
+  std::shared_ptr<UffdShare> share_;
+  bool owner_ = true;
+  PageServer* server_ = nullptr;
+  PageServer::Stats final_stats_{};
+  bool has_final_stats_ = false;
+  Napi::Reference<Napi::Object> source_bytes_;
+  Napi::Reference<Napi::Object> source_present_;
+  SpinPolicy wait_spin_;
+  SpinPolicy::Counters stream_spin_final_;
+  FaultStream* stream_ = nullptr;
+  bool started_ = false;
+  JsCallback on_messages_;
+  Napi::Reference<Napi::ArrayBuffer> messages_;
+
+  friend void CleanupEnv(AddonData*);
+};
+
+// Worker termination or process exit: close every uffd this environment still
+// holds, so no stream outlives its loop.
+void CleanupEnv(AddonData* data) {
+  for (UffdHandle* handle : data->handles) {
+    handle->started_ = false;
+    handle->CloseNative();
+  }
+  data->handles.clear();
+}
+
+namespace {
+
+// open(userModeOnly) -> { fd, method }
+Napi::Value Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uffd::OpenReport report;
+  int fd = uffd::Open(info[0].ToBoolean(), &report);
+  if (fd < 0) {
+    Napi::Object extra = Napi::Object::New(env);
+    extra.Set("deviceErrno", Napi::Number::New(env, report.device_error));
+    ThrowErrno(env, fd, "userfaultfd", extra);
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("fd", Napi::Number::New(env, fd));
+  result.Set("method", report.method == uffd::OpenMethod::kDevice ? "device" : "syscall");
+  return result;
+}
+
+// api(fd, features) -> { offered, ioctls } (bigints)
+Napi::Value Api(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t offered = 0, ioctls = 0;
+  int r = uffd::Api(Int(info, 0), U64(info, 1), &offered, &ioctls);
+  if (r < 0) ThrowErrno(env, r, "ioctl(UFFDIO_API)");
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("offered", Big(env, offered));
+  result.Set("ioctls", Big(env, ioctls));
+  return result;
+}
+
+Napi::Value QueryFeatures(const Napi::CallbackInfo& info) {
+  uint64_t offered = 0;
+  int r = uffd::QueryFeatures(info[0].ToBoolean(), &offered);
+  if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_API)");
+  return Big(info.Env(), offered);
+}
+
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  int r = uffd::Close(Int(info, 0));
+  if (r < 0) ThrowErrno(info.Env(), r, "close");
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void ExportUffd(Napi::Env env, Napi::Object exports) {
+  AddonData* data = Data(env);
+  data->uffd_constructor = Napi::Persistent(UffdHandle::Define(env));
+  exports.Set("UffdHandle", data->uffd_constructor.Value());
+  exports.Set("open", Napi::Function::New<Open>(env));
+  exports.Set("api", Napi::Function::New<Api>(env));
+  exports.Set("queryFeatures", Napi::Function::New<QueryFeatures>(env));
+  exports.Set("closeFd", Napi::Function::New<CloseFd>(env));
+}
+
+}  // namespace binding
