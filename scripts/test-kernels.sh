@@ -13,7 +13,7 @@
 # from this machine's apt sources (the system's apt state is not touched).
 # "host" runs on this machine's kernel directly, without qemu.
 #
-# Inside each guest: the host's / over 9p (read-only) under a tmpfs overlay,
+# Inside each guest (booted by scripts/qemu-boot.sh): the host's / over 9p (read-only) under a tmpfs overlay,
 # so node, the built addon and vitest run unchanged; test/kernels/results is
 # shared read-write so results come back. Each kernel's run is bounded by
 # UFFD_KERNEL_TIMEOUT seconds. Results: test/kernels/results/<id>/
@@ -145,86 +145,17 @@ ensure_busybox() {
 	dpkg-deb -x "$(ls "$CACHE/debs/busybox/"busybox-static_*.deb | head -1)" "$CACHE/busybox"
 }
 
-# ---------------------------------------------------------------- initramfs: busybox, modules, init
-module_file() {   # name -> path of its .ko(.xz|.zst) relative to MODDIR, or nothing
-	awk -v n="$1" '{ p = $0; b = p; sub(/.*\//, "", b); sub(/\.ko.*$/, "", b); gsub(/-/, "_", b); if (b == n) { print p; exit } }' "$MODDIR/modules.order" 2>/dev/null \
-		| sed 's/\.ko$//' | while read -r p; do ls "$MODDIR/$p".ko* 2>/dev/null | head -1 | sed "s|^$MODDIR/||"; done
-}
-decompress() {   # file -> stdout
-	case "$1" in
-	*.xz) xz -dc "$1" ;; *.zst) zstd -dc "$1" ;; *.gz) gzip -dc "$1" ;; *) cat "$1" ;;
-	esac
-}
-resolve_modules() {   # prints module files in load order
-	declare -A seen=()
-	local order=()
-	visit() {
-		local n=${1//-/_} f d
-		[ -n "${seen[$n]:-}" ] && return 0
-		seen[$n]=1
-		f=$(module_file "$n")
-		[ -n "$f" ] || return 0   # built in, or absent from this kernel
-		for d in $(decompress "$MODDIR/$f" | tr '\0' '\n' | sed -n 's/^depends=//p' | tr ',' ' '); do visit "$d"; done
-		order+=("$f")
-	}
-	for m in $BASE_MODS; do visit "$m"; done
-	[ ${#order[@]} -gt 0 ] && printf '%s\n' "${order[@]}"
-	return 0
-}
-write_init() {
-cat <<'INIT'
-#!/bin/busybox sh
-/bin/busybox mkdir -p /bin /proc /sys /dev
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-con() { echo "guest: $*" > /dev/console; }
-for m in $(cat /modules.list); do insmod "/lib/modules/$m" 2>/dev/console || con "insmod $m failed"; done
-ST=""
-for d in /sys/class/virtio-ports/*; do
-	[ "$(cat "$d/name" 2>/dev/null)" = status ] && ST=/dev/${d##*/}
-done
-finish() { con "finish status=$1"; [ -n "$ST" ] && echo "$1" > "$ST"; sync; poweroff -f; }
-mkdir -p /mnt/lower /mnt/rw /newroot
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /mnt/lower || { con "9p mount failed"; finish 125; }
-mount -t tmpfs -o mode=755 tmpfs /mnt/rw
-mkdir -p /mnt/rw/upper /mnt/rw/work
-mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot || { con "overlay failed"; finish 125; }
-R=/newroot
-mount -t proc proc $R/proc
-mount -t sysfs sys $R/sys
-mount -t devtmpfs dev $R/dev
-mkdir -p $R/dev/pts $R/dev/shm
-mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
-mount -t tmpfs tmpfs $R/dev/shm
-ln -sf /proc/self/fd $R/dev/fd
-mount -t tmpfs -o mode=755 tmpfs $R/run
-rw=$(cat /job/rwdir)
-mount -t 9p -o trans=virtio,version=9p2000.L,cache=mmap,msize=512000 results "$R$rw" || con "9p mount of $rw failed"
-mkdir -p $R/run/job && cp /job/cmd.sh $R/run/job/cmd.sh
-hostname guest
-con "command start"
-chroot $R /bin/bash /run/job/cmd.sh </dev/null >/dev/console 2>&1
-finish $?
-INIT
-}
+# ---------------------------------------------------------------- initramfs: busybox, modules, init (scripts/qemu-boot.sh's)
+BOOT=$ROOT/scripts/qemu-boot.sh
 ensure_initramfs() {   # -> INITRD
 	INITRD=$CACHE/initramfs-$KVER.cpio.gz
-	[ -f "$INITRD" ] && [ "$(cat "$INITRD.rev" 2>/dev/null)" = "$INITRAMFS_REV $BASE_MODS" ] && return 0
-	local st=$CACHE/initramfs-staging f
-	rm -rf "$st"; mkdir -p "$st/bin" "$st/lib/modules"
-	cp "$BUSYBOX" "$st/bin/busybox"
-	write_init > "$st/init"; chmod 755 "$st/init"
-	: > "$st/modules.list"
-	while read -r f; do
-		decompress "$MODDIR/$f" > "$st/lib/modules/$(basename "${f%.ko*}").ko"
-		basename "${f%.ko*}.ko" >> "$st/modules.list"
-	done < <(resolve_modules)
-	(cd "$st" && find . | "$BUSYBOX" cpio -o -H newc 2>/dev/null) | gzip -1 > "$INITRD"
-	echo "$INITRAMFS_REV $BASE_MODS" > "$INITRD.rev"
-	say "initramfs for $KVER: modules $(tr '\n' ' ' < "$st/modules.list")"
+	local rev; rev="$INITRAMFS_REV $BASE_MODS $(cksum < "$BOOT")"
+	[ -f "$INITRD" ] && [ "$(cat "$INITRD.rev" 2>/dev/null)" = "$rev" ] && return 0
+	local modules
+	# shellcheck disable=SC2086 # BASE_MODS is a list of names
+	modules=$("$BOOT" initramfs "$INITRD" "$BUSYBOX" "$MODDIR" $BASE_MODS)
+	echo "$rev" > "$INITRD.rev"
+	say "initramfs for $KVER: modules $modules"
 }
 
 # ---------------------------------------------------------------- the newest uapi header
@@ -273,28 +204,16 @@ run_kernel() {   # id suite
 		ensure_initramfs
 		PKG=linux-image-$KVER
 		local run; run=$(mktemp -d "$CACHE/run.XXXXXX")
-		mkdir -p "$run/c/job"
-		guest_command "$out" > "$run/c/job/cmd.sh"
-		echo "$RESULTS" > "$run/c/job/rwdir"
-		(cd "$run/c" && find . | "$BUSYBOX" cpio -o -H newc 2>/dev/null) | gzip -1 > "$run/extra.cpio.gz"
-		cat "$INITRD" "$run/extra.cpio.gz" > "$run/initrd.gz"
-		: > "$run/status"
+		guest_command "$out" > "$run/cmd.sh"
 		say "$id: booting $KVER ($suite $PKGVER) under qemu, at most ${TIMEOUT}s"
+		# The command's output goes to the console, kept as console.log.
 		set +e
-		timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
-			-machine pc -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM" \
-			-kernel "$VMLINUZ" -initrd "$run/initrd.gz" \
-			-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init mitigations=off random.trust_cpu=on nokaslr tsc=reliable no_timer_check 8250.nr_uarts=1" \
-			-serial "file:$out/console.log" -monitor none -device virtio-rng-pci \
-			-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
-			-virtfs "local,path=$RESULTS,mount_tag=results,security_model=none,multidevs=remap" \
-			-device virtio-serial-pci -chardev "file,id=st,path=$run/status" -device virtserialport,chardev=st,name=status \
-			</dev/null 2>"$out/qemu.err"
-		qrc=$?
+		"$BOOT" run --arch x86_64 --share hostroot=/ --share "results=$RESULTS,rw" --console "$out/console.log" \
+			--append "8250.nr_uarts=1" --timeout "$TIMEOUT" --mem "$MEM" --smp "$SMP" \
+			"$VMLINUZ" "$INITRD" "$run/cmd.sh" 2> "$out/qemu.err"
+		status=$?
 		set -e
-		status=$(tr -dc '0-9' < "$run/status")
 		rm -rf "$run"
-		[ -n "$status" ] || status=$([ $qrc = 124 ] || [ $qrc = 137 ] && echo 124 || echo 125)
 	fi
 	end=$(date +%s)
 	node -e 'require("fs").writeFileSync(process.argv[1], JSON.stringify({ id: process.argv[2], suite: process.argv[3] || null, package: process.argv[4] || null, packageVersion: process.argv[5] || null, qemu: process.argv[2] !== "host", exitStatus: Number(process.argv[6]), timedOut: process.argv[6] === "124", seconds: Number(process.argv[7]), timeoutSeconds: Number(process.argv[8]), command: process.argv[9], date: new Date().toISOString() }, null, 2) + "\n")' \

