@@ -4,5 +4,6 @@
 # build otherwise. node-gyp-build alone would keep loading a stale binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -f build/Makefile ]; then exec npx --no-install node-gyp build; fi
+# binding.gyp changed (sources, defines): configure again, or the old Makefile builds the old addon.
+if [ -f build/Makefile ] && [ build/Makefile -nt binding.gyp ]; then exec npx --no-install node-gyp build; fi
 exec npx --no-install node-gyp rebuild

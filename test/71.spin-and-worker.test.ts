@@ -1,5 +1,6 @@
 // Adaptive spinning and the worker-thread handler: behaviour only (speed is
 // measured by npm run bench). Every fault is real, raised by a worker thread.
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -168,6 +169,13 @@ describe('the worker-thread handler (lend, borrow, serveSync)', () => {
       uffd.close();
       expect((await server.done).served).toBe(pages);
     }
+  });
+
+  it('a worker terminated while it serves, as its owner closes, ends cleanly (no abort in the addon)', () => {
+    // In a child process (test/fixtures/terminate-serving.cjs): the failure it guards against is an abort.
+    const child = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'terminate-serving.cjs')], { encoding: 'utf8', timeout: 60_000 });
+    expect({ status: child.status, signal: child.signal, stderr: child.stderr, stdout: child.stdout.trim() })
+      .toEqual({ status: 0, signal: null, stderr: '', stdout: 'clean' });
   });
 
   it('a loan cannot be borrowed once its uffd is closed', () => {
