@@ -7,7 +7,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import { Mapping, PostcopyClient, PostcopyDestination, Userfaultfd, type UffdError } from '../index';
-import type { DestinationMessage, DestinationReport, DestinationSpec, Progress } from './messages';
+import { progressOf, type DestinationMessage, type DestinationReport, type DestinationSpec, type Progress } from './messages';
 import type { WorkloadData, WorkloadMessage } from './workload-worker';
 
 const PROGRESS_INTERVAL_MS = 200;
@@ -61,15 +61,7 @@ async function main(): Promise<void> {
   const client = await PostcopyClient.connect({ port: spec.port, prefetch: spec.prefetch || spec.mode === 'stop-and-copy', verify: false });
   let destination: PostcopyDestination | undefined;
   let uffd: Userfaultfd | undefined;
-  const progress = (): Progress => {
-    const latency = destination?.stats.latency;
-    return {
-      pages: client.pageCount, pageSize: client.pageSize, present: client.presentCount, installed: destination?.installedCount ?? client.presentCount,
-      pagesOnDemand: client.stats.pagesOnDemand, pagesPushed: client.stats.pagesPushed, bytes: client.stats.bytesReceived,
-      elapsedMs: performance.now() - start, faults: destination?.stats.faults ?? 0,
-      faultP50Us: latency?.percentile(50) ?? 0, faultP99Us: latency?.percentile(99) ?? 0, blockedMs: destination?.stats.blockedMs ?? 0,
-    };
-  };
+  const progress = (): Progress => progressOf(client, destination, start);
   const ticker = setInterval(() => send({ type: 'progress', progress: progress() }), PROGRESS_INTERVAL_MS);
   let workload: ReturnType<typeof startWorkload> | undefined;
   const stop = (error: UffdError): never => {

@@ -1,4 +1,6 @@
 // What the demo's processes tell the launcher over their IPC channels.
+import { performance } from 'node:perf_hooks';
+import type { PostcopyClient, PostcopyDestination } from '../index';
 import type { Layout, WorkloadResult } from './image';
 
 export interface SourceSpec {
@@ -35,6 +37,17 @@ export interface Progress {
   faultP50Us: number;
   faultP99Us: number;
   blockedMs: number;
+}
+
+/** A destination's progress since startMs (performance.now()), as both demos report it. */
+export function progressOf(client: PostcopyClient, destination: PostcopyDestination | undefined, startMs: number): Progress {
+  const latency = destination?.stats.latency;
+  return {
+    pages: client.pageCount, pageSize: client.pageSize, present: client.presentCount, installed: destination?.installedCount ?? client.presentCount,
+    pagesOnDemand: client.stats.pagesOnDemand, pagesPushed: client.stats.pagesPushed, bytes: client.stats.bytesReceived,
+    elapsedMs: performance.now() - startMs, faults: destination?.stats.faults ?? 0,
+    faultP50Us: latency?.percentile(50) ?? 0, faultP99Us: latency?.percentile(99) ?? 0, blockedMs: destination?.stats.blockedMs ?? 0,
+  };
 }
 
 export interface DestinationReport {

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { PostcopyClient, PostcopyDestination, UnixServer, Userfaultfd, receiveHandshake, type UffdError } from '../index';
-import type { GuestResult, Progress, VmDestinationMessage, VmDestinationReport, VmDestinationSpec } from './messages';
+import { progressOf, type GuestResult, type Progress, type VmDestinationMessage, type VmDestinationReport, type VmDestinationSpec } from './messages';
 import { describeExit, startVmm, type VmmExit, type VmmRun } from './vmm';
 
 const PROGRESS_INTERVAL_MS = 200;
@@ -26,15 +26,7 @@ async function main(): Promise<void> {
   let uffd: Userfaultfd | undefined;
   let vmm: VmmRun | undefined;
   let server: UnixServer | undefined;
-  const progress = (): Progress => {
-    const latency = destination?.stats.latency;
-    return {
-      pages: client.pageCount, pageSize: client.pageSize, present: client.presentCount, installed: destination?.installedCount ?? client.presentCount,
-      pagesOnDemand: client.stats.pagesOnDemand, pagesPushed: client.stats.pagesPushed, bytes: client.stats.bytesReceived,
-      elapsedMs: performance.now() - start, faults: destination?.stats.faults ?? 0,
-      faultP50Us: latency?.percentile(50) ?? 0, faultP99Us: latency?.percentile(99) ?? 0, blockedMs: destination?.stats.blockedMs ?? 0,
-    };
-  };
+  const progress = (): Progress => progressOf(client, destination, start);
   const ticker = setInterval(() => send({ type: 'progress', progress: progress() }), PROGRESS_INTERVAL_MS);
   const cleanup = (): void => {
     clearInterval(ticker);
