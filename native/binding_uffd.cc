@@ -179,25 +179,26 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     return Done(info.Env(), r, done, "ioctl(UFFDIO_COPY)");
   }
 
-  Napi::Value JsZeroPage(const Napi::CallbackInfo& info) {
+  // zeroPage / continue / poison (start, len, mode) -> bytes done: the same
+  // call around a different ioctl.
+  template <int (*Ioctl)(int, uint64_t, uint64_t, uint64_t, uint64_t*)>
+  Napi::Value RangeIoctl(const Napi::CallbackInfo& info, const char* syscall) {
     int fd = Fd(info);
     uint64_t done = 0;
-    int r = uffd::ZeroPage(fd, U64(info, 0), U64(info, 1), U64(info, 2), &done);
-    return Done(info.Env(), r, done, "ioctl(UFFDIO_ZEROPAGE)");
+    int r = Ioctl(fd, U64(info, 0), U64(info, 1), U64(info, 2), &done);
+    return Done(info.Env(), r, done, syscall);
+  }
+
+  Napi::Value JsZeroPage(const Napi::CallbackInfo& info) {
+    return RangeIoctl<uffd::ZeroPage>(info, "ioctl(UFFDIO_ZEROPAGE)");
   }
 
   Napi::Value JsContinue(const Napi::CallbackInfo& info) {
-    int fd = Fd(info);
-    uint64_t done = 0;
-    int r = uffd::Continue(fd, U64(info, 0), U64(info, 1), U64(info, 2), &done);
-    return Done(info.Env(), r, done, "ioctl(UFFDIO_CONTINUE)");
+    return RangeIoctl<uffd::Continue>(info, "ioctl(UFFDIO_CONTINUE)");
   }
 
   Napi::Value JsPoison(const Napi::CallbackInfo& info) {
-    int fd = Fd(info);
-    uint64_t done = 0;
-    int r = uffd::Poison(fd, U64(info, 0), U64(info, 1), U64(info, 2), &done);
-    return Done(info.Env(), r, done, "ioctl(UFFDIO_POISON)");
+    return RangeIoctl<uffd::Poison>(info, "ioctl(UFFDIO_POISON)");
   }
 
   // move(dst, src, len, mode) -> bytes moved
