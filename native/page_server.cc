@@ -128,6 +128,13 @@ PageServer::Stats PageServer::stats() const {
   return s;
 }
 
+void PageServer::CountResolved(Kind kind, uint64_t pages, uint64_t page_size) {
+  counters_.pages.fetch_add(pages, std::memory_order_relaxed);
+  counters_.bytes.fetch_add(pages * page_size, std::memory_order_relaxed);
+  if (kind == Kind::kZero) counters_.zero_pages.fetch_add(pages, std::memory_order_relaxed);
+  if (kind == Kind::kContinue) counters_.continued_pages.fetch_add(pages, std::memory_order_relaxed);
+}
+
 void PageServer::Record(uint64_t ns) {
   counters_.histogram[Bucket(ns)].fetch_add(1, std::memory_order_relaxed);
   if (ns > counters_.service_max_ns.load(std::memory_order_relaxed)) {
@@ -219,10 +226,8 @@ bool PageServer::ReadAhead() {
     int rc = Ioctl(r, a.kind, a.next, end - a.next, 0, &done);
     uint64_t got = done / ps;
     for (uint64_t p = a.next; p < a.next + got; p++) r.state[p] |= kServed;
-    counters_.pages.fetch_add(got, std::memory_order_relaxed);
-    counters_.bytes.fetch_add(got * ps, std::memory_order_relaxed);
+    CountResolved(a.kind, got, ps);
     counters_.read_ahead_pages.fetch_add(got, std::memory_order_relaxed);
-    if (a.kind == Kind::kZero) counters_.zero_pages.fetch_add(got, std::memory_order_relaxed);
     a.next += got;
     if (rc == -EEXIST) {
       // Filled meanwhile (by a racing resolution, or the process wrote it).
@@ -417,10 +422,7 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
     uffd::Wake(uffd_, r.range.start + first * ps, (p - first) * ps);
   }
   uint64_t resolved = p - first;
-  counters_.pages.fetch_add(resolved, std::memory_order_relaxed);
-  counters_.bytes.fetch_add(resolved * ps, std::memory_order_relaxed);
-  if (kind == Kind::kZero) counters_.zero_pages.fetch_add(resolved, std::memory_order_relaxed);
-  if (kind == Kind::kContinue) counters_.continued_pages.fetch_add(resolved, std::memory_order_relaxed);
+  CountResolved(kind, resolved, ps);
   uint64_t now = SpinPolicy::NowNs();
   for (size_t i = a; i < b; i++) {
     const Job& job = jobs[i];

@@ -142,6 +142,8 @@ class PageServer {
   // Resolves pages [first, end) of range r, which hold the faults jobs[a, b).
   void Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, uint64_t end);
   int Ioctl(const RangeState& r, Kind kind, uint64_t page, uint64_t count, uint64_t mode, uint64_t* done);
+  // Pages resolved by one ioctl, by a fault's resolution or by read-ahead.
+  void CountResolved(Kind kind, uint64_t pages, uint64_t page_size);
   void Record(uint64_t ns);
 
   int uffd_ = -1;
