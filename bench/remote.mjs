@@ -8,6 +8,7 @@
 // Environment: BENCH_REMOTE_MIB (image size, default 64), BENCH_REMOTE_RTTS
 // (default "0,1,6,20"), BENCH_REMOTE_SAMPLE (random faults timed without
 // background fill, default 200).
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,7 +20,7 @@ import { DelayProxy } from '../test/support/delay-proxy.mjs';
 import { serveFromSource, percentile } from '../test/support/serve-source.mjs';
 
 const require = createRequire(import.meta.url);
-const { HttpPageSource, Mapping, PostcopyDestination, Userfaultfd, systemPageSize } = require('../dist/index.js');
+const { FirecrackerServer, HttpPageSource, Mapping, PostcopyDestination, Userfaultfd, systemPageSize } = require('../dist/index.js');
 const { Client } = require('undici');
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -111,6 +112,40 @@ function serveNative(uffd, mapping, source) {
     },
   });
   return stats;
+}
+
+// The Firecracker handler on its native path (what `npx userfaultfd serve
+// --mem-url URL --prefetch` runs: a FirecrackerServer over an HttpPageSource).
+// The VMM is fc_peer, a separate process that sends its uffd and regions over
+// the socket (Firecracker's protocol) and touches every page in random order.
+// Timed from opening the source to the peer's exit: its start, handshake and
+// final byte check are in the time, which the worker restores above leave out.
+async function restoreFirecracker(port, imageFile, peerBinary) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-remote-fc-'));
+  const socket = path.join(dir, 'uffd.sock');
+  const cpu0 = process.cpuUsage();
+  const t0 = now();
+  const source = await HttpPageSource.open(`http://127.0.0.1:${port}/image.bin`, { backgroundFill: true });
+  const started = new Promise((resolve) => {
+    const server = FirecrackerServer.listen(socket, { source, prefetch: true, onSession: (s) => resolve([server, s]) });
+  });
+  const peer = spawn(peerBinary, ['--socket', socket, '--mem-file', imageFile, '--regions', `${SIZE / MiB}M`, '--order', 'random', '--seed', '17'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  peer.stdout.on('data', (chunk) => (out += chunk));
+  const code = await new Promise((resolve) => peer.once('close', resolve));
+  const seconds = (now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const [server, s] = await started;
+  const session = await s.done;
+  server.close();
+  source.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+  const report = JSON.parse(out.trim().split('\n').at(-1) ?? '{}');
+  const { stats } = session;
+  return {
+    seconds, cpuMs: (cpu.user + cpu.system) / 1000, ok: code === 0 && report.ok === true && !session.error,
+    faults: stats.faults, pushed: stats.pagesPushed, p50: stats.latency.percentile(50) / 1e3, p99: stats.latency.percentile(99) / 1e3,
+  };
 }
 
 // One restore: register memory, start the worker (not timed), then open the
@@ -244,6 +279,12 @@ async function main() {
   const expected = image();
   const nginx = await startNginx();
   fs.writeFileSync(path.join(nginx.root, 'image.bin'), new Uint8Array(expected));
+  // The Firecracker restore's peer checks every byte against this copy.
+  const imageFile = path.join(nginx.root, 'image.copy');
+  fs.copyFileSync(path.join(nginx.root, 'image.bin'), imageFile);
+  const peerBinary = path.join(here, '..', 'build', 'bench', 'fc_peer');
+  fs.mkdirSync(path.dirname(peerBinary), { recursive: true });
+  execFileSync('cc', ['-O2', '-Wall', '-Wextra', '-pthread', '-o', peerBinary, path.join(here, '..', 'test', 'fixtures', 'fc_peer.c')], { stdio: 'inherit' });
   const rows = [];
   try {
     // Untimed: the first download in a process runs cold code (undici, the
@@ -263,6 +304,7 @@ async function main() {
         const seqNative = await restore(proxy.port, sequential, expected, { backgroundFill: false }, 'native');
         const randBgNative = await restore(proxy.port, shuffled(PAGES, 17), expected, { backgroundFill: true }, 'native');
         const randBgPostcopy = await restore(proxy.port, shuffled(PAGES, 17), expected, { backgroundFill: true }, 'postcopy');
+        const randFirecracker = await restoreFirecracker(proxy.port, imageFile, peerBinary);
         const rand = await restore(proxy.port, shuffled(PAGES, 23).slice(0, SAMPLE), expected, { backgroundFill: false });
         const row = {
           rtt, measured, bulkSeconds, bulkCpuMs: best.cpuMs,
@@ -273,6 +315,7 @@ async function main() {
           seqNative, seqNativeMBps: SIZE / 1e6 / seqNative.seconds,
           randBgNative, randBgNativeMBps: SIZE / 1e6 / randBgNative.seconds,
           randBgPostcopy, randBgPostcopyMBps: SIZE / 1e6 / randBgPostcopy.seconds,
+          randFirecracker,
           rand, randMBps: (SAMPLE * PAGE) / 1e6 / rand.seconds,
         };
         rows.push(row);
@@ -281,8 +324,9 @@ async function main() {
           `sequential+bg ${fmt(row.seqBgMBps)} MB/s; random+bg ${fmt(randBg.seconds, 3)} s = ${fmt(randBg.seconds / bulkSeconds, 2)}x bulk, p50 ${fmt(randBg.p50, 3)} p99 ${fmt(randBg.p99, 2)} ms; ` +
           `native path: sequential ${fmt(row.seqNativeMBps)} MB/s, random+bg ${fmt(randBgNative.seconds / bulkSeconds, 2)}x bulk; ` +
           `post-copy destination: random+bg ${fmt(randBgPostcopy.seconds / bulkSeconds, 2)}x bulk; ` +
+          `serve --mem-url --prefetch (Firecracker peer): random ${fmt(randFirecracker.seconds / bulkSeconds, 2)}x bulk; ` +
           `random on demand p50 ${fmt(rand.p50, 2)} p99 ${fmt(rand.p99, 2)} ms` +
-          `${[seq, seqBg, randBg, rand, seqNative, randBgNative, randBgPostcopy].every((r) => r.ok) ? '' : ' — BYTES DIFFER'}`);
+          `${[seq, seqBg, randBg, rand, seqNative, randBgNative, randBgPostcopy, randFirecracker].every((r) => r.ok) ? '' : ' — BYTES DIFFER'}`);
       } finally {
         await proxy.close();
       }
@@ -293,7 +337,7 @@ async function main() {
   fs.writeFileSync(path.join(here, 'remote-throughput.svg'), `${svg(rows)}\n`);
   fs.writeFileSync(path.join(here, 'RESULTS-remote.md'), report(rows));
   console.log(`wrote bench/RESULTS-remote.md and bench/remote-throughput.svg`);
-  if (!rows.every((r) => [r.seq, r.seqBg, r.randBg, r.rand, r.seqNative, r.randBgNative, r.randBgPostcopy].every((x) => x.ok))) process.exitCode = 1;
+  if (!rows.every((r) => [r.seq, r.seqBg, r.randBg, r.rand, r.seqNative, r.randBgNative, r.randBgPostcopy, r.randFirecracker].every((x) => x.ok))) process.exitCode = 1;
 }
 
 function report(rows) {
@@ -303,7 +347,7 @@ function report(rows) {
     '',
     `Generated by \`npm run bench:remote\` on ${new Date().toISOString().slice(0, 10)}: ${os.cpus().length} CPUs (${os.cpus()[0]?.model ?? 'unknown'}), Linux ${os.release()}, Node ${process.version}, load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')} at the end.`,
     '',
-    `A ${SIZE / MiB} MiB image served by nginx on loopback through a delaying TCP proxy (test/support/delay-proxy.c in a child process; each direction holds bytes for half the RTT, a new connection's first request one RTT more, like a TCP handshake; no bandwidth limit). "measured" is the median time of a one-byte range GET on a warm connection through the proxy (timer resolution adds up to about 1 ms). Every restore opens the source (its first ranged GET is part of the time), registers anonymous memory, and a worker thread touches one byte per page; the handler (test/support/serve-source.mjs) awaits absent pages and copies up to 16 present pages per fault. Every restore's bytes are checked against the image (all ${rows.every((r) => [r.seq, r.seqBg, r.randBg, r.rand, r.seqNative, r.randBgNative, r.randBgPostcopy].every((x) => x.ok)) ? 'equal' : 'NOT equal'}).`,
+    `A ${SIZE / MiB} MiB image served by nginx on loopback through a delaying TCP proxy (test/support/delay-proxy.c in a child process; each direction holds bytes for half the RTT, a new connection's first request one RTT more, like a TCP handshake; no bandwidth limit). "measured" is the median time of a one-byte range GET on a warm connection through the proxy (timer resolution adds up to about 1 ms). Every restore opens the source (its first ranged GET is part of the time), registers anonymous memory, and a worker thread touches one byte per page; the handler (test/support/serve-source.mjs) awaits absent pages and copies up to 16 present pages per fault. Every restore's bytes are checked against the image (all ${rows.every((r) => [r.seq, r.seqBg, r.randBg, r.rand, r.seqNative, r.randBgNative, r.randBgPostcopy, r.randFirecracker].every((x) => x.ok)) ? 'equal' : 'NOT equal'}).`,
     '',
     '- bulk: one GET of the whole image on a new connection, into memory (the best of two).',
     '- sequential: pages in order, on demand only (background fill off): read-ahead does the work.',
@@ -331,6 +375,12 @@ function report(rows) {
     '',
     'The post-copy destination (`new PostcopyDestination(uffd, memory, source)`) is the library\'s whole restore: the native fast path serves faults on pages in the cache, and every page is installed into the registered memory as it lands, so the workload stops faulting on pages background fill brought.',
     '',
+    'The Firecracker handler, as `npx userfaultfd serve --mem-url URL --prefetch` runs it (a FirecrackerServer over an HttpPageSource, on the native fast path with background fill): the VMM is test/fixtures/fc_peer.c, a separate process that sends its uffd and one region over the socket and touches every page in random order. Timed from opening the source to the peer\'s exit, so its start, handshake and final check of every byte count too (the worker restores above start their toucher untimed). Latency is the session\'s own (read to resolved, native and JavaScript faults together).',
+    '',
+    '| RTT (ms) | random + prefetch (s) | vs bulk | faults | pages pushed | p50 / p99 (ms) |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...rows.map((r) => `| ${r.rtt} | ${fmt(r.randFirecracker.seconds, 3)} | ${fmt(r.randFirecracker.seconds / r.bulkSeconds, 2)}x | ${r.randFirecracker.faults} | ${r.randFirecracker.pushed} | ${fmt(r.randFirecracker.p50, 3)} / ${fmt(r.randFirecracker.p99, 2)} |`),
+    '',
     'Requests sent (urgent / read-ahead / background) and faults:',
     '',
     ...rows.map((r) => `- ${r.rtt} ms: sequential ${r.seq.requests.urgent}/${r.seq.requests.readahead}/${r.seq.requests.background} requests, ${r.seq.faults} faults (${r.seq.misses} waited); random + bg ${r.randBg.requests.urgent}/${r.randBg.requests.readahead}/${r.randBg.requests.background} requests (${r.randBg.split} background transfers cut short for a fault), ${r.randBg.faults} faults (${r.randBg.misses} waited), ${fmt(r.randBg.fetchedMiB)} MiB written to the cache`),
@@ -338,7 +388,7 @@ function report(rows) {
     '## Targets',
     '',
     at6 ? `- Sequential at 6 ms RTT: ${fmt(at6.seqMBps, 0)} MB/s on demand, ${fmt(at6.seqBgMBps, 0)} MB/s with background fill, ${fmt(at6.seqNativeMBps, 0)} MB/s on demand with the native fast path (target: at least 100 MB/s; userfaultfd-go's published figure is below 1 MB/s at 6 ms).` : '- (6 ms RTT not measured in this run.)',
-    ...rows.map((r) => `- Random with background fill at ${r.rtt} ms: ${fmt(r.randBg.seconds, 3)} s (native path ${fmt(r.randBgNative.seconds, 3)} s, post-copy destination ${fmt(r.randBgPostcopy.seconds, 3)} s) against ${fmt(r.bulkSeconds, 3)} s for the bulk download, ${fmt(r.randBg.seconds / r.bulkSeconds, 2)}x (${fmt(r.randBgNative.seconds / r.bulkSeconds, 2)}x, ${fmt(r.randBgPostcopy.seconds / r.bulkSeconds, 2)}x) (target: at most 1.5x).`),
+    ...rows.map((r) => `- Random with background fill at ${r.rtt} ms: ${fmt(r.randBg.seconds, 3)} s (native path ${fmt(r.randBgNative.seconds, 3)} s, post-copy destination ${fmt(r.randBgPostcopy.seconds, 3)} s, \`serve --mem-url --prefetch\` ${fmt(r.randFirecracker.seconds, 3)} s) against ${fmt(r.bulkSeconds, 3)} s for the bulk download, ${fmt(r.randBg.seconds / r.bulkSeconds, 2)}x (${fmt(r.randBgNative.seconds / r.bulkSeconds, 2)}x, ${fmt(r.randBgPostcopy.seconds / r.bulkSeconds, 2)}x, ${fmt(r.randFirecracker.seconds / r.bulkSeconds, 2)}x) (target: at most 1.5x).`),
     '',
     'Figures from a machine whose CPUs are shared with other work are noisy; the bulk download, the proxy and the restore share the same cores.',
     '',

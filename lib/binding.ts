@@ -22,7 +22,8 @@ export interface UffdHandle {
   setRef(ref: boolean): void;
   close(): void;
   /** Starts the native fast path (native/page_server.h); ranges: [start, length, pageSize, sourceOffset, fill] per range. */
-  serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean): void;
+  /** backgroundPiece: bytes per background-fill ioctl, 0 for no background fill. */
+  serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean, backgroundPiece: number): void;
   /** The counters, in the order lib/stats.ts reads them. */
   stats(): Float64Array;
   setSpin(enabled: boolean): void;

@@ -5,6 +5,14 @@
 // from a PageSource until it exits. Peers are independent: a bad handshake or
 // a failing session closes that connection only.
 //
+// Each session runs on the native fast path (serveFrom): the addon's thread
+// copies every page the source holds, applies REMOVE events (those pages
+// read as zeros from then on) and, with prefetch, fills every page nobody
+// asked for behind the faults. JavaScript sees only what the native thread
+// cannot answer: pages a remote source has not delivered yet (fetched
+// urgently here, then copied), faults outside the regions or on
+// write-protect, and the events.
+//
 // Failure policy (docs/firecracker.md): a fault that cannot be served (the
 // source fails, the kernel refuses the copy, the address lies outside every
 // region) is never answered with made-up data and never left waiting. With
@@ -21,6 +29,7 @@ import { receiveHandshake, type GuestRegion, type Handshake } from './firecracke
 import { LatencyHistogram } from './latency';
 import { systemPageSize } from './memory';
 import type { PageSource } from './page-source';
+import type { Miss } from './serve-from';
 import { Userfaultfd } from './uffd';
 import { UnixServer, type UnixConnection } from './unix-socket';
 
@@ -37,6 +46,8 @@ export interface SessionOptions {
   pushChunkBytes?: number;
   /** Default 'kill'. */
   failure?: FailurePolicy;
+  /** Pages resolved per fault, natively: the aligned chunk of this many pages around it (default 1). */
+  readAhead?: number;
 }
 
 export interface SessionStats {
@@ -79,19 +90,12 @@ export interface SessionResult {
   error?: UffdError;
 }
 
-// Page states within a region.
-const MISSING = 0;
-const PRESENT = 1;
-const REMOVED = 2;
-
 const DEFAULT_PUSH_CHUNK = 64 * 1024;
+// While the peer has hung up, how often to look whether every page is in.
+const SERVED_POLL_MS = 20;
+// Bytes per request when prefetch asks a source for what it does not hold yet.
+const PREFETCH_FETCH = 4 * 1024 * 1024;
 const SIGKILL = os.constants.signals.SIGKILL;
-
-interface Location {
-  region: GuestRegion;
-  index: number;
-  page: number;
-}
 
 function unservable(reason: string, cause?: unknown): UffdError {
   const error = new UffdError('ERR_UFFD_UNSERVABLE', `ERR_UFFD_UNSERVABLE: ${reason}`, {
@@ -104,29 +108,41 @@ function unservable(reason: string, cause?: unknown): UffdError {
 
 const codeOf = (error: unknown): string | undefined => (error as UffdError | undefined)?.code;
 
+// What JavaScript resolved itself (the native path counts the rest).
+interface JsCounts {
+  faults: number;
+  pagesOnDemand: number;
+  zeroPages: number;
+  bytes: number;
+  removes: number;
+  eexist: number;
+  eagain: number;
+}
+
 /** One VMM's memory, served from a PageSource until the VMM exits. */
 export class FirecrackerSession {
   readonly pid: number;
   readonly regions: readonly GuestRegion[];
-  readonly stats: SessionStats = {
-    faults: 0, pagesOnDemand: 0, zeroPages: 0, pagesPushed: 0, bytes: 0, removes: 0, eexist: 0, eagain: 0, latency: new LatencyHistogram(),
-  };
   /** Settles once the session has ended and freed its uffd, connection and process handle. Never rejects. */
   readonly done: Promise<SessionResult>;
   readonly #uffd: Userfaultfd;
   readonly #connection: UnixConnection;
   readonly #source: PageSource;
-  readonly #states: Uint8Array[];
+  // Per region and page: 1 once a REMOVE took it (it reads as zeros from then on).
+  readonly #removed: Uint8Array[];
   readonly #options: SessionOptions;
   readonly #seen = new WeakSet<Fault>();
+  readonly #js: JsCounts = { faults: 0, pagesOnDemand: 0, zeroPages: 0, bytes: 0, removes: 0, eexist: 0, eagain: 0 };
+  readonly #latency = new LatencyHistogram();
+  #final: SessionStats | undefined;
   #pidfd = -1;
   #pidWatch: WatchHandle | undefined;
+  #servedTimer: NodeJS.Timeout | undefined;
   #error: UffdError | undefined;
   #end: SessionEnd | undefined;
   #resolveDone!: (result: SessionResult) => void;
-  #pushing = false;
+  #prefetching = false;
   #pending = 0;
-  #missing: number;
   #hungUp = false;
 
   constructor(connection: UnixConnection, handshake: Handshake, source: PageSource, options: SessionOptions = {}) {
@@ -135,8 +151,7 @@ export class FirecrackerSession {
     this.regions = handshake.regions;
     this.#source = source;
     this.#options = options;
-    this.#states = handshake.regions.map((r) => new Uint8Array(r.size / r.pageSize));
-    this.#missing = this.#states.reduce((n, state) => n + state.length, 0);
+    this.#removed = handshake.regions.map((r) => new Uint8Array(r.size / r.pageSize));
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
     // Firecracker enables exactly EVENT_REMOVE on the uffd it sends (no
     // THREAD_ID, so messages decode without it).
@@ -146,7 +161,12 @@ export class FirecrackerSession {
     });
     this.#watchProcess();
     void this.#drain();
-    void this.#uffd.serve((fault) => this.#onFault(fault), {
+    void this.#uffd.serveFrom(source, {
+      ranges: handshake.regions.map((r) => ({ address: r.base, length: r.size, offset: r.offset })),
+      readAhead: options.readAhead,
+      background: options.prefetch === true,
+      backgroundPiece: options.pushChunkBytes ?? DEFAULT_PUSH_CHUNK,
+      onMiss: (fault, miss) => this.#onMiss(fault, miss),
       onEvent: (event) => {
         if (event.type === 'remove') this.#onRemove(event.start, event.end);
         else if (event.type === 'unmap') this.#forget(event.start, event.end);
@@ -157,6 +177,27 @@ export class FirecrackerSession {
       failure: 'poison',
       onError: (error) => this.#fail(unservable('the handler failed', error)),
     }).catch((error: unknown) => this.#finish('failed', error as UffdError));
+  }
+
+  /** What the session has done so far: the native thread's work and this thread's, together. */
+  get stats(): SessionStats {
+    if (this.#final) return this.#final;
+    const n = this.#uffd.stats();
+    const js = this.#js;
+    const latency = this.#latency.clone();
+    latency.add(n.serviceLatency);
+    return {
+      faults: n.nativeFaults + js.faults,
+      // The native path's pages are copies and continues for faults (their read-ahead too), zero pages and background copies.
+      pagesOnDemand: n.pages - n.zeroPages - n.backgroundPages + js.pagesOnDemand,
+      zeroPages: n.zeroPages + js.zeroPages,
+      pagesPushed: n.backgroundPages,
+      bytes: n.copiedBytes + js.bytes,
+      removes: js.removes,
+      eexist: n.eexist + js.eexist,
+      eagain: n.eagainRetries + js.eagain,
+      latency,
+    };
   }
 
   /** Faults received whose resolution is still waiting for the source. */
@@ -202,29 +243,23 @@ export class FirecrackerSession {
       if (!message) break;
       for (const fd of message.fds) native.closeFd(fd);
     }
+    if (this.#end !== undefined) return;
     if (this.#pidfd < 0) {
       this.#finish('hangup');
       return;
     }
     this.#hungUp = true;
+    // The native thread fills pages without telling this one: look now and then.
+    this.#servedTimer = setInterval(() => this.#maybeServed(), SERVED_POLL_MS);
+    this.#servedTimer.unref();
     this.#maybeServed();
-  }
-
-  #locate(address: bigint): Location | undefined {
-    for (let index = 0; index < this.regions.length; index++) {
-      const region = this.regions[index]!;
-      if (address >= region.base && address < region.base + BigInt(region.size)) {
-        return { region, index, page: Math.floor(Number(address - region.base) / region.pageSize) };
-      }
-    }
-    return undefined;
   }
 
   #present(offset: number, length: number): boolean {
     const flags = this.#source.present;
     if (flags === null) return true;
     const size = this.#source.pageSize;
-    for (let i = Math.floor(offset / size), end = Math.ceil((offset + length) / size); i < end; i++) if (flags[i] === 0) return false;
+    for (let i = Math.floor(offset / size), end = Math.ceil((offset + length) / size); i < end; i++) if (Atomics.load(flags, i) === 0) return false;
     return true;
   }
 
@@ -236,66 +271,68 @@ export class FirecrackerSession {
     return this.#source.fetch(start, end - start, options);
   }
 
-  #onFault(fault: Fault): void | Promise<void> {
+  // A fault the native thread passed on: its page is not in the source yet,
+  // or it is one no source can answer.
+  #onMiss(fault: Fault, miss: Miss): void | Promise<void> {
     if (this.#end !== undefined) return;
     if (!this.#seen.has(fault)) {
       this.#seen.add(fault);
-      this.stats.faults++;
+      this.#js.faults++;
     }
-    const where = this.#locate(fault.address);
-    if (!where) {
+    if (this.#options.prefetch && !this.#prefetching) this.#prefetchSource();
+    const index = miss.range ? this.regions.findIndex((r) => r.base === miss.range!.address) : -1;
+    if (index < 0 || miss.offset === undefined) {
       this.#unservable(fault, unservable(`a fault at 0x${fault.address.toString(16)} lies outside every region the peer announced`));
       return;
     }
-    if (fault.kind === 'wp') {
+    if (fault.kind === 'wp' || fault.kind === 'rwp') {
       // Firecracker never registers write-protect; waking would only repeat the fault.
       this.#unservable(fault, unservable(`a write-protect fault at 0x${fault.address.toString(16)}: this handler serves MISSING and MINOR faults only`));
       return;
     }
-    return this.#serve(fault, where);
+    const region = this.regions[index]!;
+    const page = Number(fault.pageAddress - region.base) / region.pageSize;
+    return this.#serve(fault, index, page, miss.offset);
   }
 
-  #serve(fault: Fault, where: Location): void | Promise<void> {
-    const { region, index, page } = where;
-    const state = this.#states[index]!;
-    const at = region.offset + page * region.pageSize;
-    if (state[page] !== REMOVED && fault.kind !== 'minor' && !this.#present(at, region.pageSize)) {
+  #serve(fault: Fault, index: number, page: number, at: number): void | Promise<void> {
+    const { pageSize } = this.regions[index]!;
+    const removed = this.#removed[index]![page] !== 0;
+    if (!removed && fault.kind !== 'minor' && !this.#present(at, pageSize)) {
       this.#pending++;
-      return this.#fetch(at, region.pageSize, { urgent: true }).then(
+      return this.#fetch(at, pageSize, { urgent: true }).then(
         () => {
           this.#pending--;
-          if (this.#end === undefined) return this.#serve(fault, where);
+          if (this.#end === undefined) return this.#serve(fault, index, page, at);
         },
         (error: unknown) => {
           this.#pending--;
-          if (this.#end === undefined) this.#unservable(fault, unservable(`the source could not deliver bytes [${at}, ${at + region.pageSize}) for the fault at 0x${fault.address.toString(16)}`, error));
+          if (this.#end === undefined) this.#unservable(fault, unservable(`the source could not deliver bytes [${at}, ${at + pageSize}) for the fault at 0x${fault.address.toString(16)}`, error));
         },
       );
     }
     try {
       let outcome;
-      if (state[page] === REMOVED) {
-        outcome = zeroFill(fault, region.pageSize);
-        this.stats.zeroPages++;
+      if (removed) {
+        outcome = zeroFill(fault, pageSize);
+        this.#js.zeroPages++;
       } else if (fault.kind === 'minor') {
         outcome = fault.continue();
-        if (outcome === 'done') this.stats.pagesOnDemand++;
-        this.#mark(index, page, page + 1, PRESENT);
+        if (outcome === 'done') this.#js.pagesOnDemand++;
       } else {
-        outcome = fault.copy(this.#source.bytes.subarray(at, at + region.pageSize));
+        outcome = fault.copy(this.#source.bytes.subarray(at, at + pageSize));
         if (outcome === 'done') {
-          this.stats.pagesOnDemand++;
-          this.stats.bytes += region.pageSize;
+          this.#js.pagesOnDemand++;
+          this.#js.bytes += pageSize;
         }
-        this.#mark(index, page, page + 1, PRESENT);
       }
-      if (outcome === 'exists') this.stats.eexist++;
-      this.stats.latency.record((performance.now() - fault.receivedAt) * 1000);
+      if (outcome === 'exists') this.#js.eexist++;
+      this.#latency.record((performance.now() - fault.receivedAt) * 1000);
     } catch (error) {
       const code = codeOf(error);
       // A REMOVE is queued and unread: serve() reads it, then hands the fault back.
       if (code === 'EAGAIN') {
-        this.stats.eagain++;
+        this.#js.eagain++;
         throw error;
       }
       if (code === 'ESRCH') {
@@ -305,19 +342,19 @@ export class FirecrackerSession {
       this.#unservable(fault, unservable(`the kernel refused to resolve the ${fault.kind} fault at 0x${fault.address.toString(16)}`, error));
       return;
     }
-    if (this.#options.prefetch && !this.#pushing) this.#startPush();
     this.#maybeServed();
   }
 
   #onRemove(start: bigint, end: bigint): void {
-    this.stats.removes++;
+    this.#js.removes++;
     this.#forget(start, end, true);
     this.#maybeServed();
   }
 
-  // Marks [start, end) removed. Huge-page ranges are unregistered (as
-  // Firecracker's reference handler does since v1.14): the kernel then gives
-  // the peer fresh zero pages itself, and nothing stale can be copied there.
+  // Marks [start, end) removed (the native thread has done so already).
+  // Huge-page ranges are unregistered (as Firecracker's reference handler
+  // does since v1.14): the kernel then gives the peer fresh zero pages
+  // itself, and nothing stale can be copied there.
   #forget(start: bigint, end: bigint, unregisterHuge = false): void {
     for (let index = 0; index < this.regions.length; index++) {
       const region = this.regions[index]!;
@@ -326,7 +363,7 @@ export class FirecrackerSession {
       const page = BigInt(region.pageSize);
       const from = ((start > region.base ? start : region.base) - region.base) / page;
       const to = ((end < regionEnd ? end : regionEnd) - region.base + page - 1n) / page;
-      this.#mark(index, Number(from), Number(to), REMOVED);
+      this.#removed[index]!.fill(1, Number(from), Number(to));
       if (unregisterHuge && region.pageSize !== systemPageSize()) {
         try {
           this.#uffd.unregister({ address: region.base + from * page, length: (to - from) * page, pageSize: region.pageSize });
@@ -338,69 +375,26 @@ export class FirecrackerSession {
     }
   }
 
-  // Copies every page still missing, a chunk at a time, yielding to the event
-  // loop between chunks: its poll phase reads queued faults, which are served
-  // before the next chunk, so the push never holds an on-demand fault back by
-  // more than one chunk's copy.
-  #startPush(): void {
-    this.#pushing = true;
-    let index = 0;
-    let page = 0;
-    const step = async (): Promise<void> => {
-      while (this.#end === undefined && index < this.regions.length) {
-        const region = this.regions[index]!;
-        const state = this.#states[index]!;
-        const chunkPages = Math.max(1, Math.floor((this.#options.pushChunkBytes ?? DEFAULT_PUSH_CHUNK) / region.pageSize));
-        while (page < state.length && state[page] !== MISSING) page++;
-        if (page >= state.length) {
-          index++;
-          page = 0;
-          continue;
-        }
-        let last = page;
-        while (last < state.length && last - page < chunkPages && state[last] === MISSING) last++;
-        const at = region.offset + page * region.pageSize;
-        if (!this.#present(at, (last - page) * region.pageSize)) {
+  // Prefetch with a source that fills over time (a remote one): ask it for
+  // every region's bytes, a piece at a time, in the background. The native
+  // thread copies pages in as they land; faults are fetched urgently, ahead
+  // of these requests.
+  #prefetchSource(): void {
+    this.#prefetching = true;
+    if (this.#source.present === null) return;
+    void (async () => {
+      for (const region of this.regions) {
+        for (let at = region.offset; at < region.offset + region.size && this.#end === undefined; at += PREFETCH_FETCH) {
+          const length = Math.min(PREFETCH_FETCH, region.offset + region.size - at);
+          if (this.#present(at, length)) continue;
           try {
-            await this.#fetch(at, (last - page) * region.pageSize);
+            await this.#fetch(at, length);
           } catch {
             return; // Background work only: faults fetch (urgently) what they need.
           }
-          continue; // States may have changed while waiting: look again.
         }
-        try {
-          this.#uffd.copy(region.base + BigInt(page * region.pageSize), this.#source.bytes.subarray(at, at + (last - page) * region.pageSize), { dontWake: true });
-          this.#pushed(index, page, last);
-          page = last;
-        } catch (error) {
-          const done = Math.floor(((error as UffdError).bytesDone ?? 0) / region.pageSize);
-          this.#pushed(index, page, page + done);
-          page += done;
-          const code = codeOf(error);
-          if (code === 'EEXIST') {
-            this.#mark(index, page, page + 1, PRESENT); // A fault got there first.
-            this.stats.eexist++;
-          } else if (code === 'ENOENT') {
-            this.#mark(index, page, page + 1, REMOVED); // Unregistered: the kernel serves it now.
-          } else if (code === 'ESRCH') {
-            this.#peerGone(error);
-            return;
-          } else if (code !== 'EAGAIN') {
-            return; // Leave the rest to on-demand faults.
-          }
-        }
-        await new Promise<void>((resolve) => setImmediate(resolve));
       }
-    };
-    void step();
-  }
-
-  #mark(index: number, from: number, to: number, value: number): void {
-    const state = this.#states[index]!;
-    for (let page = from; page < to; page++) {
-      if (state[page] === MISSING && value !== MISSING) this.#missing--;
-      state[page] = value;
-    }
+    })();
   }
 
   // Firecracker before v1.12 hangs up right after the handshake and runs on.
@@ -408,7 +402,7 @@ export class FirecrackerSession {
   // this handler to do: unregister every region, so that the kernel answers
   // whatever comes next by itself (a removed page faults in as zeros), and end.
   #maybeServed(): void {
-    if (!this.#hungUp || this.#missing > 0 || this.#pending > 0 || this.#end !== undefined) return;
+    if (!this.#hungUp || this.#pending > 0 || this.#end !== undefined || this.#uffd.stats().pagesLeft > 0) return;
     try {
       for (const region of this.regions) this.#uffd.unregister({ address: region.base, length: region.size, pageSize: region.pageSize });
     } catch (error) {
@@ -416,14 +410,6 @@ export class FirecrackerSession {
       return; // Keep serving: whatever stayed registered still faults here.
     }
     this.#finish('served');
-  }
-
-  #pushed(index: number, from: number, to: number): void {
-    if (to <= from) return;
-    this.#mark(index, from, to, PRESENT);
-    this.stats.pagesPushed += to - from;
-    this.stats.bytes += (to - from) * this.regions[index]!.pageSize;
-    this.#maybeServed();
   }
 
   #peerGone(cause: unknown): void {
@@ -466,13 +452,18 @@ export class FirecrackerSession {
     if (error) this.#error ??= error;
     this.#uffd.close();
     this.#connection.close();
+    if (this.#servedTimer) clearInterval(this.#servedTimer);
     if (this.#pidWatch) this.#pidWatch.close();
     if (this.#pidfd >= 0) native.closeFd(this.#pidfd);
     this.#pidfd = -1;
     if (end === 'exited' && this.#pending > 0) {
       this.#error ??= new UffdError('ESRCH', `ESRCH: the peer (pid ${this.pid}) exited with ${this.#pending} fault(s) still waiting for the source`, { errno: -3 });
     }
-    this.#resolveDone({ pid: this.pid, end, stats: this.stats, pagesMissing: this.#missing, ...(this.#error ? { error: this.#error } : {}) });
+    // The uffd is closed: its native counters are final.
+    const stats = this.stats;
+    this.#final = stats;
+    const pagesMissing = this.#uffd.stats().pagesLeft;
+    this.#resolveDone({ pid: this.pid, end, stats, pagesMissing, ...(this.#error ? { error: this.#error } : {}) });
   }
 }
 

@@ -19,11 +19,12 @@ export class LatencyHistogram {
     return this.#max;
   }
 
-  record(us: number): void {
+  /** Records one latency, or `times` equal ones. */
+  record(us: number, times = 1): void {
     const scaled = us / UNIT_US;
     const index = scaled <= 1 ? 0 : Math.min(this.#counts.length - 1, Math.floor(Math.log2(scaled) * PER_OCTAVE) + 1);
-    this.#counts[index]!++;
-    this.#count++;
+    this.#counts[index]! += times;
+    this.#count += times;
     if (us > this.#max) this.#max = us;
   }
 

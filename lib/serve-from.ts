@@ -37,6 +37,16 @@ export interface ServeFromOptions {
   /** Adaptive spinning in the native thread (default true: it stops by itself when it does not pay). */
   spin?: boolean;
   /**
+   * Background fill: once the first fault has been read, the native thread
+   * copies every page of the source ranges that nothing has resolved yet,
+   * behind the faults and their read-ahead (a fault waits for at most one
+   * piece). Pages the source does not hold yet are taken as they arrive.
+   * stats().pagesLeft reaches 0 when it is done. Default false.
+   */
+  background?: boolean;
+  /** Bytes per background copy (default 64 KiB, rounded down to whole pages, at least one). */
+  backgroundPiece?: number;
+  /**
    * Faults the native path cannot answer: pages not present in the source yet,
    * write-protect faults, faults outside the ranges. Default: await
    * source.fetch() of the page, then copy it (continue for minor faults).
@@ -66,13 +76,14 @@ export function serveFrom(host: ServeHost, source: PageSource | null, options?: 
   host.checkOpen('serveFrom');
   const ranges = planRanges(opts.ranges ?? defaultRanges(host.uffd.registrations), src, (address) => host.pageSizeAt(address));
   const pages = readAhead(opts.readAhead);
+  const piece = backgroundPiece(opts);
   const onMiss = opts.onMiss ?? fetchAndResolve;
   if (typeof onMiss !== 'function') throw argTypeError('options.onMiss', 'a function', onMiss);
   const table = rangeTable(ranges, src);
   // The source may say what a fault on a page it failed to deliver gets (a remote source: SIGBUS, never zeros).
   const { served } = serveWith(host, (fault) => onMiss(fault, locate(ranges, src, fault)), { ...opts, failure: opts.failure ?? src?.failure }, false);
   const bytes = src ? src.bytes : new Uint8Array(0);
-  host.handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false);
+  host.handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false, piece);
   return served;
 }
 
@@ -100,6 +111,18 @@ export function checkSource(source: unknown): PageSource | null {
     throw argValueError('source.present', `has ${s.present.length} flags; the source's ${s.bytes.length} bytes need one per ${s.pageSize}-byte page`);
   }
   return s;
+}
+
+const DEFAULT_BACKGROUND_PIECE = 64 * 1024;
+
+// Bytes per background ioctl, 0 for none.
+function backgroundPiece(opts: ServeFromOptions): number {
+  if (opts.background !== undefined && typeof opts.background !== 'boolean') throw argTypeError('options.background', 'a boolean', opts.background);
+  const piece = opts.backgroundPiece ?? DEFAULT_BACKGROUND_PIECE;
+  if (!Number.isSafeInteger(piece) || piece < 1) {
+    throw argValueError('options.backgroundPiece', `must be a positive integer (bytes). Received ${String(piece)}`);
+  }
+  return opts.background ? piece : 0;
 }
 
 export function readAhead(value: unknown): number {

@@ -1,5 +1,6 @@
 // What serving has done so far, for monitoring and benchmarks: one call into
 // the addon that copies its counters (no allocation on the serving side).
+import { LatencyHistogram } from './latency';
 
 export interface SpinStats {
   /** Spin windows started (after a batch, before sleeping). */
@@ -20,8 +21,17 @@ export interface ServeStats {
   /** Pages the native fast path resolved, read-ahead included, and their bytes. */
   readonly pages: number;
   readonly bytes: number;
-  /** Of those, pages filled ahead of any fault. */
+  /** Of those, pages filled ahead of any fault: by read-ahead, and by background fill. */
   readonly readAheadPages: number;
+  readonly backgroundPages: number;
+  /** Bytes the native path copied from the source (UFFDIO_COPY; zero pages and CONTINUE copy nothing). */
+  readonly copiedBytes: number;
+  /**
+   * Pages of serveFrom's ranges that nothing has claimed yet: not resolved by
+   * the native path, not removed, not handed to JavaScript with a fault.
+   * With background fill it reaches 0 once the restore is complete.
+   */
+  readonly pagesLeft: number;
   readonly zeroPages: number;
   readonly continuedPages: number;
   /** Pages the native path found there already (EEXIST), and faults it retried after EAGAIN. */
@@ -35,15 +45,21 @@ export interface ServeStats {
   readonly serviceP50Us: number;
   readonly serviceP99Us: number;
   readonly serviceMaxUs: number;
+  /** The native path's service times, every fault it resolved, as a histogram (its buckets are ±12%). */
+  readonly serviceLatency: LatencyHistogram;
   readonly spin: SpinStats;
 }
 
 /** Names the addon's counters (UffdHandle.stats()); jsFaults is counted on the JavaScript side. */
 export function readStats(v: Float64Array, jsFaults: number): ServeStats {
+  const serviceLatency = new LatencyHistogram();
+  // From index 24: (ns, count) per bucket of the addon's histogram.
+  for (let i = 24; i + 1 < v.length; i += 2) if (v[i + 1]! > 0) serviceLatency.record(v[i]! / 1e3, v[i + 1]!);
   return {
     nativeFaults: v[0]!, jsFaults, events: v[2]!, pages: v[3]!, bytes: v[4]!, readAheadPages: v[5]!,
     zeroPages: v[6]!, continuedPages: v[7]!, eexist: v[8]!, eagainRetries: v[9]!, batches: v[10]!,
     messages: v[11]!, ioctls: v[12]!, serviceP50Us: v[13]! / 1e3, serviceP99Us: v[14]! / 1e3, serviceMaxUs: v[15]! / 1e3,
     spin: { windows: v[16]!, hits: v[17]!, cpuMs: v[18]! / 1e6 },
+    backgroundPages: v[20]!, copiedBytes: v[21]!, pagesLeft: v[22]!, serviceLatency,
   };
 }

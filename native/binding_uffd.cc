@@ -301,13 +301,14 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
 
   // serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage,
   //   ranges: BigUint64Array [start, length, pageSize, sourceOffset, fill]...,
-  //   readAhead, spin): starts the native fast path instead of the stream.
+  //   readAhead, spin, backgroundPiece): starts the native fast path instead
+  //   of the stream; backgroundPiece 0: no background fill.
   // The source's buffers are held until the server has stopped.
   Napi::Value JsServeNative(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int fd = Fd(info);
     if (started_ || server_ != nullptr) ThrowCode(env, "ERR_UFFD_BUSY", "serveFrom");
-    if (!info[0].IsTypedArray() || !info[3].IsTypedArray()) throw Napi::TypeError::New(env, "serveNative(bytes, present, presentPage, ranges, readAhead, spin)");
+    if (!info[0].IsTypedArray() || !info[3].IsTypedArray()) throw Napi::TypeError::New(env, "serveNative(bytes, present, presentPage, ranges, readAhead, spin, backgroundPiece)");
     Bytes bytes = BytesOf(info, 0);
     // The native thread reads the source inside UFFDIO_COPY: registered
     // memory that only this uffd could fill would block it for good.
@@ -332,6 +333,9 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     PageServer::Options options;
     options.read_ahead = static_cast<uint32_t>(U64(info, 4));
     options.spin = info[5].ToBoolean();
+    uint64_t piece = U64(info, 6);
+    options.background = piece > 0;
+    if (piece > 0) options.background_piece = piece;
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env, &loop);
     int err = 0;
@@ -344,16 +348,26 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     return env.Undefined();
   }
 
-  // stats() -> Float64Array of the counters, in the order lib/stats.ts reads them.
+  // stats() -> Float64Array of the counters, in the order lib/stats.ts reads
+  // them; from kHistogramAt, the service-time histogram as (ns, count) pairs.
+  static constexpr size_t kHistogramAt = 24;
+  static constexpr size_t kStatsLength = kHistogramAt + 2 * PageServer::Stats::kBuckets;
   Napi::Value JsStats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    auto out = Napi::Float64Array::New(env, 20);
+    auto out = Napi::Float64Array::New(env, kStatsLength);
     if (server_ != nullptr || has_final_stats_) {
       PageServer::Stats s = server_ != nullptr ? server_->stats() : final_stats_;
       const uint64_t values[] = {s.faults_native, s.faults_forwarded, s.events, s.pages, s.bytes, s.read_ahead_pages,
                                  s.zero_pages, s.continued_pages, s.eexist, s.eagain, s.batches, s.messages, s.ioctls,
                                  s.service_p50_ns, s.service_p99_ns, s.service_max_ns, s.spin_windows, s.spin_hits, s.spin_ns};
       for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) out[i] = static_cast<double>(values[i]);
+      out[20] = static_cast<double>(s.background_pages);
+      out[21] = static_cast<double>(s.copied_bytes);
+      out[22] = static_cast<double>(s.pages_left);
+      for (size_t b = 0; b < PageServer::Stats::kBuckets; b++) {
+        out[kHistogramAt + 2 * b] = static_cast<double>(PageServer::BucketValue(b));
+        out[kHistogramAt + 2 * b + 1] = static_cast<double>(s.histogram[b]);
+      }
     } else {
       const SpinPolicy::Counters& c = stream_ != nullptr ? stream_->spin_counters() : stream_spin_final_;
       const SpinPolicy::Counters& w = wait_spin_.counters();

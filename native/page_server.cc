@@ -28,21 +28,20 @@ size_t Bucket(uint64_t ns) {
   return std::min(b, static_cast<size_t>(159));
 }
 
-// The middle of a bucket's range, in ns.
-uint64_t BucketValue(size_t b) {
+}  // namespace
+
+uint64_t PageServer::BucketValue(size_t b) {
   if (b < 4) return b;
   uint64_t e = b / 4, frac = b % 4;
   uint64_t low = (uint64_t{1} << e) + frac * (uint64_t{1} << (e - 2));
   return low + (uint64_t{1} << (e - 2)) / 2;
 }
 
-}  // namespace
-
 PageServer* PageServer::Create(uv_loop_t* loop, int uffd, const Source& source, std::vector<Range> ranges,
                                const Options& options, FaultStream::Sink* sink, int* error) {
   *error = -EINVAL;
   if (source.present != nullptr && !PowerOfTwo(source.present_page)) return nullptr;
-  if (options.read_ahead == 0) return nullptr;
+  if (options.read_ahead == 0 || options.background_piece == 0) return nullptr;
   std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.start < b.start; });
   for (size_t i = 0; i < ranges.size(); i++) {
     const Range& r = ranges[i];
@@ -62,6 +61,7 @@ PageServer* PageServer::Create(uv_loop_t* loop, int uffd, const Source& source, 
   for (const Range& r : ranges) {
     uint64_t pages = r.length / r.page_size;
     server->ranges_.push_back(RangeState{r, pages, std::vector<uint8_t>(pages, 0)});
+    server->counters_.pages_left.fetch_add(pages, std::memory_order_relaxed);
   }
   server->stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (server->stop_fd_ < 0) {
@@ -113,12 +113,12 @@ PageServer::Stats PageServer::stats() const {
   Stats s{get(c.faults_native), get(c.faults_forwarded), get(c.events), get(c.pages), get(c.bytes),
           get(c.read_ahead_pages), get(c.zero_pages), get(c.continued_pages), get(c.eexist), get(c.eagain),
           get(c.batches), get(c.messages), get(c.ioctls), 0, 0, get(c.service_max_ns), get(c.spin_windows),
-          get(c.spin_hits), get(c.spin_ns)};
-  uint64_t counts[Counters::kBuckets], total = 0;
-  for (size_t b = 0; b < Counters::kBuckets; b++) total += counts[b] = get(c.histogram[b]);
+          get(c.spin_hits), get(c.spin_ns), get(c.background_pages), get(c.copied_bytes), get(c.pages_left), {}};
+  uint64_t total = 0;
+  for (size_t b = 0; b < Stats::kBuckets; b++) total += s.histogram[b] = get(c.histogram[b]);
   uint64_t seen = 0;
-  for (size_t b = 0; b < Counters::kBuckets && total > 0; b++) {
-    seen += counts[b];
+  for (size_t b = 0; b < Stats::kBuckets && total > 0; b++) {
+    seen += s.histogram[b];
     if (s.service_p50_ns == 0 && seen * 2 >= total) s.service_p50_ns = BucketValue(b);
     if (seen * 100 >= total * 99) {
       s.service_p99_ns = BucketValue(b);
@@ -133,6 +133,23 @@ void PageServer::CountResolved(Kind kind, uint64_t pages, uint64_t page_size) {
   counters_.bytes.fetch_add(pages * page_size, std::memory_order_relaxed);
   if (kind == Kind::kZero) counters_.zero_pages.fetch_add(pages, std::memory_order_relaxed);
   if (kind == Kind::kContinue) counters_.continued_pages.fetch_add(pages, std::memory_order_relaxed);
+  if (kind == Kind::kCopy) counters_.copied_bytes.fetch_add(pages * page_size, std::memory_order_relaxed);
+}
+
+int PageServer::PollTimeout() const {
+  // A fault refused with EAGAIN is retried soon even if nothing new arrives;
+  // background fill looks again at pages the source has delivered since.
+  if (!pending_.empty()) return 1;
+  return background_.waiting ? 5 : -1;
+}
+
+void PageServer::Mark(RangeState& r, uint64_t from, uint64_t to, uint8_t bits) {
+  uint64_t claimed = 0;
+  for (uint64_t p = from; p < to; p++) {
+    claimed += r.state[p] == 0;
+    r.state[p] |= bits;
+  }
+  if (claimed > 0) counters_.pages_left.fetch_sub(claimed, std::memory_order_relaxed);
 }
 
 void PageServer::Record(uint64_t ns) {
@@ -146,12 +163,12 @@ void PageServer::Run() {
   pollfd fds[2] = {{uffd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
   for (;;) {
     uint64_t slept_from = SpinPolicy::NowNs();
-    // A fault refused with EAGAIN is retried soon even if nothing new arrives.
-    int r = poll(fds, 2, pending_.empty() ? -1 : 1);
+    int r = poll(fds, 2, PollTimeout());
     if (r < 0 && errno != EINTR) {
       queue_->PushError(-errno);
       return;
     }
+    background_.waiting = false;
     if (fds[1].revents != 0) return;
     if (fds[0].revents & (POLLERR | POLLNVAL)) {
       queue_->PushError(-EBADF);
@@ -200,7 +217,17 @@ void PageServer::Run() {
 }
 
 bool PageServer::ReadAhead() {
-  while (!ahead_.empty() && !stopping_.load(std::memory_order_relaxed)) {
+  while (!stopping_.load(std::memory_order_relaxed)) {
+    // Read-ahead for faults first, then background fill.
+    Ahead* a = nullptr;
+    if (!ahead_.empty()) {
+      a = &ahead_.front();
+    } else if (background_.has_current || NextBackground(&background_.current)) {
+      background_.has_current = true;
+      a = &background_.current;
+    } else {
+      break;
+    }
     // Demand first: whatever faulted meanwhile is served before the next piece.
     long n = uffd::ReadMessages(uffd_, buffer_, FaultStream::kCapacity);
     if (n > 0) {
@@ -211,40 +238,100 @@ bool PageServer::ReadAhead() {
       queue_->PushError(static_cast<int>(n));
       return false;
     }
-    Ahead& a = ahead_.front();
-    RangeState& r = ranges_[a.range];
-    while (a.next < a.end && !Fillable(r, a.next, a.kind)) a.next++;
-    if (a.next == a.end) {
+    if (FillPiece(*a)) continue;
+    if (a == &background_.current) {
+      background_.has_current = false;
+    } else if (!ahead_.empty()) {
       ahead_.erase(ahead_.begin());
-      continue;
     }
-    uint64_t ps = r.range.page_size, piece = std::max<uint64_t>(1, kAheadPiece / ps), end = a.next + 1;
-    while (end < a.end && end - a.next < piece && Fillable(r, end, a.kind)) end++;
-    // Mode 0: the ioctl wakes any thread that faulted on these pages before
-    // its message was read (that message then finds them there: EEXIST).
-    uint64_t done = 0;
-    int rc = Ioctl(r, a.kind, a.next, end - a.next, 0, &done);
-    uint64_t got = done / ps;
-    for (uint64_t p = a.next; p < a.next + got; p++) r.state[p] |= kServed;
-    CountResolved(a.kind, got, ps);
-    counters_.read_ahead_pages.fetch_add(got, std::memory_order_relaxed);
-    a.next += got;
-    if (rc == -EEXIST) {
-      // Filled meanwhile (by a racing resolution, or the process wrote it).
-      counters_.eexist.fetch_add(1, std::memory_order_relaxed);
-      r.state[a.next++] |= kServed;
-    } else if (rc == -ESRCH || rc == -ENOENT) {
-      ahead_.clear();  // the faulting process is gone
-      continue;
-    } else if (rc < 0) {
-      // EAGAIN (the address space is changing) or refused: read-ahead is
-      // only ever a guess, so the stream is dropped; faults still come.
-      ahead_.erase(ahead_.begin());
-      continue;
-    }
-    if (a.next >= a.end) ahead_.erase(ahead_.begin());
   }
   return true;
+}
+
+bool PageServer::FillPiece(Ahead& a) {
+  RangeState& r = ranges_[a.range];
+  while (a.next < a.end && !Fillable(r, a.next, a.kind)) a.next++;
+  if (a.next == a.end) return false;
+  uint64_t ps = r.range.page_size;
+  uint64_t piece = std::max<uint64_t>(1, (a.background ? options_.background_piece : kAheadPiece) / ps);
+  uint64_t end = a.next + 1;
+  while (end < a.end && end - a.next < piece && Fillable(r, end, a.kind)) end++;
+  // Mode 0: the ioctl wakes any thread that faulted on these pages before
+  // its message was read (that message then finds them there: EEXIST).
+  uint64_t done = 0;
+  int rc = Ioctl(r, a.kind, a.next, end - a.next, 0, &done);
+  uint64_t got = done / ps;
+  Mark(r, a.next, a.next + got, kServed);
+  CountResolved(a.kind, got, ps);
+  (a.background ? counters_.background_pages : counters_.read_ahead_pages).fetch_add(got, std::memory_order_relaxed);
+  a.next += got;
+  if (rc == -EEXIST) {
+    // Filled meanwhile (by a racing resolution, or the process wrote it).
+    counters_.eexist.fetch_add(1, std::memory_order_relaxed);
+    Mark(r, a.next, a.next + 1, kServed);
+    a.next++;
+  } else if (rc == -ENOENT && a.background) {
+    // Not registered there any more (unregistered, or unmapped without an
+    // UNMAP event): nothing to fill at this page; go on with the next.
+    Mark(r, a.next, a.next + 1, kServed);
+    a.next++;
+  } else if (rc == -ESRCH || rc == -ENOENT) {
+    ahead_.clear();  // the faulting process is gone
+    if (rc == -ESRCH) background_.done = true;
+    return false;
+  } else if (rc == -EAGAIN && a.background) {
+    return true;  // the address space is changing: its event is read first, then this piece again
+  } else if (rc < 0) {
+    // EAGAIN or refused: read-ahead is only ever a guess, so the stream is
+    // dropped; background fill stops (the pages are left to faults).
+    if (a.background) background_.done = true;
+    return false;
+  }
+  return a.next < a.end;
+}
+
+bool PageServer::NextBackground(Ahead* a) {
+  Background& b = background_;
+  if (!options_.background || !b.armed || b.done || b.waiting) return false;
+  while (b.range < ranges_.size()) {
+    RangeState& r = ranges_[b.range];
+    if (r.range.fill != Fill::kSource) {
+      b.range++;
+      b.page = 0;
+      continue;
+    }
+    while (b.page < r.pages && r.state[b.page] != 0) b.page++;
+    if (b.page == r.pages) {
+      b.range++;
+      b.page = 0;
+      continue;
+    }
+    if (!Present(r, b.page)) {
+      if (!b.skipped) {
+        b.skipped = true;
+        b.skip_range = b.range;
+        b.skip_page = b.page;
+      }
+      b.page++;
+      continue;
+    }
+    uint64_t end = b.page + 1;
+    while (end < r.pages && r.state[end] == 0 && Present(r, end)) end++;
+    *a = Ahead{b.range, b.page, end, Kind::kCopy, true};
+    b.page = end;
+    return true;
+  }
+  if (b.skipped) {
+    // Some pages were not in the source yet: start again from the first of
+    // them once poll() has waited a little (PollTimeout).
+    b.range = b.skip_range;
+    b.page = b.skip_page;
+    b.skipped = false;
+    b.waiting = true;
+    return false;
+  }
+  b.done = true;
+  return false;
 }
 
 void PageServer::QueueAhead(uint32_t range, uint64_t first, uint64_t end, Kind kind) {
@@ -257,15 +344,41 @@ void PageServer::QueueAhead(uint32_t range, uint64_t first, uint64_t end, Kind k
     }
   }
   if (ahead_.size() == kMaxAhead) ahead_.erase(ahead_.begin());
-  ahead_.push_back(Ahead{range, first, end, kind});
+  ahead_.push_back(Ahead{range, first, end, kind, false});
 }
 
-void PageServer::ApplyRemove(uint64_t start, uint64_t end) {
+void PageServer::ApplyEvent(const uffd_msg& msg) {
+  uint64_t start, end;
+  if (msg.event == UFFD_EVENT_REMOVE || msg.event == UFFD_EVENT_UNMAP) {
+    start = msg.arg.remove.start;
+    end = msg.arg.remove.end;
+  } else if (msg.event == UFFD_EVENT_REMAP) {
+    start = msg.arg.remap.from;
+    end = msg.arg.remap.from + msg.arg.remap.len;
+  } else {
+    return;
+  }
   for (RangeState& r : ranges_) {
     uint64_t from = std::max(start, r.range.start), to = std::min(end, r.range.start + r.range.length);
     if (from >= to) continue;
-    uint64_t ps = r.range.page_size;
-    for (uint64_t p = (from - r.range.start) / ps; p < (to - r.range.start + ps - 1) / ps; p++) r.state[p] = kRemoved;
+    uint64_t ps = r.range.page_size, first = (from - r.range.start) / ps, last = (to - r.range.start + ps - 1) / ps;
+    Mark(r, first, last, kServed);
+    if (msg.event == UFFD_EVENT_REMOVE) {
+      for (uint64_t p = first; p < last; p++) r.state[p] = kRemoved;
+    }
+  }
+}
+
+void PageServer::Forwarded(const uffd_msg& msg) {
+  forward_.push_back(msg);
+  counters_.faults_forwarded.fetch_add(1, std::memory_order_relaxed);
+  uint64_t flags = msg.arg.pagefault.flags, address = msg.arg.pagefault.address;
+  if (flags & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_RWP)) return;
+  for (RangeState& r : ranges_) {
+    if (address - r.range.start >= r.range.length) continue;
+    uint64_t page = (address - r.range.start) / r.range.page_size;
+    Mark(r, page, page + 1, kForwarded);
+    return;
   }
 }
 
@@ -309,7 +422,7 @@ bool PageServer::Plan(const uffd_msg& msg, uint64_t read_at, Job* job) const {
 
 bool PageServer::Fillable(const RangeState& r, uint64_t page, Kind kind) const {
   uint8_t state = r.state[page];
-  if (state & kServed) return false;
+  if (state & (kServed | kForwarded)) return false;
   if (kind == Kind::kZero) return r.range.fill == Fill::kZero || (state & kRemoved);
   return kind == Kind::kCopy && r.range.fill == Fill::kSource && !(state & kRemoved) && Present(r, page);
 }
@@ -321,8 +434,11 @@ void PageServer::Serve(const uffd_msg* msgs, size_t n, uint64_t read_at) {
   // Events first: a fault read in the same batch as a REMOVE of its page
   // must see the removal, or the source's stale bytes land there.
   for (size_t i = 0; i < n; i++) {
-    if (msgs[i].event == UFFD_EVENT_PAGEFAULT) continue;
-    if (msgs[i].event == UFFD_EVENT_REMOVE) ApplyRemove(msgs[i].arg.remove.start, msgs[i].arg.remove.end);
+    if (msgs[i].event == UFFD_EVENT_PAGEFAULT) {
+      background_.armed = true;
+      continue;
+    }
+    ApplyEvent(msgs[i]);
     forward_.push_back(msgs[i]);
     counters_.events.fetch_add(1, std::memory_order_relaxed);
   }
@@ -334,8 +450,7 @@ void PageServer::Serve(const uffd_msg* msgs, size_t n, uint64_t read_at) {
     if (Plan(msg, at, &job)) {
       jobs_.push_back(job);
     } else {
-      forward_.push_back(msg);
-      counters_.faults_forwarded.fetch_add(1, std::memory_order_relaxed);
+      Forwarded(msg);
     }
   };
   for (const Job& job : retry) plan(job.msg, job.read_at);
@@ -394,9 +509,7 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
   RangeState& r = ranges_[jobs[a].range];
   Kind kind = jobs[a].kind;
   uint64_t ps = r.range.page_size;
-  auto mark = [&](uint64_t from, uint64_t to) {
-    for (uint64_t p = from; p < to; p++) r.state[p] |= kServed;
-  };
+  auto mark = [&](uint64_t from, uint64_t to) { Mark(r, from, to, kServed); };
   // One ioctl that wakes what it resolves; if a page in the middle is there
   // already, the rest goes in with DONTWAKE and one WAKE covers the run.
   uint64_t done = 0, p = first;
@@ -438,8 +551,7 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
     } else {
       // Refused for another reason: JavaScript's handler decides (and its
       // failure policy makes sure the thread does not hang).
-      forward_.push_back(job.msg);
-      counters_.faults_forwarded.fetch_add(1, std::memory_order_relaxed);
+      Forwarded(job.msg);
     }
   }
   // Read-ahead, after the faulting pages are in: the rest of their chunk, and

@@ -17,6 +17,12 @@
 // faults once per two chunks and rarely waits for a copy. Read-ahead goes in
 // pieces, with the uffd read between them: a demand fault never waits behind
 // more than one piece.
+// With background fill, once the first fault has been read, every page of the
+// source ranges that nothing has resolved yet is copied in, a piece at a time
+// behind the faults and their read-ahead (the uffd is read between pieces), so
+// that a restore finishes without waiting for the workload to touch each page.
+// Pages the source does not hold yet are passed over and looked at again
+// every few milliseconds, as a remote source fills them.
 // Everything else goes to JavaScript through a MessageQueue, unchanged: faults
 // on pages not present (yet), write-protect faults, faults outside the ranges,
 // faults an ioctl refused, and every non-fault event.
@@ -69,6 +75,8 @@ class PageServer {
   struct Options {
     uint32_t read_ahead = 1;  // pages per fault, 1: the faulting page only
     bool spin = true;
+    bool background = false;  // fill every source page, behind the faults
+    uint64_t background_piece = 64 * 1024;  // bytes per background ioctl
   };
 
   struct Stats {
@@ -76,7 +84,15 @@ class PageServer {
         continued_pages, eexist, eagain, batches, messages, ioctls;
     uint64_t service_p50_ns, service_p99_ns, service_max_ns;
     uint64_t spin_windows, spin_hits, spin_ns;
+    uint64_t background_pages, copied_bytes;
+    // Pages of the ranges that nothing has claimed yet: not resolved here, not
+    // removed, not handed to JavaScript with a fault.
+    uint64_t pages_left;
+    static constexpr size_t kBuckets = 160;
+    uint64_t histogram[kBuckets];  // service times, see Bucket() in page_server.cc
   };
+  // The middle of a histogram bucket's range, in ns.
+  static uint64_t BucketValue(size_t bucket);
 
   // Checks the ranges (page-aligned, inside the source, not overlapping) and
   // starts the thread. Fails with nullptr and *error = -errno.
@@ -96,7 +112,8 @@ class PageServer {
     Range range;
     uint64_t pages;
     // Per page: kServed once resolved (or found there), kRemoved after a
-    // REMOVE. Lets read-ahead skip pages known to be there.
+    // REMOVE, kForwarded once its fault went to JavaScript (which resolves
+    // it). Lets read-ahead and background fill skip pages known to be there.
     std::vector<uint8_t> state;
     // The chunk of the last fault read ahead of, for telling a sequential
     // stream (the next fault one or two chunks on) from random access.
@@ -105,6 +122,7 @@ class PageServer {
   };
   static constexpr uint8_t kServed = 1;
   static constexpr uint8_t kRemoved = 2;
+  static constexpr uint8_t kForwarded = 4;
 
   enum class Kind : uint8_t { kCopy, kZero, kContinue };
   struct Job {
@@ -121,6 +139,7 @@ class PageServer {
     uint64_t next;
     uint64_t end;
     Kind kind;
+    bool background;
   };
   // At most this many streams are followed; a new one replaces the oldest.
   static constexpr size_t kMaxAhead = 16;
@@ -133,9 +152,18 @@ class PageServer {
   // Fills ahead_ piece by piece, serving any message that arrives first.
   // False when reading the uffd failed (the error is pushed).
   bool ReadAhead();
+  // Fills the next piece of `a`. False when `a` is finished or dropped.
+  bool FillPiece(Ahead& a);
+  // The next run of pages for background fill, from its cursor; false when
+  // there is none now (all claimed, or waiting for the source).
+  bool NextBackground(Ahead* a);
   void QueueAhead(uint32_t range, uint64_t first, uint64_t end, Kind kind);
   void Serve(const uffd_msg* msgs, size_t n, uint64_t read_at);
-  void ApplyRemove(uint64_t start, uint64_t end);
+  // REMOVE: the pages read as zeros from now on. UNMAP and REMAP's old
+  // addresses: nothing is there to fill.
+  void ApplyEvent(const uffd_msg& msg);
+  void Mark(RangeState& r, uint64_t from, uint64_t to, uint8_t bits);
+  void Forwarded(const uffd_msg& msg);
   bool Present(const RangeState& r, uint64_t page) const;
   bool Plan(const uffd_msg& msg, uint64_t read_at, Job* job) const;
   bool Fillable(const RangeState& r, uint64_t page, Kind kind) const;
@@ -144,6 +172,8 @@ class PageServer {
   int Ioctl(const RangeState& r, Kind kind, uint64_t page, uint64_t count, uint64_t mode, uint64_t* done);
   // Pages resolved by one ioctl, by a fault's resolution or by read-ahead.
   void CountResolved(Kind kind, uint64_t pages, uint64_t page_size);
+  // Polling timeout: -1, or sooner when an EAGAIN retry or the source is awaited.
+  int PollTimeout() const;
   void Record(uint64_t ns);
 
   int uffd_ = -1;
@@ -160,6 +190,15 @@ class PageServer {
   std::vector<Job> pending_;  // refused with EAGAIN: retried after the next read
   std::vector<Job> jobs_;
   std::vector<Ahead> ahead_;
+  // Background fill: armed by the first fault; its cursor, and where it first
+  // passed over a page the source did not hold (looked at again later).
+  struct Background {
+    bool armed = false, done = false, waiting = false, skipped = false;
+    uint32_t range = 0, skip_range = 0;
+    uint64_t page = 0, skip_page = 0;
+    Ahead current{};
+    bool has_current = false;
+  } background_;
   std::vector<uffd_msg> forward_;
   uffd_msg buffer_[FaultStream::kCapacity];
 
@@ -167,10 +206,10 @@ class PageServer {
   struct Counters {
     std::atomic<uint64_t> faults_native{0}, faults_forwarded{0}, events{0}, pages{0}, bytes{0},
         read_ahead_pages{0}, zero_pages{0}, continued_pages{0}, eexist{0}, eagain{0}, batches{0},
-        messages{0}, ioctls{0}, service_max_ns{0}, spin_windows{0}, spin_hits{0}, spin_ns{0};
+        messages{0}, ioctls{0}, service_max_ns{0}, spin_windows{0}, spin_hits{0}, spin_ns{0},
+        background_pages{0}, copied_bytes{0}, pages_left{0};
     // Service time (message read -> its page resolved), in quarter-octave
     // buckets: bucket 4*log2(ns) + the next two bits.
-    static constexpr size_t kBuckets = 160;
-    std::atomic<uint64_t> histogram[kBuckets] = {};
+    std::atomic<uint64_t> histogram[Stats::kBuckets] = {};
   } counters_;
 };

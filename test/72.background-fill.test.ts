@@ -1,0 +1,101 @@
+// serveFrom({ background: true }): after the first fault, the native thread
+// copies every page of the source ranges that nothing has resolved yet,
+// behind the faults, so that a restore completes without the workload
+// touching each page. Every fault is real, raised by a worker thread.
+import { describe, expect, it, vi } from 'vitest';
+import { BufferPageSource, type Userfaultfd } from '../dist/index.js';
+import { PAGE, pattern, registeredAnonymous, shuffled, touch } from './helpers';
+
+function setup(pages: number): ReturnType<typeof registeredAnonymous> & { image: SharedArrayBuffer } {
+  return { ...registeredAnonymous(pages), image: pattern(pages * PAGE, 72) };
+}
+
+const pagesLeft = (uffd: Userfaultfd): number => uffd.stats().pagesLeft;
+
+describe('serveFrom background fill', () => {
+  it('after the first fault, fills every other page with no further fault, byte for byte', async () => {
+    const pages = 1024;
+    const { uffd, mapping, image } = setup(pages);
+    void uffd.serveFrom(new BufferPageSource(image), { background: true });
+    // Nothing is filled before a fault: the peer may not be running yet.
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(uffd.stats()).toMatchObject({ backgroundPages: 0, pagesLeft: pages });
+    expect(await touch({ address: mapping.address, length: PAGE, expected: image }).result).toMatchObject({ ok: true });
+    await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(0), { timeout: 10_000, interval: 5 });
+    const { result } = touch({ address: mapping.address, length: mapping.length, order: shuffled(pages, 5), expected: image });
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+    uffd.close();
+    const stats = uffd.stats();
+    expect(stats.nativeFaults).toBe(1);
+    expect(stats.backgroundPages).toBe(pages - 1);
+    expect(stats.pages).toBe(pages);
+    expect(stats.copiedBytes).toBe(pages * PAGE);
+  });
+
+  it('with faults arriving throughout, every page is copied exactly once and reads right', async () => {
+    const pages = 2048;
+    const { uffd, mapping, image } = setup(pages);
+    // Small pieces: many chances for a fault and a background copy to meet on one page.
+    void uffd.serveFrom(new BufferPageSource(image), { background: true, backgroundPiece: 2 * PAGE });
+    const { result } = touch({ address: mapping.address, length: mapping.length, order: shuffled(pages, 9), expected: image });
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+    await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(0), { timeout: 10_000, interval: 5 });
+    uffd.close();
+    const stats = uffd.stats();
+    expect(stats.pages).toBe(pages);
+    expect(stats.nativeFaults).toBeGreaterThan(0);
+    expect(stats.nativeFaults + stats.backgroundPages).toBeGreaterThanOrEqual(pages);
+    expect(stats.jsFaults).toBe(0);
+  });
+
+  it('takes the pages of a source that fills over time as they arrive; faults on missing ones go to onMiss', async () => {
+    const pages = 512;
+    const { uffd, mapping, image } = setup(pages);
+    const bytes = new Uint8Array(new SharedArrayBuffer(pages * PAGE));
+    const present = new Uint8Array(new SharedArrayBuffer(pages));
+    const deliver = (first: number, end: number): void => {
+      bytes.set(new Uint8Array(image, first * PAGE, (end - first) * PAGE), first * PAGE);
+      for (let p = first; p < end; p++) Atomics.store(present, p, 1);
+    };
+    deliver(0, 64);
+    const source = new BufferPageSource(bytes, {
+      present,
+      fetch: async (offset, length) => deliver(offset / PAGE, (offset + length) / PAGE),
+    });
+    const misses: number[] = [];
+    void uffd.serveFrom(source, {
+      background: true,
+      onMiss: async (fault, miss) => {
+        misses.push(miss.offset! / PAGE);
+        await source.fetch(miss.offset!, PAGE);
+        fault.copy(bytes.subarray(miss.offset!, miss.offset! + PAGE));
+      },
+    });
+    expect(await touch({ address: mapping.address, length: PAGE, expected: image }).result).toMatchObject({ ok: true });
+    await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(pages - 64), { timeout: 10_000, interval: 5 });
+    // A fault on a page the source lacks goes to JavaScript; the background leaves it to it.
+    const last = pages - 1;
+    expect(await touch({ address: mapping.address + BigInt(last * PAGE), length: PAGE, expected: image.slice(last * PAGE) }).result).toMatchObject({ ok: true });
+    expect(misses).toEqual([last]);
+    // The rest arrives in pieces, as a network would deliver it.
+    for (let first = 64; first < last; first += 64) {
+      deliver(first, Math.min(last, first + 64));
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+    await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(0), { timeout: 10_000, interval: 5 });
+    const { result } = touch({ address: mapping.address, length: mapping.length, expected: image });
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+    uffd.close();
+    expect(uffd.stats()).toMatchObject({ nativeFaults: 1, jsFaults: 1, backgroundPages: pages - 2 });
+  });
+
+  it('refuses a bad backgroundPiece or background with a Node-style error', () => {
+    const { uffd, image } = setup(4);
+    const source = new BufferPageSource(image);
+    expect(() => uffd.serveFrom(source, { background: 'yes' as unknown as boolean })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => uffd.serveFrom(source, { background: true, backgroundPiece: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
+    expect(() => uffd.serveFrom(source, { background: true, backgroundPiece: 1.5 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
+    // Nothing was started: a good call still works.
+    void uffd.serveFrom(source, { background: true });
+  });
+});
