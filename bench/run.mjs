@@ -52,7 +52,7 @@ function log(line) {
 
 function compile() {
   fs.mkdirSync(build, { recursive: true });
-  for (const [name, source] of [['c_handler', 'bench/native/c_handler.c'], ['fc_peer', 'test/fixtures/fc_peer.c'], ['wake_latency', 'bench/native/wake_latency.c']]) {
+  for (const [name, source] of [['c_handler', 'bench/native/c_handler.c'], ['fc_peer', 'test/fixtures/fc_peer.c'], ['wake_latency', 'bench/native/wake_latency.c'], ['copy_cost', 'bench/native/copy_cost.c']]) {
     execFileSync('cc', ['-O2', '-Wall', '-Wextra', '-pthread', '-o', path.join(build, name), path.join(root, source)], { stdio: 'inherit' });
   }
 }
@@ -342,6 +342,11 @@ async function main() {
         md.push(`| ${threads} | ${name(r.variant)} | ${fmt(r.pagesPerSec)} | ${r.mbPerSec.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.last.handler.faults} | ${(r.pagesPerSec / base).toFixed(2)}x |`);
       }
     }
+    // What is left once read-ahead has taken the wake-ups away: the copy in
+    // the handler's thread and the first touch in the faulting thread.
+    const cost = (await run(path.join(build, 'copy_cost'), [])).json;
+    const bound = cost ? 1e6 / Math.max(cost.copyColdUs, cost.touchAfterCopyUs) : NaN;
+    if (cost) md.push('', `What bounds it on this machine, measured in this run (bench/native/copy_cost.c, 64 MiB, 16 KiB per ioctl, no handler): UFFDIO_COPY costs ${cost.copyColdUs.toFixed(2)} µs a page when the kernel reads each source page for the first time in the process (a fresh handler, as here), ${cost.copyWarmUs.toFixed(2)} µs when it has read it before; the first touch of a page a copy has just mapped costs ${cost.touchAfterCopyUs.toFixed(2)} µs; MADV_POPULATE_WRITE ${cost.populateUs.toFixed(2)} µs a page. One copying thread and one reader, each doing its part of every page, can reach at most about ${fmt(bound)} pages/s (the slower of the two per page). On a guest with shadow page tables (PVM) the cold copy is mostly the kernel's own first access to the source page, not the memcpy (docs/performance.md).`);
 
     save();
   }

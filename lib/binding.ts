@@ -20,9 +20,12 @@ export interface UffdHandle {
   start(): void;
   stop(): void;
   setRef(ref: boolean): void;
-  close(): void;
-  /** Starts the native fast path (native/page_server.h); ranges: [start, length, pageSize, sourceOffset, fill] per range. */
-  /** backgroundPiece: bytes per background-fill ioctl, 0 for no background fill. */
+  /** drain: read the uffd empty first, dropping what is queued (a uffd another process holds too). */
+  close(drain?: boolean): void;
+  /**
+   * Starts the native fast path (native/page_server.h); ranges: [start, length, pageSize, sourceOffset, fill] per range;
+   * backgroundPiece: bytes per background-fill ioctl, 0 for no background fill.
+   */
   serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean, backgroundPiece: number): void;
   /** The counters, in the order lib/stats.ts reads them. */
   stats(): Float64Array;

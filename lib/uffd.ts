@@ -408,11 +408,15 @@ export class Userfaultfd implements FaultResolver {
    * Closes the uffd. The kernel drops its registrations and wakes every thread
    * waiting on one of its faults (they then see the memory as unregistered:
    * zeros for missing anonymous pages). The event stream ends. Idempotent.
+   * A uffd adopted from another process (fromFd) is read empty first, its
+   * queued messages dropped: that process keeps its own copy, so the kernel
+   * wakes nothing when this one closes, and a thread of it that raised an
+   * event (a madvise that queued REMOVE) waits until the event is read.
    */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#handle.close();
+    this.#handle.close(this.openedWith === 'adopted');
     // After close: the native thread has been joined, its counters are final.
     this.#finalStats = this.#handle.stats();
     this.#registrations.clear();

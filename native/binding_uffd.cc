@@ -94,7 +94,9 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
   // Closing the last descriptor makes the kernel drop the registrations and
   // wake every thread blocked on a fault of this uffd.
   // A borrowed uffd stays open for its owner: closing it here only lets go.
-  void CloseNative() {
+  // drain: read and drop what is queued first (a uffd another process holds
+  // too: see uffd::DrainMessages).
+  void CloseNative(bool drain = false) {
     if (fd_ < 0) return;
     MappingTable::Get().Forget(this);
     // The native thread first: it must never outlive the descriptor.
@@ -108,6 +110,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       stream_->Destroy();
       stream_ = nullptr;
     }
+    if (drain && owner_) uffd::DrainMessages(fd_);
     if (owner_) share_->Shutdown();
     share_.reset();
     fd_ = -1;
@@ -293,7 +296,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
 
   Napi::Value JsClose(const Napi::CallbackInfo& info) {
     StopPolling();
-    CloseNative();
+    CloseNative(info.Length() > 0 && info[0].ToBoolean());
     return info.Env().Undefined();
   }
 

@@ -199,6 +199,17 @@ long ReadMessages(int fd, uffd_msg* msgs, size_t max) {
   return static_cast<long>(n / static_cast<ssize_t>(sizeof(uffd_msg)));
 }
 
+void DrainMessages(int fd) {
+  uffd_msg msgs[16];
+  for (;;) {
+    long n = ReadMessages(fd, msgs, 16);
+    if (n <= 0) return;
+    for (long i = 0; i < n; i++) {
+      if (msgs[i].event == UFFD_EVENT_FORK) close(static_cast<int>(msgs[i].arg.fork.ufd));
+    }
+  }
+}
+
 int Close(int fd) { return close(fd) < 0 ? Errno() : 0; }
 
 }  // namespace uffd

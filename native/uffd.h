@@ -61,6 +61,13 @@ int Move(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, uint64
 // when none is pending.
 long ReadMessages(int fd, uffd_msg* msgs, size_t max);
 
+// Reads every message queued, without blocking, and drops it: an event
+// completes when it is read, so the thread that queued it (a madvise that
+// raised REMOVE, in a process that keeps its own copy of the uffd) stops
+// waiting. A FORK event's new uffd is closed. Fault messages are dropped too:
+// reading one does not wake its thread (unregistering or closing does).
+void DrainMessages(int fd);
+
 int Close(int fd);
 
 }  // namespace uffd

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Mapping, UnixServer, Userfaultfd, descriptorKind, type Event, type Fault } from '../dist/index.js';
 import { PAGE, touch } from './helpers';
 import { fixture } from './native-fixtures';
@@ -91,6 +91,20 @@ describe('non-cooperative events', () => {
     expect(JSON.parse(out)).toEqual({ byte: 9 });
     expect(events).toEqual([{ type: 'remap', from: BigInt(info.address), to: BigInt(info.newAddress), length: info.length }]);
     expect(faults.map((f) => f.pageAddress)).toEqual([BigInt(info.newAddress)]);
+  });
+
+  it('closing an adopted uffd reads its queue empty: a peer whose madvise raised REMOVE and waits for it to be read goes on', async () => {
+    // The peer keeps its own copy of the uffd (as Firecracker does), so
+    // closing this one releases nothing; nobody reads here, so its madvise
+    // waits until its event is read. (What is queued after the close waits
+    // for ever: unregister first, as the Firecracker handler does.)
+    const q = await peer({ pages: 4, features: ['EVENT_REMOVE'], keepUffd: true, script: [{ discard: [1] }] });
+    const waiting = q.go();
+    const wchan = (): string => fs.readFileSync(`/proc/${q.child.pid}/wchan`, 'utf8');
+    await vi.waitFor(() => expect(wchan()).toBe('userfaultfd_event_wait_completion'), { timeout: 10_000, interval: 10 });
+    q.uffd.close();
+    const { code } = await waiting;
+    expect(code).toBe(0);
   });
 });
 

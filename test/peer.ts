@@ -12,6 +12,8 @@ export interface PeerSpec {
   modes?: { missing?: boolean; minor?: boolean; wp?: boolean };
   features?: Feature[];
   fill?: number;
+  /** The peer keeps its own copy of the uffd open (as Firecracker does) instead of closing it. */
+  keepUffd?: boolean;
   script: object[];
 }
 
