@@ -13,6 +13,7 @@
 //                              addon (serveSync)
 //   --spin 0|1                 adaptive spinning (capped on the loop)
 //   --readahead N              pages per fault (native style)
+//   --fill-threads N           serveFrom's fillThreads (native style; default: the library's)
 //   --zeropage                 resolve missing faults with zero pages
 //   --busy-ms N                keep the main thread busy with N ms JavaScript tasks
 //   --idle-ms N                no peer: open a uffd, serve it, measure CPU for N ms
@@ -28,13 +29,14 @@ const PAGE = systemPageSize();
 const { values: opts } = parseArgs({
   options: {
     socket: { type: 'string' }, 'mem-file': { type: 'string' }, style: { type: 'string', default: 'native' },
-    spin: { type: 'string', default: '0' }, readahead: { type: 'string', default: '1' }, zeropage: { type: 'boolean', default: false },
+    spin: { type: 'string', default: '0' }, readahead: { type: 'string', default: '1' }, 'fill-threads': { type: 'string' }, zeropage: { type: 'boolean', default: false },
     'busy-ms': { type: 'string', default: '0' }, 'idle-ms': { type: 'string', default: '0' }, 'rss-every': { type: 'string', default: '0' },
   },
 });
 const style = opts.style;
 const spin = opts.spin === '1';
 const readAhead = Number(opts.readahead);
+const fillThreads = opts['fill-threads'] === undefined ? undefined : Number(opts['fill-threads']);
 const busyMs = Number(opts['busy-ms']);
 const rssEvery = Number(opts['rss-every']);
 
@@ -191,7 +193,7 @@ async function serve() {
   if (style === 'native') {
     void uffd.serveFrom(opts.zeropage ? null : source, {
       ranges: regions.map((r) => ({ address: r.base, length: r.size, offset: r.offset, zero: opts.zeropage })),
-      readAhead, spin,
+      readAhead, spin, fillThreads,
     });
   } else if (style === 'js') {
     void uffd.serve(makeHandler(regions, source.bytes, opts.zeropage), {

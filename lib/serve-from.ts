@@ -3,6 +3,7 @@
 // (native/page_server.h); the faults it cannot answer come here as ordinary
 // Fault objects, to `onMiss` (default: fetch the page from the source, then
 // resolve it the way the native path would have).
+import os from 'node:os';
 import { UffdError, argTypeError, argValueError, invalid } from './errors';
 import type { Fault } from './events';
 import type { PageSource } from './page-source';
@@ -47,6 +48,14 @@ export interface ServeFromOptions {
   /** Bytes per background copy (default 64 KiB, rounded down to whole pages, at least one). */
   backgroundPiece?: number;
   /**
+   * Helper threads that copy read-ahead and background pieces alongside the
+   * native thread (0 to 8). Once read-ahead has taken the wake-ups away, the
+   * copy is what a sequential restore waits for, and the faulting thread's
+   * CPU is idle meanwhile. Default: 1 with read-ahead or background fill on a
+   * machine with more than one CPU, else 0.
+   */
+  fillThreads?: number;
+  /**
    * Faults the native path cannot answer: pages not present in the source yet,
    * write-protect faults, faults outside the ranges. Default: await
    * source.fetch() of the page, then copy it (continue for minor faults).
@@ -77,13 +86,14 @@ export function serveFrom(host: ServeHost, source: PageSource | null, options?: 
   const ranges = planRanges(opts.ranges ?? defaultRanges(host.uffd.registrations), src, (address) => host.pageSizeAt(address));
   const pages = readAhead(opts.readAhead);
   const piece = backgroundPiece(opts);
+  const fillers = fillThreads(opts.fillThreads, pages > 1 || piece > 0);
   const onMiss = opts.onMiss ?? fetchAndResolve;
   if (typeof onMiss !== 'function') throw argTypeError('options.onMiss', 'a function', onMiss);
   const table = rangeTable(ranges, src);
   // The source may say what a fault on a page it failed to deliver gets (a remote source: SIGBUS, never zeros).
   const { served } = serveWith(host, (fault) => onMiss(fault, locate(ranges, src, fault)), { ...opts, failure: opts.failure ?? src?.failure }, false);
   const bytes = src ? src.bytes : new Uint8Array(0);
-  host.handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false, piece);
+  host.handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false, piece, fillers);
   return served;
 }
 
@@ -123,6 +133,16 @@ function backgroundPiece(opts: ServeFromOptions): number {
     throw argValueError('options.backgroundPiece', `must be a positive integer (bytes). Received ${String(piece)}`);
   }
   return opts.background ? piece : 0;
+}
+
+const MAX_FILL_THREADS = 8;
+
+function fillThreads(value: unknown, filling: boolean): number {
+  if (value === undefined) return filling && os.availableParallelism() > 1 ? 1 : 0;
+  if (!Number.isInteger(value) || (value as number) < 0 || (value as number) > MAX_FILL_THREADS) {
+    throw argValueError('options.fillThreads', `must be an integer from 0 to ${MAX_FILL_THREADS}. Received ${String(value)}`);
+  }
+  return value as number;
 }
 
 export function readAhead(value: unknown): number {

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <system_error>
 
 #include "uffd.h"
@@ -80,8 +81,13 @@ PageServer* PageServer::Create(uv_loop_t* loop, int uffd, const Source& source, 
     server->thread_ = std::thread([server] { server->Run(); });
     // Named here, not by the thread itself, so it is visible at once.
     pthread_setname_np(server->thread_.native_handle(), "uffd-pages");
+    for (uint32_t i = 0; i < options.fill_threads; i++) {
+      server->fillers_.emplace_back([server] { server->RunFiller(); });
+      pthread_setname_np(server->fillers_.back().native_handle(), "uffd-fill");
+    }
   } catch (const std::system_error& e) {
     *error = -e.code().value();
+    server->Stop();
     server->queue_->Destroy();
     close(server->stop_fd_);
     delete server;
@@ -92,8 +98,15 @@ PageServer* PageServer::Create(uv_loop_t* loop, int uffd, const Source& source, 
 }
 
 void PageServer::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_.store(true, std::memory_order_relaxed);
+  }
+  filler_cv_.notify_all();
+  for (std::thread& filler : fillers_) {
+    if (filler.joinable()) filler.join();
+  }
   if (!thread_.joinable()) return;
-  stopping_.store(true, std::memory_order_relaxed);
   uint64_t one = 1;
   (void)!write(stop_fd_, &one, sizeof one);
   thread_.join();
@@ -136,19 +149,17 @@ void PageServer::CountResolved(Kind kind, uint64_t pages, uint64_t page_size) {
   if (kind == Kind::kCopy) counters_.copied_bytes.fetch_add(pages * page_size, std::memory_order_relaxed);
 }
 
-int PageServer::PollTimeout() const {
+int PageServer::PollTimeout() {
   // A fault refused with EAGAIN is retried soon even if nothing new arrives;
   // background fill looks again at pages the source has delivered since.
   if (!pending_.empty()) return 1;
+  std::lock_guard<std::mutex> lock(mu_);
   return background_.waiting ? 5 : -1;
 }
 
 void PageServer::Mark(RangeState& r, uint64_t from, uint64_t to, uint8_t bits) {
   uint64_t claimed = 0;
-  for (uint64_t p = from; p < to; p++) {
-    claimed += r.state[p] == 0;
-    r.state[p] |= bits;
-  }
+  for (uint64_t p = from; p < to; p++) claimed += __atomic_fetch_or(&r.state[p], bits, __ATOMIC_RELAXED) == 0;
   if (claimed > 0) counters_.pages_left.fetch_sub(claimed, std::memory_order_relaxed);
 }
 
@@ -168,7 +179,11 @@ void PageServer::Run() {
       queue_->PushError(-errno);
       return;
     }
-    background_.waiting = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      background_.waiting = false;
+    }
+    filler_cv_.notify_all();
     if (fds[1].revents != 0) return;
     if (fds[0].revents & (POLLERR | POLLNVAL)) {
       queue_->PushError(-EBADF);
@@ -218,76 +233,114 @@ void PageServer::Run() {
 
 bool PageServer::ReadAhead() {
   while (!stopping_.load(std::memory_order_relaxed)) {
-    // Read-ahead for faults first, then background fill.
-    Ahead* a = nullptr;
-    if (!ahead_.empty()) {
-      a = &ahead_.front();
-    } else if (background_.has_current || NextBackground(&background_.current)) {
-      background_.has_current = true;
-      a = &background_.current;
-    } else {
-      break;
+    Piece piece;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!TakePiece(&piece)) break;
     }
-    // Demand first: whatever faulted meanwhile is served before the next piece.
+    // Demand first: whatever faulted meanwhile is served before this piece.
     long n = uffd::ReadMessages(uffd_, buffer_, FaultStream::kCapacity);
     if (n > 0) {
       Serve(buffer_, static_cast<size_t>(n), SpinPolicy::NowNs());
-      continue;
-    }
-    if (n < 0 && n != -EAGAIN) {
+    } else if (n < 0 && n != -EAGAIN) {
       queue_->PushError(static_cast<int>(n));
       return false;
     }
-    if (FillPiece(*a)) continue;
-    if (a == &background_.current) {
-      background_.has_current = false;
-    } else if (!ahead_.empty()) {
-      ahead_.erase(ahead_.begin());
-    }
+    // After EAGAIN the loop reads the uffd again, and with it the event.
+    FillPiece(piece);
   }
   return true;
 }
 
-bool PageServer::FillPiece(Ahead& a) {
-  RangeState& r = ranges_[a.range];
-  while (a.next < a.end && !Fillable(r, a.next, a.kind)) a.next++;
-  if (a.next == a.end) return false;
-  uint64_t ps = r.range.page_size;
-  uint64_t piece = std::max<uint64_t>(1, (a.background ? options_.background_piece : kAheadPiece) / ps);
-  uint64_t end = a.next + 1;
-  while (end < a.end && end - a.next < piece && Fillable(r, end, a.kind)) end++;
-  // Mode 0: the ioctl wakes any thread that faulted on these pages before
-  // its message was read (that message then finds them there: EEXIST).
-  uint64_t done = 0;
-  int rc = Ioctl(r, a.kind, a.next, end - a.next, 0, &done);
-  uint64_t got = done / ps;
-  Mark(r, a.next, a.next + got, kServed);
-  CountResolved(a.kind, got, ps);
-  (a.background ? counters_.background_pages : counters_.read_ahead_pages).fetch_add(got, std::memory_order_relaxed);
-  a.next += got;
-  if (rc == -EEXIST) {
-    // Filled meanwhile (by a racing resolution, or the process wrote it).
-    counters_.eexist.fetch_add(1, std::memory_order_relaxed);
-    Mark(r, a.next, a.next + 1, kServed);
-    a.next++;
-  } else if (rc == -ENOENT && a.background) {
-    // Not registered there any more (unregistered, or unmapped without an
-    // UNMAP event): nothing to fill at this page; go on with the next.
-    Mark(r, a.next, a.next + 1, kServed);
-    a.next++;
-  } else if (rc == -ESRCH || rc == -ENOENT) {
-    ahead_.clear();  // the faulting process is gone
-    if (rc == -ESRCH) background_.done = true;
-    return false;
-  } else if (rc == -EAGAIN && a.background) {
-    return true;  // the address space is changing: its event is read first, then this piece again
-  } else if (rc < 0) {
-    // EAGAIN or refused: read-ahead is only ever a guess, so the stream is
-    // dropped; background fill stops (the pages are left to faults).
-    if (a.background) background_.done = true;
-    return false;
+void PageServer::RunFiller() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    Piece piece;
+    filler_cv_.wait(lock, [&] { return stopping_.load(std::memory_order_relaxed) || TakePiece(&piece); });
+    if (stopping_.load(std::memory_order_relaxed)) return;
+    lock.unlock();
+    // EAGAIN: the server thread reads the event; try again a little later.
+    if (!FillPiece(piece)) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    lock.lock();
   }
-  return a.next < a.end;
+}
+
+bool PageServer::TakePiece(Piece* piece) {
+  while (!ahead_.empty()) {
+    bool cut = CutPiece(ahead_.front(), piece);
+    if (ahead_.front().next >= ahead_.front().end) ahead_.erase(ahead_.begin());
+    if (cut) return true;
+  }
+  for (;;) {
+    if (!background_.has_current) {
+      if (!NextBackground(&background_.current)) return false;
+      background_.has_current = true;
+    }
+    bool cut = CutPiece(background_.current, piece);
+    if (background_.current.next >= background_.current.end) background_.has_current = false;
+    if (cut) return true;
+  }
+}
+
+bool PageServer::CutPiece(Ahead& a, Piece* piece) {
+  const RangeState& r = ranges_[a.range];
+  while (a.next < a.end && !Fillable(r, a.next, a.kind)) a.next++;
+  if (a.next >= a.end) return false;
+  uint64_t ps = r.range.page_size;
+  uint64_t pages = std::max<uint64_t>(1, (a.background ? options_.background_piece : kAheadPiece) / ps);
+  uint64_t end = a.next + 1;
+  while (end < a.end && end - a.next < pages && Fillable(r, end, a.kind)) end++;
+  *piece = Piece{a.range, a.next, end, a.kind, a.background};
+  a.next = end;
+  return true;
+}
+
+bool PageServer::FillPiece(const Piece& piece) {
+  RangeState& r = ranges_[piece.range];
+  uint64_t ps = r.range.page_size;
+  auto& filled = piece.background ? counters_.background_pages : counters_.read_ahead_pages;
+  for (uint64_t at = piece.first; at < piece.end;) {
+    // Mode 0: the ioctl wakes any thread that faulted on these pages before
+    // its message was read (that message then finds them there: EEXIST).
+    uint64_t done = 0;
+    int rc = Ioctl(r, piece.kind, at, piece.end - at, 0, &done);
+    uint64_t got = done / ps;
+    Mark(r, at, at + got, kServed);
+    CountResolved(piece.kind, got, ps);
+    filled.fetch_add(got, std::memory_order_relaxed);
+    at += got;
+    if (rc == 0) break;
+    if (rc == -EEXIST || (rc == -ENOENT && piece.background)) {
+      // There already (a racing resolution, or the process wrote it), or
+      // not registered there any more (unregistered, or unmapped without an
+      // UNMAP event): nothing to fill at this page; go on with the next.
+      if (rc == -EEXIST) counters_.eexist.fetch_add(1, std::memory_order_relaxed);
+      Mark(r, at, at + 1, kServed);
+      at++;
+      continue;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (rc == -ESRCH || rc == -ENOENT) {
+      ahead_.clear();  // the faulting process is gone
+      if (rc == -ESRCH) background_.done = true;
+    } else if (rc == -EAGAIN && piece.background) {
+      // The address space is changing: look at these pages again once its
+      // event has been read.
+      Background& b = background_;
+      if (piece.range < b.range || (piece.range == b.range && at < b.page)) {
+        b.range = piece.range;
+        b.page = at;
+      }
+      b.has_current = false;
+      return false;
+    } else if (piece.background) {
+      background_.done = true;  // refused: the pages are left to faults
+    }
+    // Read-ahead refused (EAGAIN or otherwise) is only ever a guess: the
+    // piece is dropped; the faults still come.
+    return rc != -EAGAIN;
+  }
+  return true;
 }
 
 bool PageServer::NextBackground(Ahead* a) {
@@ -300,7 +353,7 @@ bool PageServer::NextBackground(Ahead* a) {
       b.page = 0;
       continue;
     }
-    while (b.page < r.pages && r.state[b.page] != 0) b.page++;
+    while (b.page < r.pages && State(r, b.page) != 0) b.page++;
     if (b.page == r.pages) {
       b.range++;
       b.page = 0;
@@ -316,7 +369,7 @@ bool PageServer::NextBackground(Ahead* a) {
       continue;
     }
     uint64_t end = b.page + 1;
-    while (end < r.pages && r.state[end] == 0 && Present(r, end)) end++;
+    while (end < r.pages && State(r, end) == 0 && Present(r, end)) end++;
     *a = Ahead{b.range, b.page, end, Kind::kCopy, true};
     b.page = end;
     return true;
@@ -336,15 +389,23 @@ bool PageServer::NextBackground(Ahead* a) {
 
 void PageServer::QueueAhead(uint32_t range, uint64_t first, uint64_t end, Kind kind) {
   if (first >= end) return;
-  for (Ahead& a : ahead_) {
-    if (a.range == range && a.kind == kind && first <= a.end && a.next <= end) {
-      a.next = std::min(a.next, first);
-      a.end = std::max(a.end, end);
-      return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    bool merged = false;
+    for (Ahead& a : ahead_) {
+      if (a.range == range && a.kind == kind && first <= a.end && a.next <= end) {
+        a.next = std::min(a.next, first);
+        a.end = std::max(a.end, end);
+        merged = true;
+        break;
+      }
+    }
+    if (!merged) {
+      if (ahead_.size() == kMaxAhead) ahead_.erase(ahead_.begin());
+      ahead_.push_back(Ahead{range, first, end, kind, false});
     }
   }
-  if (ahead_.size() == kMaxAhead) ahead_.erase(ahead_.begin());
-  ahead_.push_back(Ahead{range, first, end, kind, false});
+  filler_cv_.notify_one();
 }
 
 void PageServer::ApplyEvent(const uffd_msg& msg) {
@@ -364,7 +425,7 @@ void PageServer::ApplyEvent(const uffd_msg& msg) {
     uint64_t ps = r.range.page_size, first = (from - r.range.start) / ps, last = (to - r.range.start + ps - 1) / ps;
     Mark(r, first, last, kServed);
     if (msg.event == UFFD_EVENT_REMOVE) {
-      for (uint64_t p = first; p < last; p++) r.state[p] = kRemoved;
+      for (uint64_t p = first; p < last; p++) __atomic_store_n(&r.state[p], kRemoved, __ATOMIC_RELAXED);
     }
   }
 }
@@ -407,7 +468,7 @@ bool PageServer::Plan(const uffd_msg& msg, uint64_t read_at, Job* job) const {
     if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
       if (!Present(r, page)) return false;
       kind = Kind::kContinue;
-    } else if (r.range.fill == Fill::kZero || (r.state[page] & kRemoved)) {
+    } else if (r.range.fill == Fill::kZero || (State(r, page) & kRemoved)) {
       kind = Kind::kZero;
     } else if (r.range.fill == Fill::kSource && Present(r, page)) {
       kind = Kind::kCopy;
@@ -421,7 +482,7 @@ bool PageServer::Plan(const uffd_msg& msg, uint64_t read_at, Job* job) const {
 }
 
 bool PageServer::Fillable(const RangeState& r, uint64_t page, Kind kind) const {
-  uint8_t state = r.state[page];
+  uint8_t state = State(r, page);
   if (state & (kServed | kForwarded)) return false;
   if (kind == Kind::kZero) return r.range.fill == Fill::kZero || (state & kRemoved);
   return kind == Kind::kCopy && r.range.fill == Fill::kSource && !(state & kRemoved) && Present(r, page);
@@ -434,10 +495,7 @@ void PageServer::Serve(const uffd_msg* msgs, size_t n, uint64_t read_at) {
   // Events first: a fault read in the same batch as a REMOVE of its page
   // must see the removal, or the source's stale bytes land there.
   for (size_t i = 0; i < n; i++) {
-    if (msgs[i].event == UFFD_EVENT_PAGEFAULT) {
-      background_.armed = true;
-      continue;
-    }
+    if (msgs[i].event == UFFD_EVENT_PAGEFAULT) continue;
     ApplyEvent(msgs[i]);
     forward_.push_back(msgs[i]);
     counters_.events.fetch_add(1, std::memory_order_relaxed);
@@ -474,6 +532,20 @@ void PageServer::Serve(const uffd_msg* msgs, size_t n, uint64_t read_at) {
     a = b;
   }
   queue_->Push(forward_.data(), forward_.size());
+  // Background fill starts once the first faults are resolved (or handed on):
+  // the peer is running, and its own pages went first.
+  if (options_.background && !armed_ && (!jobs_.empty() || n > 0)) {
+    bool fault = !jobs_.empty();
+    for (size_t i = 0; i < n && !fault; i++) fault = msgs[i].event == UFFD_EVENT_PAGEFAULT;
+    if (fault) {
+      armed_ = true;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        background_.armed = true;
+      }
+      filler_cv_.notify_all();
+    }
+  }
 }
 
 int PageServer::Ioctl(const RangeState& r, Kind kind, uint64_t page, uint64_t count, uint64_t mode, uint64_t* done) {
@@ -482,9 +554,11 @@ int PageServer::Ioctl(const RangeState& r, Kind kind, uint64_t page, uint64_t co
   switch (kind) {
     case Kind::kContinue:
       return uffd::Continue(uffd_, dst, len, mode, done);
-    case Kind::kZero:
+    case Kind::kZero: {
       if (ps == SystemPage()) return uffd::ZeroPage(uffd_, dst, len, mode, done);
-      // hugetlb has no ZEROPAGE: copy from memory that reads as zeros.
+      // hugetlb has no ZEROPAGE: copy from memory that reads as zeros (held
+      // for the copy: another thread may want a larger buffer meanwhile).
+      std::lock_guard<std::mutex> lock(zeros_mu_);
       if (zeros_size_ < len) {
         if (zeros_ != nullptr) munmap(const_cast<uint8_t*>(zeros_), zeros_size_);
         void* z = mmap(nullptr, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -498,6 +572,7 @@ int PageServer::Ioctl(const RangeState& r, Kind kind, uint64_t page, uint64_t co
         zeros_size_ = len;
       }
       return uffd::Copy(uffd_, dst, reinterpret_cast<uint64_t>(zeros_), len, mode, done);
+    }
     case Kind::kCopy:
       break;
   }
@@ -509,7 +584,12 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
   RangeState& r = ranges_[jobs[a].range];
   Kind kind = jobs[a].kind;
   uint64_t ps = r.range.page_size;
-  auto mark = [&](uint64_t from, uint64_t to) { Mark(r, from, to, kServed); };
+  // Pages this thread put in; those found there already are not counted.
+  uint64_t resolved = 0;
+  auto mark = [&](uint64_t from, uint64_t to) {
+    Mark(r, from, to, kServed);
+    resolved += to - from;
+  };
   // One ioctl that wakes what it resolves; if a page in the middle is there
   // already, the rest goes in with DONTWAKE and one WAKE covers the run.
   uint64_t done = 0, p = first;
@@ -519,7 +599,7 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
   bool wake = false;
   while (rc == -EEXIST && p < end) {
     counters_.eexist.fetch_add(1, std::memory_order_relaxed);
-    mark(p, p + 1);
+    Mark(r, p, p + 1, kServed);
     p++;
     wake = true;
     if (p == end) {
@@ -534,7 +614,6 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
     counters_.ioctls.fetch_add(1, std::memory_order_relaxed);
     uffd::Wake(uffd_, r.range.start + first * ps, (p - first) * ps);
   }
-  uint64_t resolved = p - first;
   CountResolved(kind, resolved, ps);
   uint64_t now = SpinPolicy::NowNs();
   for (size_t i = a; i < b; i++) {

@@ -23,6 +23,12 @@
 // that a restore finishes without waiting for the workload to touch each page.
 // Pages the source does not hold yet are passed over and looked at again
 // every few milliseconds, as a remote source fills them.
+// Read-ahead and background pieces are also taken by `fill_threads` helper
+// threads: the copy, not the fault, is what bounds a sequential restore once
+// read-ahead has removed the wake-ups, and the faulting thread's CPU is idle
+// while it waits for it. The server thread keeps serving faults first and
+// takes pieces too. Page states are bytes accessed atomically; the streams
+// and the background cursor are guarded by one mutex.
 // Everything else goes to JavaScript through a MessageQueue, unchanged: faults
 // on pages not present (yet), write-protect faults, faults outside the ranges,
 // faults an ioctl refused, and every non-fault event.
@@ -43,7 +49,9 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -77,6 +85,7 @@ class PageServer {
     bool spin = true;
     bool background = false;  // fill every source page, behind the faults
     uint64_t background_piece = 64 * 1024;  // bytes per background ioctl
+    uint32_t fill_threads = 0;  // helpers that take read-ahead and background pieces
   };
 
   struct Stats {
@@ -152,11 +161,28 @@ class PageServer {
   // Fills ahead_ piece by piece, serving any message that arrives first.
   // False when reading the uffd failed (the error is pushed).
   bool ReadAhead();
-  // Fills the next piece of `a`. False when `a` is finished or dropped.
-  bool FillPiece(Ahead& a);
+  // A run of pages to fill by one ioctl, taken from a stream or the background.
+  struct Piece {
+    uint32_t range;
+    uint64_t first, end;
+    Kind kind;
+    bool background;
+  };
+  // Takes the next piece: read-ahead streams first, then background fill.
+  // False when there is none now. Requires mu_.
+  bool TakePiece(Piece* piece);
+  // Cuts the next piece off `a`; false when `a` has no fillable page left. Requires mu_.
+  bool CutPiece(Ahead& a, Piece* piece);
+  // Fills one piece (no lock held). False after EAGAIN (the address space is
+  // changing): the caller waits for the event to be read.
+  bool FillPiece(const Piece& piece);
   // The next run of pages for background fill, from its cursor; false when
-  // there is none now (all claimed, or waiting for the source).
+  // there is none now (all claimed, or waiting for the source). Requires mu_.
   bool NextBackground(Ahead* a);
+  void RunFiller();
+  uint8_t State(const RangeState& r, uint64_t page) const {
+    return __atomic_load_n(&r.state[page], __ATOMIC_RELAXED);
+  }
   void QueueAhead(uint32_t range, uint64_t first, uint64_t end, Kind kind);
   void Serve(const uffd_msg* msgs, size_t n, uint64_t read_at);
   // REMOVE: the pages read as zeros from now on. UNMAP and REMAP's old
@@ -173,7 +199,7 @@ class PageServer {
   // Pages resolved by one ioctl, by a fault's resolution or by read-ahead.
   void CountResolved(Kind kind, uint64_t pages, uint64_t page_size);
   // Polling timeout: -1, or sooner when an EAGAIN retry or the source is awaited.
-  int PollTimeout() const;
+  int PollTimeout();
   void Record(uint64_t ns);
 
   int uffd_ = -1;
@@ -183,12 +209,19 @@ class PageServer {
   Options options_;
   MessageQueue* queue_ = nullptr;
   std::thread thread_;
-  std::atomic<bool> stopping_{false};  // ends ReadAhead() early; poll() then sees stop_fd_
+  std::atomic<bool> stopping_{false};  // ends ReadAhead() and the fillers; poll() then sees stop_fd_
+  bool armed_ = false;  // the server thread's own copy of background_.armed
   SpinPolicy spin_;
   const uint8_t* zeros_ = nullptr;
   uint64_t zeros_size_ = 0;
   std::vector<Job> pending_;  // refused with EAGAIN: retried after the next read
   std::vector<Job> jobs_;
+  // Guards ahead_ and background_, which the fillers share; filler_cv_ wakes
+  // them when there is work or when stopping.
+  std::mutex mu_;
+  std::condition_variable filler_cv_;
+  std::vector<std::thread> fillers_;
+  std::mutex zeros_mu_;
   std::vector<Ahead> ahead_;
   // Background fill: armed by the first fault; its cursor, and where it first
   // passed over a page the source did not hold (looked at again later).

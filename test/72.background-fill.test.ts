@@ -89,12 +89,29 @@ describe('serveFrom background fill', () => {
     expect(uffd.stats()).toMatchObject({ nativeFaults: 1, jsFaults: 1, backgroundPages: pages - 2 });
   });
 
-  it('refuses a bad backgroundPiece or background with a Node-style error', () => {
+  it('with several fill threads and read-ahead, faults and fills meet on the same pages: each page is copied once, every byte right', async () => {
+    const pages = 4096;
+    const { uffd, mapping, image } = setup(pages);
+    void uffd.serveFrom(new BufferPageSource(image), { readAhead: 16, background: true, backgroundPiece: 4 * PAGE, fillThreads: 3 });
+    const { result } = touch({ address: mapping.address, length: mapping.length, order: shuffled(pages, 11), expected: image });
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+    await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(0), { timeout: 10_000, interval: 5 });
+    uffd.close();
+    const stats = uffd.stats();
+    expect(stats.pages).toBe(pages);
+    expect(stats.copiedBytes).toBe(pages * PAGE);
+    expect(stats.nativeFaults + stats.readAheadPages + stats.backgroundPages).toBeGreaterThanOrEqual(pages);
+  });
+
+  it('refuses a bad backgroundPiece, background or fillThreads with a Node-style error', () => {
     const { uffd, image } = setup(4);
     const source = new BufferPageSource(image);
     expect(() => uffd.serveFrom(source, { background: 'yes' as unknown as boolean })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
     expect(() => uffd.serveFrom(source, { background: true, backgroundPiece: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
     expect(() => uffd.serveFrom(source, { background: true, backgroundPiece: 1.5 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
+    for (const fillThreads of [-1, 9, 0.5]) {
+      expect(() => uffd.serveFrom(source, { readAhead: 16, fillThreads })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
+    }
     // Nothing was started: a good call still works.
     void uffd.serveFrom(source, { background: true });
   });
