@@ -32,7 +32,8 @@ size_t Bucket(uint64_t ns) {
 }  // namespace
 
 uint64_t PageServer::BucketValue(size_t b) {
-  if (b < 4) return b;
+  // Buckets 4 to 7 are never filled (Bucket() maps 4 ns and up to 8 and up).
+  if (b < 8) return b;
   uint64_t e = b / 4, frac = b % 4;
   uint64_t low = (uint64_t{1} << e) + frac * (uint64_t{1} << (e - 2));
   return low + (uint64_t{1} << (e - 2)) / 2;
