@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { onTestFinished } from 'vitest';
 import { FilePageSource, type FetchOptions, type PageSource } from '../dist/index.js';
 import { pattern } from './helpers';
 import { fixture } from './native-fixtures';
@@ -51,6 +52,10 @@ export interface RunningPeer {
 /** Starts fc_peer with these arguments (--socket and --mem-file given by the caller). */
 export function startFcPeer(args: string[]): RunningPeer {
   const child = spawn(fixture('fc_peer'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // A peer paused (--pause-after) waits to be killed: never leave one behind, even when the test fails.
+  onTestFinished(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
   const lines: PeerReport[] = [];
   const watchers: { test: (r: PeerReport) => boolean; resolve: (r: PeerReport) => void }[] = [];
   let buffered = '';
