@@ -29,7 +29,7 @@ import { receiveHandshake, type GuestRegion, type Handshake } from './firecracke
 import { LatencyHistogram } from './latency';
 import { systemPageSize } from './memory';
 import type { PageSource } from './page-source';
-import type { Miss } from './serve-from';
+import { readAhead, type Miss } from './serve-from';
 import { Userfaultfd } from './uffd';
 import { UnixServer, type UnixConnection } from './unix-socket';
 
@@ -526,6 +526,8 @@ export class FirecrackerServer {
     if (options.failure !== undefined && options.failure !== 'kill' && options.failure !== 'sigbus') {
       throw argValueError('options.failure', `must be 'kill' or 'sigbus'. Received ${String(options.failure)}`);
     }
+    // Checked here: a session refusing its options would only fail with its first peer.
+    readAhead(options.readAhead);
     return new FirecrackerServer(path, options);
   }
 

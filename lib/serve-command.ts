@@ -16,6 +16,7 @@ export const SERVE_USAGE = `usage: userfaultfd serve --socket PATH (--mem-file F
                            presigned URL, or as "Name: value" lines in ${HEADERS_ENV}
   --mem-url-header 'N: V'  a request header for --mem-url (repeatable; visible in ps: prefer the variable)
   --prefetch               after the first fault, push every other page in the background
+  --read-ahead N           resolve the aligned chunk of N pages around each fault (default 1)
   --peers N                exit after N peers have gone (default 1; 0: serve until killed)
   --on-failure kill|sigbus what to do with a fault that cannot be served (default kill)
   --handshake-timeout S    seconds a connection may take to send its handshake (default 10)
@@ -38,6 +39,7 @@ interface Arguments {
   memUrl: string | undefined;
   headers: Record<string, string>;
   prefetch: boolean;
+  readAhead: number;
   peers: number;
   failure: FailurePolicy;
   handshakeTimeoutMs: number;
@@ -57,6 +59,7 @@ function parse(args: string[]): Arguments {
         'mem-url': { type: 'string' },
         'mem-url-header': { type: 'string', multiple: true },
         prefetch: { type: 'boolean', default: false },
+        'read-ahead': { type: 'string' },
         peers: { type: 'string' },
         'on-failure': { type: 'string' },
         'handshake-timeout': { type: 'string' },
@@ -82,6 +85,10 @@ function parse(args: string[]): Arguments {
   }
   const peers = values.peers === undefined ? 1 : Number(values.peers);
   if (!/^\d+$/.test(values.peers ?? '1') || !Number.isSafeInteger(peers)) throw new UsageError(`--peers must be a non-negative integer, not '${values.peers}'`);
+  const readAhead = values['read-ahead'] === undefined ? 1 : Number(values['read-ahead']);
+  if (!/^\d+$/.test(values['read-ahead'] ?? '1') || readAhead < 1 || readAhead > 1024) {
+    throw new UsageError(`--read-ahead must be a number of pages from 1 to 1024, not '${values['read-ahead']}'`);
+  }
   const failure = values['on-failure'] ?? 'kill';
   if (failure !== 'kill' && failure !== 'sigbus') throw new UsageError(`--on-failure must be kill or sigbus, not '${failure}'`);
   return {
@@ -90,6 +97,7 @@ function parse(args: string[]): Arguments {
     memUrl: values['mem-url'],
     headers,
     prefetch: values.prefetch === true,
+    readAhead,
     peers,
     failure,
     handshakeTimeoutMs: seconds(values['handshake-timeout'], '--handshake-timeout', 10) * 1000,
@@ -162,6 +170,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     server = FirecrackerServer.listen(options.socket, {
       source,
       prefetch: options.prefetch,
+      readAhead: options.readAhead,
       failure: options.failure,
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       onSession: (session) => {

@@ -68,6 +68,19 @@ describe('userfaultfd serve', () => {
     expect(serve.stderr()).toBe('');
   });
 
+  it('--read-ahead 16: a sequential peer faults about once per chunk, every byte right', async () => {
+    const serve = command(serveArgs('--read-ahead', '16', '--json'));
+    await serve.line(/"event":"listening"/);
+    const peer = startFcPeer(peerArgs('--regions', '2M,1M', '--order', 'seq'));
+    expect((await peer.exited).report).toMatchObject({ ok: true, mismatches: 0 });
+    expect(await serve.exited).toBe(0);
+    const end = JSON.parse(serve.stdout().split('\n').find((l) => l.includes('"event":"end"'))!) as Record<string, number>;
+    expect(end.pagesOnDemand).toBe(768);
+    expect(end.bytes).toBe(3 * 1024 * 1024);
+    // One fault per 16-page chunk at most (a touch that lands while its piece is copied still faults).
+    expect(end.faults).toBeLessThanOrEqual(768 / 4);
+  });
+
   it('prints a progress line every second: faults served, pages pushed, bytes, latency percentiles', async () => {
     const serve = command(serveArgs());
     await serve.line(/^listening on /);
@@ -139,6 +152,8 @@ describe.concurrent('userfaultfd serve with bad arguments', () => {
     [['serve', '--bogus'], /Unknown option '--bogus'/],
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--peers', 'two'], /--peers must be a non-negative integer, not 'two'/],
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--on-failure', 'ignore'], /--on-failure must be kill or sigbus/],
+    [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--read-ahead', '0'], /--read-ahead must be a number of pages from 1 to 1024, not '0'/],
+    [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--read-ahead', '16k'], /--read-ahead must be a number of pages from 1 to 1024, not '16k'/],
     [['serve', '--socket', '/nonexistent/dir/x.sock', '--mem-file', '__MEM__'], /cannot listen on --socket \/nonexistent\/dir\/x.sock: ENOENT/],
   ] as [string[], RegExp][]) {
     it(`exits 2 with a clear message: ${args.slice(1).join(' ')}`, async () => {
