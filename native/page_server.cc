@@ -154,6 +154,7 @@ int PageServer::PollTimeout() {
   // A fault refused with EAGAIN is retried soon even if nothing new arrives;
   // background fill looks again at pages the source has delivered since.
   if (!pending_.empty()) return 1;
+  if (!options_.background) return -1;
   std::lock_guard<std::mutex> lock(mu_);
   return background_.waiting ? 5 : -1;
 }
@@ -180,11 +181,16 @@ void PageServer::Run() {
       queue_->PushError(-errno);
       return;
     }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      background_.waiting = false;
+    if (options_.background) {
+      // Background fill waited for the source: look again (and let the fillers).
+      bool waited;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        waited = background_.waiting;
+        background_.waiting = false;
+      }
+      if (waited) filler_cv_.notify_all();
     }
-    filler_cv_.notify_all();
     if (fds[1].revents != 0) return;
     if (fds[0].revents & (POLLERR | POLLNVAL)) {
       queue_->PushError(-EBADF);
