@@ -3,7 +3,8 @@
 // and random access, next to a plain bulk download of the whole image over
 // the same link. The server is a private nginx on loopback; the latency comes
 // from a delaying TCP proxy in a child process (tc netem is not available on
-// these kernels). Writes bench/RESULTS-remote.md and bench/remote-throughput.svg.
+// these kernels). Writes its report as the last section of bench/RESULTS.md
+// (replacing the one an earlier run wrote there) and bench/remote-throughput.svg.
 //
 // Environment: BENCH_REMOTE_MIB (image size, default 64), BENCH_REMOTE_RTTS
 // (default "0,1,6,20"), BENCH_REMOTE_SAMPLE (random faults timed without
@@ -19,6 +20,7 @@ import { createRequire } from 'node:module';
 import { startNginx, nginxMissing } from '../test/support/nginx.mjs';
 import { DelayProxy } from '../test/support/delay-proxy.mjs';
 import { serveFromSource, percentile } from '../test/support/serve-source.mjs';
+import { writeRemoteSection } from './results-file.mjs';
 
 const require = createRequire(import.meta.url);
 const { FirecrackerServer, HttpPageSource, Mapping, PostcopyDestination, Userfaultfd, systemPageSize } = require('../dist/index.js');
@@ -347,8 +349,8 @@ async function main() {
     await nginx.stop();
   }
   fs.writeFileSync(path.join(here, 'remote-throughput.svg'), `${svg(rows)}\n`);
-  fs.writeFileSync(path.join(here, 'RESULTS-remote.md'), report(rows));
-  console.log(`wrote bench/RESULTS-remote.md and bench/remote-throughput.svg`);
+  writeRemoteSection(path.join(here, 'RESULTS.md'), report(rows));
+  console.log(`wrote the remote section of bench/RESULTS.md and bench/remote-throughput.svg`);
   if (!rows.every((r) => [r.seq, r.seqBg, r.randBg, r.rand, r.seqNative, r.randBgNative, r.randBgPostcopy, r.randFirecracker].every((x) => x.ok))) process.exitCode = 1;
 }
 

@@ -18,6 +18,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { remoteSection } from './results-file.mjs';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
@@ -322,7 +323,9 @@ async function main() {
 
   }
 
-  const save = () => fs.writeFileSync(outFile, `${md.join('\n')}\n\n(run in progress: later sections follow when it completes)\n`);
+  // bench/remote.mjs writes the last section of RESULTS.md: keep it.
+  const remote = remoteSection(outFile) && `\n\n${remoteSection(outFile)}`;
+  const save = () => fs.writeFileSync(outFile, `${md.join('\n')}\n\n(run in progress: later sections follow when it completes)\n${remote}`);
   save();
 
   // ---- read-ahead ----
@@ -444,7 +447,7 @@ async function main() {
   }
 
   md.push('', `Run time: ${((Date.now() - started) / 1000).toFixed(0)} s.`, '');
-  fs.writeFileSync(outFile, md.join('\n'));
+  fs.writeFileSync(outFile, `${md.join('\n')}${remote}`);
   log(`wrote ${outFile} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
 }
 
