@@ -141,7 +141,6 @@ export class FirecrackerSession {
   #error: UffdError | undefined;
   #end: SessionEnd | undefined;
   #resolveDone!: (result: SessionResult) => void;
-  #prefetching = false;
   #pending = 0;
   #hungUp = false;
 
@@ -177,6 +176,8 @@ export class FirecrackerSession {
       failure: 'poison',
       onError: (error) => this.#fail(unservable('the handler failed', error)),
     }).catch((error: unknown) => this.#finish('failed', error as UffdError));
+    // Bringing pages into the source needs no running peer (copying them in does: the native thread waits for the first fault).
+    if (options.prefetch) this.#prefetchSource();
   }
 
   /** What the session has done so far: the native thread's work and this thread's, together. */
@@ -279,7 +280,6 @@ export class FirecrackerSession {
       this.#seen.add(fault);
       this.#js.faults++;
     }
-    if (this.#options.prefetch && !this.#prefetching) this.#prefetchSource();
     const index = miss.range ? this.regions.findIndex((r) => r.base === miss.range!.address) : -1;
     if (index < 0 || miss.offset === undefined) {
       this.#unservable(fault, unservable(`a fault at 0x${fault.address.toString(16)} lies outside every region the peer announced`));
@@ -380,7 +380,6 @@ export class FirecrackerSession {
   // thread copies pages in as they land; faults are fetched urgently, ahead
   // of these requests.
   #prefetchSource(): void {
-    this.#prefetching = true;
     if (this.#source.present === null) return;
     void (async () => {
       for (const region of this.regions) {
