@@ -3,7 +3,7 @@
 // behind the faults, so that a restore completes without the workload
 // touching each page. Every fault is real, raised by a worker thread.
 import { describe, expect, it, vi } from 'vitest';
-import { BufferPageSource, type Userfaultfd } from '../dist/index.js';
+import { BufferPageSource, type ServeFromOptions, type ServeStats, type Userfaultfd } from '../dist/index.js';
 import { PAGE, pattern, registeredAnonymous, shuffled, touch } from './helpers';
 
 function setup(pages: number): ReturnType<typeof registeredAnonymous> & { image: SharedArrayBuffer } {
@@ -11,6 +11,19 @@ function setup(pages: number): ReturnType<typeof registeredAnonymous> & { image:
 }
 
 const pagesLeft = (uffd: Userfaultfd): number => uffd.stats().pagesLeft;
+
+// Serves `pages` pages while a worker touches every one in a shuffled order,
+// checking each byte; waits until nothing is left to fill, then closes (the
+// native threads are joined: their counters are final) and returns the stats.
+async function restoreShuffled(pages: number, seed: number, options: ServeFromOptions): Promise<ServeStats> {
+  const { uffd, mapping, image } = setup(pages);
+  void uffd.serveFrom(new BufferPageSource(image), options);
+  const { result } = touch({ address: mapping.address, length: mapping.length, order: shuffled(pages, seed), expected: image });
+  expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+  await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(0), { timeout: 10_000, interval: 5 });
+  uffd.close();
+  return uffd.stats();
+}
 
 describe('serveFrom background fill', () => {
   it('after the first fault, fills every other page with no further fault, byte for byte', async () => {
@@ -34,14 +47,8 @@ describe('serveFrom background fill', () => {
 
   it('with faults arriving throughout, every page is copied exactly once and reads right', async () => {
     const pages = 2048;
-    const { uffd, mapping, image } = setup(pages);
     // Small pieces: many chances for a fault and a background copy to meet on one page.
-    void uffd.serveFrom(new BufferPageSource(image), { background: true, backgroundPiece: 2 * PAGE });
-    const { result } = touch({ address: mapping.address, length: mapping.length, order: shuffled(pages, 9), expected: image });
-    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
-    await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(0), { timeout: 10_000, interval: 5 });
-    uffd.close();
-    const stats = uffd.stats();
+    const stats = await restoreShuffled(pages, 9, { background: true, backgroundPiece: 2 * PAGE });
     expect(stats.pages).toBe(pages);
     expect(stats.nativeFaults).toBeGreaterThan(0);
     expect(stats.nativeFaults + stats.backgroundPages).toBeGreaterThanOrEqual(pages);
@@ -91,13 +98,7 @@ describe('serveFrom background fill', () => {
 
   it('with several fill threads and read-ahead, faults and fills meet on the same pages: each page is copied once, every byte right', async () => {
     const pages = 4096;
-    const { uffd, mapping, image } = setup(pages);
-    void uffd.serveFrom(new BufferPageSource(image), { readAhead: 16, background: true, backgroundPiece: 4 * PAGE, fillThreads: 3 });
-    const { result } = touch({ address: mapping.address, length: mapping.length, order: shuffled(pages, 11), expected: image });
-    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
-    await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(0), { timeout: 10_000, interval: 5 });
-    uffd.close();
-    const stats = uffd.stats();
+    const stats = await restoreShuffled(pages, 11, { readAhead: 16, background: true, backgroundPiece: 4 * PAGE, fillThreads: 3 });
     expect(stats.pages).toBe(pages);
     expect(stats.copiedBytes).toBe(pages * PAGE);
     expect(stats.nativeFaults + stats.readAheadPages + stats.backgroundPages).toBeGreaterThanOrEqual(pages);
