@@ -24,9 +24,10 @@ export interface UffdHandle {
   close(drain?: boolean): void;
   /**
    * Starts the native fast path (native/page_server.h); ranges: [start, length, pageSize, sourceOffset, fill] per range;
-   * backgroundPiece: bytes per background-fill ioctl, 0 for no background fill; fillThreads: helper threads that copy pieces.
+   * backgroundPiece: bytes per background-fill ioctl, 0 for no background fill; fillThreads: helper threads that copy pieces;
+   * backgroundNow: fill from the start rather than after the first fault.
    */
-  serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean, backgroundPiece: number, fillThreads: number): void;
+  serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean, backgroundPiece: number, fillThreads: number, backgroundNow: boolean): void;
   /** The counters, in the order lib/stats.ts reads them. */
   stats(): Float64Array;
   setSpin(enabled: boolean): void;

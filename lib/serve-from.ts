@@ -38,13 +38,15 @@ export interface ServeFromOptions {
   /** Adaptive spinning in the native thread (default true: it stops by itself when it does not pay). */
   spin?: boolean;
   /**
-   * Background fill: once the first fault has been read, the native thread
-   * copies every page of the source ranges that nothing has resolved yet,
-   * behind the faults and their read-ahead (a fault waits for at most one
-   * piece). Pages the source does not hold yet are taken as they arrive.
-   * stats().pagesLeft reaches 0 when it is done. Default false.
+   * Background fill: the native thread copies every page of the source
+   * ranges that nothing has resolved yet, behind the faults and their
+   * read-ahead (a fault waits for at most one piece). Pages the source does
+   * not hold yet are taken as they arrive. stats().pagesLeft reaches 0 when
+   * it is done. true: once the first fault has been read (the faulting side
+   * is running: a VMM restoring a snapshot); 'now': from the start (memory
+   * whose pages are wanted as soon as they land, as in post-copy). Default false.
    */
-  background?: boolean;
+  background?: boolean | 'now';
   /** Bytes per background copy (default 64 KiB, rounded down to whole pages, at least one). */
   backgroundPiece?: number;
   /**
@@ -93,7 +95,7 @@ export function serveFrom(host: ServeHost, source: PageSource | null, options?: 
   // The source may say what a fault on a page it failed to deliver gets (a remote source: SIGBUS, never zeros).
   const { served } = serveWith(host, (fault) => onMiss(fault, locate(ranges, src, fault)), { ...opts, failure: opts.failure ?? src?.failure }, false);
   const bytes = src ? src.bytes : new Uint8Array(0);
-  host.handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false, piece, fillers);
+  host.handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false, piece, fillers, opts.background === 'now');
   return served;
 }
 
@@ -127,7 +129,9 @@ const DEFAULT_BACKGROUND_PIECE = 64 * 1024;
 
 // Bytes per background ioctl, 0 for none.
 function backgroundPiece(opts: ServeFromOptions): number {
-  if (opts.background !== undefined && typeof opts.background !== 'boolean') throw argTypeError('options.background', 'a boolean', opts.background);
+  if (opts.background !== undefined && typeof opts.background !== 'boolean' && opts.background !== 'now') {
+    throw argTypeError('options.background', "a boolean or 'now'", opts.background);
+  }
   const piece = opts.backgroundPiece ?? DEFAULT_BACKGROUND_PIECE;
   if (!Number.isSafeInteger(piece) || piece < 1) {
     throw argValueError('options.backgroundPiece', `must be a positive integer (bytes). Received ${String(piece)}`);

@@ -304,14 +304,15 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
 
   // serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage,
   //   ranges: BigUint64Array [start, length, pageSize, sourceOffset, fill]...,
-  //   readAhead, spin, backgroundPiece, fillThreads): starts the native fast
-  //   path instead of the stream; backgroundPiece 0: no background fill.
+  //   readAhead, spin, backgroundPiece, fillThreads, backgroundNow): starts
+  //   the native fast path instead of the stream; backgroundPiece 0: no
+  //   background fill; backgroundNow: fill from the start, not after a fault.
   // The source's buffers are held until the server has stopped.
   Napi::Value JsServeNative(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int fd = Fd(info);
     if (started_ || server_ != nullptr) ThrowCode(env, "ERR_UFFD_BUSY", "serveFrom");
-    if (!info[0].IsTypedArray() || !info[3].IsTypedArray()) throw Napi::TypeError::New(env, "serveNative(bytes, present, presentPage, ranges, readAhead, spin, backgroundPiece, fillThreads)");
+    if (!info[0].IsTypedArray() || !info[3].IsTypedArray()) throw Napi::TypeError::New(env, "serveNative(bytes, present, presentPage, ranges, readAhead, spin, backgroundPiece, fillThreads, backgroundNow)");
     Bytes bytes = BytesOf(info, 0);
     // The native thread reads the source inside UFFDIO_COPY: registered
     // memory that only this uffd could fill would block it for good.
@@ -340,6 +341,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     options.background = piece > 0;
     if (piece > 0) options.background_piece = piece;
     options.fill_threads = static_cast<uint32_t>(U64(info, 7));
+    options.background_now = info[8].ToBoolean();
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env, &loop);
     int err = 0;

@@ -60,6 +60,7 @@ PageServer* PageServer::Create(uv_loop_t* loop, int uffd, const Source& source, 
   server->source_ = source;
   server->options_ = options;
   server->spin_.set_enabled(options.spin);
+  server->armed_ = server->background_.armed = options.background && options.background_now;
   for (const Range& r : ranges) {
     uint64_t pages = r.length / r.page_size;
     server->ranges_.push_back(RangeState{r, pages, std::vector<uint8_t>(pages, 0)});

@@ -17,7 +17,8 @@
 // faults once per two chunks and rarely waits for a copy. Read-ahead goes in
 // pieces, with the uffd read between them: a demand fault never waits behind
 // more than one piece.
-// With background fill, once the first fault has been read, every page of the
+// With background fill, once the first fault has been read (or from the start,
+// for memory whose owner needs no sign of life first), every page of the
 // source ranges that nothing has resolved yet is copied in, a piece at a time
 // behind the faults and their read-ahead (the uffd is read between pieces), so
 // that a restore finishes without waiting for the workload to touch each page.
@@ -84,6 +85,7 @@ class PageServer {
     uint32_t read_ahead = 1;  // pages per fault, 1: the faulting page only
     bool spin = true;
     bool background = false;  // fill every source page, behind the faults
+    bool background_now = false;  // from the start, not after the first fault
     uint64_t background_piece = 64 * 1024;  // bytes per background ioctl
     uint32_t fill_threads = 0;  // helpers that take read-ahead and background pieces
   };

@@ -45,6 +45,17 @@ describe('serveFrom background fill', () => {
     expect(stats.copiedBytes).toBe(pages * PAGE);
   });
 
+  it("background: 'now' fills every page before any fault: the reader then faults on none", async () => {
+    const pages = 512;
+    const { uffd, mapping, image } = setup(pages);
+    void uffd.serveFrom(new BufferPageSource(image), { background: 'now' });
+    await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(0), { timeout: 10_000, interval: 5 });
+    const { result } = touch({ address: mapping.address, length: mapping.length, order: shuffled(pages, 3), expected: image });
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+    uffd.close();
+    expect(uffd.stats()).toMatchObject({ nativeFaults: 0, jsFaults: 0, backgroundPages: pages, pages });
+  });
+
   it('with faults arriving throughout, every page is copied exactly once and reads right', async () => {
     const pages = 2048;
     // Small pieces: many chances for a fault and a background copy to meet on one page.
@@ -108,6 +119,7 @@ describe('serveFrom background fill', () => {
     const { uffd, image } = setup(4);
     const source = new BufferPageSource(image);
     expect(() => uffd.serveFrom(source, { background: 'yes' as unknown as boolean })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => uffd.serveFrom(source, { background: 1 as unknown as boolean })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
     expect(() => uffd.serveFrom(source, { background: true, backgroundPiece: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
     expect(() => uffd.serveFrom(source, { background: true, backgroundPiece: 1.5 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
     for (const fillThreads of [-1, 9, 0.5]) {

@@ -3,8 +3,9 @@
 // other source), and whose pages are installed as they land in the source's
 // cache, so that the workload stops faulting on pages pushed in the
 // background. The workload runs on other threads (workers with attachView)
-// or in another process. Faults on pages in the cache are resolved by the
-// addon's native thread (serveFrom); faults that need the network are
+// or in another process. The addon's native thread (serveFrom) resolves
+// faults on pages in the cache and installs pages as they land (background
+// fill from the start, 256 KiB per ioctl); faults that need the network are
 // handled on this thread.
 //
 // Blocked time of the faults that needed the network: for each, from the
@@ -49,8 +50,8 @@ export interface DestinationStats {
   /** Pages copied in for faults: by JavaScript (pagesByJsFault) and by the native fast path, its read-ahead included. */
   readonly pagesByFault: number;
   pagesByJsFault: number;
-  /** Pages copied in by the installer as they landed, before any fault asked. */
-  pagesInstalled: number;
+  /** Pages copied in by background fill as they landed, before any fault asked. */
+  readonly pagesInstalled: number;
   /**
    * Time faulting threads spent blocked on faults handled in JavaScript (the
    * ones whose page had to come over the network), summed, in ms (see the top
@@ -64,11 +65,11 @@ export interface DestinationStats {
   latency: LatencyHistogram;
 }
 
-// Bytes the installer copies per turn of the event loop, so that faults read
-// in between are served promptly; and how often it looks for new pages.
-const INSTALL_BURST = 4 << 20;
+// Bytes per background UFFDIO_COPY: the kernel holds the address space's
+// lock for reading across one ioctl, and a workload thread that maps memory
+// (its heap growing) waits for it. And how often to look whether every page is in.
 const INSTALL_SLICE = 256 << 10;
-const INSTALL_POLL_MS = 2;
+const COMPLETE_POLL_MS = 2;
 
 export class PostcopyDestination {
   readonly stats: DestinationStats;
@@ -81,17 +82,9 @@ export class PostcopyDestination {
   readonly #address: bigint;
   readonly #pageSize: number;
   readonly #pages: number;
-  readonly #installed: Uint8Array;
   readonly #readAhead: number;
   readonly #onError: ((error: UffdError) => void) | undefined;
-  #installedCount = 0;
-  #low = 0;
-  /** Runs [first, end) of landed pages to install, as pairs, from #head on. */
-  #queue: number[] = [];
-  #head = 0;
-  /** Whether the source tells which pages land (else it is scanned). */
-  readonly #notified: boolean;
-  #timer: NodeJS.Timeout | NodeJS.Immediate | null = null;
+  #timer: NodeJS.Timeout | null = null;
   #error: UffdError | undefined;
   #ended = false;
   #resolveComplete!: () => void;
@@ -120,44 +113,47 @@ export class PostcopyDestination {
         return this.jsFaults + uffd.stats().nativeFaults;
       },
       get pagesByFault() {
-        return this.pagesByJsFault + uffd.stats().pages;
+        const native = uffd.stats();
+        return this.pagesByJsFault + native.pages - native.backgroundPages;
       },
-      jsFaults: 0, faultsFetched: 0, pagesByJsFault: 0, pagesInstalled: 0, blockedMs: 0, blockedMsByThread: new Map(), latency: new LatencyHistogram(),
+      get pagesInstalled() {
+        return uffd.stats().backgroundPages;
+      },
+      jsFaults: 0, faultsFetched: 0, pagesByJsFault: 0, blockedMs: 0, blockedMsByThread: new Map(), latency: new LatencyHistogram(),
     };
     this.#source = source;
     this.#pageSize = source.pageSize;
     this.#pages = source.size / source.pageSize;
-    this.#installed = new Uint8Array(this.#pages);
     this.#onError = opts.onError;
     this.complete = new Promise<void>((resolve, reject) => {
       this.#resolveComplete = resolve;
       this.#rejectComplete = reject;
     });
     this.complete.catch(() => {});
-    this.#notified = source instanceof PostcopyClient;
-    if (source instanceof PostcopyClient) {
-      source.complete.catch((error: UffdError) => this.#fail(error));
-      source.onLanded((first, end) => this.#enqueue(first, end));
-    }
+    if (source instanceof PostcopyClient) source.complete.catch((error: UffdError) => this.#fail(error));
     // Faults on pages the source holds are resolved by the addon's native
-    // thread (serveFrom), with no JavaScript; the rest come to #onFault.
-    // No spinning: the workload needs the CPU more than a fault on a page
-    // that has to cross the network needs a few microseconds.
+    // thread (serveFrom), with no JavaScript; the rest come to #onFault. The
+    // same thread installs pages as they land. No spinning and no fill
+    // threads: the workload needs the CPU more than a fault on a page that
+    // has to cross the network needs a few microseconds.
     this.served = uffd.serveFrom(source, {
       ranges: [{ address: this.#address, length, offset: 0 }],
       onMiss: (fault) => this.#onFault(fault),
       spin: false,
+      background: 'now',
+      backgroundPiece: INSTALL_SLICE,
+      fillThreads: 0,
       failure: opts.failure ?? source.failure ?? 'fill',
       onError: (error) => this.#fail(error as UffdError),
     });
-    // Whatever is present already (all of it, for a source that is entirely local).
-    this.#scanPresent();
-    this.#installTick();
+    this.#timer = setInterval(() => this.#checkComplete(), COMPLETE_POLL_MS);
+    this.#timer.unref();
+    this.#checkComplete();
   }
 
-  /** Pages in the registered memory so far. */
+  /** Pages in the registered memory so far: copied for faults (natively or here) and installed. */
   get installedCount(): number {
-    return this.#installedCount;
+    return this.#uffd.stats().pages + this.stats.pagesByJsFault;
   }
 
   get pageCount(): number {
@@ -168,7 +164,7 @@ export class PostcopyDestination {
     return this.#error;
   }
 
-  /** Stops installing; faults are still served until the uffd is closed. */
+  /** Stops watching for completion; faults are served, and pages installed, until the uffd is closed. */
   close(): void {
     this.#ended = true;
     this.#clearTimer();
@@ -183,7 +179,7 @@ export class PostcopyDestination {
     }
     const present = this.#source.present;
     if (present === null || Atomics.load(present, page) !== 0) {
-      this.#copy(fault, page, offset);
+      this.#copy(fault, offset);
       return;
     }
     this.stats.faultsFetched++;
@@ -192,15 +188,12 @@ export class PostcopyDestination {
       // Not awaited: the faulting page is what the thread waits for.
       this.#source.fetch(offset + this.#pageSize, (end - page - 1) * this.#pageSize, { urgent: true }).catch(() => {});
     }
-    return this.#source.fetch(offset, this.#pageSize, { urgent: true }).then(() => this.#copy(fault, page, offset));
+    return this.#source.fetch(offset, this.#pageSize, { urgent: true }).then(() => this.#copy(fault, offset));
   }
 
-  #copy(fault: Fault, page: number, offset: number): void {
+  #copy(fault: Fault, offset: number): void {
     const outcome = fault.copy(this.#source.bytes.subarray(offset, offset + this.#pageSize));
-    if (outcome === 'done') {
-      this.stats.pagesByJsFault++;
-      this.#markInstalled(page, page + 1);
-    }
+    if (outcome === 'done') this.stats.pagesByJsFault++;
     const waitedMs = performance.now() - fault.receivedAt;
     this.stats.latency.record(waitedMs * 1000);
     this.stats.blockedMs += waitedMs;
@@ -208,106 +201,16 @@ export class PostcopyDestination {
     this.stats.blockedMsByThread.set(tid, (this.stats.blockedMsByThread.get(tid) ?? 0) + waitedMs);
   }
 
-  #markInstalled(first: number, end: number): void {
-    for (let page = first; page < end; page++) {
-      if (this.#installed[page] !== 0) continue;
-      this.#installed[page] = 1;
-      this.#installedCount++;
-    }
-    if (this.#installedCount === this.#pages && !this.#ended) {
-      this.#ended = true;
-      this.#clearTimer();
-      this.#resolveComplete();
-    }
-  }
-
-  // Copies pages that are present in the source but not yet in the
-  // registered memory, a burst per turn of the event loop. A PostcopyClient
-  // says which pages landed; other sources are scanned now and then.
-  #installTick(): void {
-    this.#timer = null;
-    if (this.#ended) return;
-    if (this.#head === this.#queue.length && !this.#notified) this.#scanPresent();
-    let budget = INSTALL_BURST;
-    while (budget > 0 && this.#head < this.#queue.length) {
-      let first = this.#queue[this.#head]!;
-      const end = this.#queue[this.#head + 1]!;
-      while (first < end && this.#installed[first] !== 0) first++;
-      let stop = first;
-      const limit = Math.min(end, first + Math.max(1, Math.floor(budget / this.#pageSize)));
-      while (stop < limit && this.#installed[stop] === 0) stop++;
-      if (stop >= end) this.#head += 2;
-      else this.#queue[this.#head] = stop;
-      if (stop === first) continue;
-      budget -= (stop - first) * this.#pageSize;
-      if (!this.#install(first, stop) || this.#ended) return;
-    }
-    if (this.#head === this.#queue.length) {
-      this.#queue = [];
-      this.#head = 0;
-      if (!this.#notified) this.#timer = setTimeout(() => this.#installTick(), INSTALL_POLL_MS);
-    } else {
-      this.#timer = setImmediate(() => this.#installTick());
-    }
-  }
-
-  #enqueue(first: number, end: number): void {
-    this.#queue.push(first, end);
-    if (this.#timer === null && !this.#ended) this.#timer = setImmediate(() => this.#installTick());
-  }
-
-  // Runs of pages present in the source and not installed.
-  #scanPresent(): void {
-    const present = this.#source.present;
-    let page = this.#low;
-    while (page < this.#pages && this.#installed[page] !== 0) page++;
-    this.#low = page;
-    while (page < this.#pages) {
-      if (this.#installed[page] !== 0 || (present !== null && Atomics.load(present, page) === 0)) {
-        page++;
-        continue;
-      }
-      const first = page;
-      while (page < this.#pages && this.#installed[page] === 0 && (present === null || Atomics.load(present, page) !== 0)) page++;
-      this.#queue.push(first, page);
-    }
-  }
-
-  // UFFDIO_COPY of [first, end), INSTALL_SLICE bytes per ioctl: the kernel
-  // holds the address space's lock for reading across one ioctl, and a
-  // workload thread that maps memory (its heap growing) waits for it.
-  // Pages a fault copied in meanwhile are skipped.
-  #install(first: number, end: number): boolean {
-    const bytes = this.#source.bytes;
-    const slice = Math.max(1, Math.floor(INSTALL_SLICE / this.#pageSize));
-    let page = first;
-    while (page < end) {
-      const offset = page * this.#pageSize;
-      const stop = Math.min(end, page + slice);
-      try {
-        this.#uffd.copy(this.#address + BigInt(offset), bytes.subarray(offset, stop * this.#pageSize));
-        this.stats.pagesInstalled += stop - page;
-        this.#markInstalled(page, stop);
-        page = stop;
-      } catch (error) {
-        const e = error as UffdError;
-        if (e.code !== 'EEXIST') {
-          this.#fail(e);
-          return false;
-        }
-        const done = (e.bytesDone ?? 0) / this.#pageSize;
-        this.stats.pagesInstalled += done;
-        this.#markInstalled(page, page + done + 1); // +1: the page that was there already
-        page += done + 1;
-      }
-    }
-    return true;
+  #checkComplete(): void {
+    if (this.#ended || this.installedCount < this.#pages) return;
+    this.#ended = true;
+    this.#clearTimer();
+    this.#resolveComplete();
   }
 
   #clearTimer(): void {
     if (this.#timer === null) return;
-    clearTimeout(this.#timer as NodeJS.Timeout);
-    clearImmediate(this.#timer as NodeJS.Immediate);
+    clearInterval(this.#timer);
     this.#timer = null;
   }
 
