@@ -333,13 +333,13 @@ bool PageServer::FillPiece(const Piece& piece) {
       if (rc == -ESRCH) background_.done = true;
     } else if (rc == -EAGAIN && piece.background) {
       // The address space is changing: look at these pages again once its
-      // event has been read.
-      Background& b = background_;
-      if (piece.range < b.range || (piece.range == b.range && at < b.page)) {
-        b.range = piece.range;
-        b.page = at;
+      // event has been read (the next pass takes them as a hole; a pass that
+      // ended meanwhile, with nothing left, is not the last one after all).
+      background_.next_holes.push_back(Hole{piece.range, at, piece.end});
+      if (background_.done) {
+        background_.done = false;
+        background_.waiting = true;
       }
-      b.has_current = false;
       return false;
     } else if (piece.background) {
       background_.done = true;  // refused: the pages are left to faults
@@ -351,47 +351,67 @@ bool PageServer::FillPiece(const Piece& piece) {
   return true;
 }
 
+bool PageServer::ScanBackground(uint32_t ri, uint64_t* page, uint64_t end, uint64_t gap, Ahead* a, bool* stopped) {
+  const RangeState& r = ranges_[ri];
+  Background& b = background_;
+  uint64_t p = *page;
+  *stopped = false;
+  while (p < end) {
+    if (State(r, p) != 0) {
+      p++;
+      continue;
+    }
+    if (Present(r, p)) {
+      uint64_t last = p + 1;
+      while (last < end && State(r, last) == 0 && Present(r, last)) last++;
+      *a = Ahead{ri, p, last, Kind::kCopy, true};
+      *page = last;
+      return true;
+    }
+    uint64_t first = p;
+    while (p < end && State(r, p) == 0 && !Present(r, p)) {
+      p++;
+      if (gap > 0 && p - first >= gap) {
+        *page = first;
+        *stopped = true;
+        return false;
+      }
+    }
+    b.next_holes.push_back(Hole{ri, first, p});
+  }
+  *page = p;
+  return false;
+}
+
 bool PageServer::NextBackground(Ahead* a) {
   Background& b = background_;
   if (!options_.background || !b.armed || b.done || b.waiting) return false;
+  bool stopped = false;
+  // What the last pass passed over, in case it has arrived since.
+  while (b.hole < b.holes.size()) {
+    Hole& h = b.holes[b.hole];
+    if (ScanBackground(h.range, &h.first, h.end, 0, a, &stopped)) return true;
+    b.hole++;
+  }
   while (b.range < ranges_.size()) {
-    RangeState& r = ranges_[b.range];
-    if (r.range.fill != Fill::kSource) {
-      b.range++;
-      b.page = 0;
-      continue;
+    const RangeState& r = ranges_[b.range];
+    if (r.range.fill == Fill::kSource) {
+      uint64_t gap = std::max<uint64_t>(1, kBackgroundGap / r.range.page_size);
+      if (ScanBackground(b.range, &b.page, r.pages, gap, a, &stopped)) return true;
+      if (stopped) break;
     }
-    while (b.page < r.pages && State(r, b.page) != 0) b.page++;
-    if (b.page == r.pages) {
-      b.range++;
-      b.page = 0;
-      continue;
-    }
-    if (!Present(r, b.page)) {
-      if (!b.skipped) {
-        b.skipped = true;
-        b.skip_range = b.range;
-        b.skip_page = b.page;
-      }
-      b.page++;
-      continue;
-    }
-    uint64_t end = b.page + 1;
-    while (end < r.pages && State(r, end) == 0 && Present(r, end)) end++;
-    *a = Ahead{b.range, b.page, end, Kind::kCopy, true};
-    b.page = end;
-    return true;
+    b.range++;
+    b.page = 0;
   }
-  if (b.skipped) {
-    // Some pages were not in the source yet: start again from the first of
-    // them once poll() has waited a little (PollTimeout).
-    b.range = b.skip_range;
-    b.page = b.skip_page;
-    b.skipped = false;
-    b.waiting = true;
-    return false;
+  // The pass is over: the holes it left are the next pass's.
+  b.holes.swap(b.next_holes);
+  b.next_holes.clear();
+  b.hole = 0;
+  if (b.holes.empty() && !stopped) {
+    b.done = true;
+  } else {
+    b.waiting = true;  // poll() waits a little first (PollTimeout)
   }
-  b.done = true;
   return false;
 }
 

@@ -225,15 +225,34 @@ class PageServer {
   std::vector<std::thread> fillers_;
   std::mutex zeros_mu_;
   std::vector<Ahead> ahead_;
-  // Background fill: armed by the first fault; its cursor, and where it first
-  // passed over a page the source did not hold (looked at again later).
+  // Background fill, armed by the first fault (or at once). A pass looks at
+  // the holes the last one left (runs of pages the source did not hold
+  // then), then moves the cursor on over pages nothing has claimed, and ends
+  // at the end of the ranges or at a long run of pages the source does not
+  // hold yet (a remote source fills in order: what lies beyond comes later).
+  // The next pass starts after a short wait. So a pass costs what arrived
+  // and what is still out of order, never the whole of a large image.
+  struct Hole {
+    uint32_t range;
+    uint64_t first, end;
+  };
   struct Background {
-    bool armed = false, done = false, waiting = false, skipped = false;
-    uint32_t range = 0, skip_range = 0;
-    uint64_t page = 0, skip_page = 0;
+    bool armed = false, done = false, waiting = false;
+    uint32_t range = 0;
+    uint64_t page = 0;
+    std::vector<Hole> holes, next_holes;
+    size_t hole = 0;
     Ahead current{};
     bool has_current = false;
   } background_;
+  // Pages not in the source after which a pass stops (in bytes of the range).
+  static constexpr uint64_t kBackgroundGap = 16 << 20;
+  // Scans range `ri` from *page to `end` for pages to fill: claimed pages are
+  // passed, runs of unclaimed pages the source lacks go to next_holes, and
+  // the first run of unclaimed present pages goes to *a (true). With a gap
+  // limit, a run of that many missing pages stops the scan at its start
+  // (false, *page there); false at `end` otherwise. Requires mu_.
+  bool ScanBackground(uint32_t ri, uint64_t* page, uint64_t end, uint64_t gap, Ahead* a, bool* stopped);
   std::vector<uffd_msg> forward_;
   uffd_msg buffer_[FaultStream::kCapacity];
 

@@ -115,6 +115,30 @@ describe('serveFrom background fill', () => {
     expect(stats.nativeFaults + stats.readAheadPages + stats.backgroundPages).toBeGreaterThanOrEqual(pages);
   });
 
+  it('takes out-of-order arrivals too: a run of missing pages ends a pass, the next one resumes there, holes are looked at again', async () => {
+    const pages = 8192; // 32 MiB: more than the 16 MiB of missing pages after which a pass stops
+    const { uffd, mapping, image } = setup(pages);
+    const bytes = new Uint8Array(new SharedArrayBuffer(pages * PAGE));
+    const present = new Uint8Array(new SharedArrayBuffer(pages));
+    const deliver = (first: number, end: number): void => {
+      bytes.set(new Uint8Array(image, first * PAGE, (end - first) * PAGE), first * PAGE);
+      for (let p = first; p < end; p++) Atomics.store(present, p, 1);
+    };
+    // Scattered: the far end first, then every other 64-page chunk, then the rest.
+    deliver(0, 1);
+    deliver(6000, pages);
+    void uffd.serveFrom(new BufferPageSource(bytes, { present }), { background: true });
+    expect(await touch({ address: mapping.address, length: PAGE, expected: image }).result).toMatchObject({ ok: true });
+    for (let first = 64; first < 6000; first += 128) deliver(first, Math.min(6000, first + 64));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    for (let first = 0; first < 6000; first += 128) deliver(first, Math.min(6000, first + 64));
+    await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(0), { timeout: 20_000, interval: 5 });
+    const { result } = touch({ address: mapping.address, length: mapping.length, expected: image });
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+    uffd.close();
+    expect(uffd.stats()).toMatchObject({ nativeFaults: 1, jsFaults: 0, backgroundPages: pages - 1 });
+  });
+
   it('refuses a bad backgroundPiece, background or fillThreads with a Node-style error', () => {
     const { uffd, image } = setup(4);
     const source = new BufferPageSource(image);
