@@ -157,7 +157,7 @@ int PageServer::PollTimeout() {
   if (!pending_.empty()) return 1;
   if (!options_.background) return -1;
   std::lock_guard<std::mutex> lock(mu_);
-  return background_.waiting ? 5 : -1;
+  return background_.waiting ? background_.wait_ms : -1;
 }
 
 void PageServer::Mark(RangeState& r, uint64_t from, uint64_t to, uint8_t bits) {
@@ -390,14 +390,14 @@ bool PageServer::NextBackground(Ahead* a) {
   // What the last pass passed over, in case it has arrived since.
   while (b.hole < b.holes.size()) {
     Hole& h = b.holes[b.hole];
-    if (ScanBackground(h.range, &h.first, h.end, 0, a, &stopped)) return true;
+    if (ScanBackground(h.range, &h.first, h.end, 0, a, &stopped)) return b.found = true;
     b.hole++;
   }
   while (b.range < ranges_.size()) {
     const RangeState& r = ranges_[b.range];
     if (r.range.fill == Fill::kSource) {
       uint64_t gap = std::max<uint64_t>(1, kBackgroundGap / r.range.page_size);
-      if (ScanBackground(b.range, &b.page, r.pages, gap, a, &stopped)) return true;
+      if (ScanBackground(b.range, &b.page, r.pages, gap, a, &stopped)) return b.found = true;
       if (stopped) break;
     }
     b.range++;
@@ -411,7 +411,9 @@ bool PageServer::NextBackground(Ahead* a) {
     b.done = true;
   } else {
     b.waiting = true;  // poll() waits a little first (PollTimeout)
+    b.wait_ms = b.found ? kBackgroundWaitMs : std::min(2 * b.wait_ms, kBackgroundWaitMaxMs);
   }
+  b.found = false;
   return false;
 }
 

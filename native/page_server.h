@@ -242,9 +242,15 @@ class PageServer {
     uint64_t page = 0;
     std::vector<Hole> holes, next_holes;
     size_t hole = 0;
+    // The wait between passes: short while pages arrive, longer (up to
+    // kBackgroundWaitMaxMs) while a pass finds nothing new, as for a source
+    // that has stalled: an idle server stays cheap.
+    int wait_ms = kBackgroundWaitMs;
+    bool found = false;  // this pass has found pages to fill
     Ahead current{};
     bool has_current = false;
   } background_;
+  static constexpr int kBackgroundWaitMs = 5, kBackgroundWaitMaxMs = 80;
   // Pages not in the source after which a pass stops (in bytes of the range).
   static constexpr uint64_t kBackgroundGap = 16 << 20;
   // Scans range `ri` from *page to `end` for pages to fill: claimed pages are
