@@ -12,6 +12,19 @@ function setup(pages: number): ReturnType<typeof registeredAnonymous> & { image:
 
 const pagesLeft = (uffd: Userfaultfd): number => uffd.stats().pagesLeft;
 
+// A source's memory that fills over time, as a network would fill it:
+// deliver(first, end) puts the image's pages [first, end) there, bytes first,
+// then their present flags.
+function fillingSource(image: SharedArrayBuffer): { bytes: Uint8Array; present: Uint8Array; deliver: (first: number, end: number) => void } {
+  const bytes = new Uint8Array(new SharedArrayBuffer(image.byteLength));
+  const present = new Uint8Array(new SharedArrayBuffer(image.byteLength / PAGE));
+  const deliver = (first: number, end: number): void => {
+    bytes.set(new Uint8Array(image, first * PAGE, (end - first) * PAGE), first * PAGE);
+    for (let p = first; p < end; p++) Atomics.store(present, p, 1);
+  };
+  return { bytes, present, deliver };
+}
+
 // Serves `pages` pages while a worker touches every one in a shuffled order,
 // checking each byte; waits until nothing is left to fill, then closes (the
 // native threads are joined: their counters are final) and returns the stats.
@@ -69,12 +82,7 @@ describe('serveFrom background fill', () => {
   it('takes the pages of a source that fills over time as they arrive; faults on missing ones go to onMiss', async () => {
     const pages = 512;
     const { uffd, mapping, image } = setup(pages);
-    const bytes = new Uint8Array(new SharedArrayBuffer(pages * PAGE));
-    const present = new Uint8Array(new SharedArrayBuffer(pages));
-    const deliver = (first: number, end: number): void => {
-      bytes.set(new Uint8Array(image, first * PAGE, (end - first) * PAGE), first * PAGE);
-      for (let p = first; p < end; p++) Atomics.store(present, p, 1);
-    };
+    const { bytes, present, deliver } = fillingSource(image);
     deliver(0, 64);
     const source = new BufferPageSource(bytes, {
       present,
@@ -118,12 +126,7 @@ describe('serveFrom background fill', () => {
   it('takes out-of-order arrivals too: a run of missing pages ends a pass, the next one resumes there, holes are looked at again', async () => {
     const pages = 8192; // 32 MiB: more than the 16 MiB of missing pages after which a pass stops
     const { uffd, mapping, image } = setup(pages);
-    const bytes = new Uint8Array(new SharedArrayBuffer(pages * PAGE));
-    const present = new Uint8Array(new SharedArrayBuffer(pages));
-    const deliver = (first: number, end: number): void => {
-      bytes.set(new Uint8Array(image, first * PAGE, (end - first) * PAGE), first * PAGE);
-      for (let p = first; p < end; p++) Atomics.store(present, p, 1);
-    };
+    const { bytes, present, deliver } = fillingSource(image);
     // Scattered: the far end first, then every other 64-page chunk, then the rest.
     deliver(0, 1);
     deliver(6000, pages);
