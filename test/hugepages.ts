@@ -64,6 +64,9 @@ export function reserveHugePages(count: number, pageSize = 2 * 1024 * 1024): Hug
       restored = true;
       locked(() => adjust(-granted));
     };
+    // A test process that ends without its afterAll (a crash, a worker that
+    // is torn down) still gives the pages back; only SIGKILL leaves them.
+    process.once('exit', restore);
     if (granted < count) {
       restore();
       return none(`the kernel granted only ${granted} of ${count} huge pages (memory too fragmented?)`);
