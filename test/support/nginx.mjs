@@ -9,6 +9,14 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
+// util-linux's setpriv (not busybox's) sets PR_SET_PDEATHSIG before it execs.
+const SETPRIV = '/usr/bin/setpriv';
+let pdeathsig;
+function deathSignal() {
+  pdeathsig ??= fs.existsSync(SETPRIV) && spawnSync(SETPRIV, ['--pdeathsig', 'KILL', 'true']).status === 0;
+  return pdeathsig;
+}
+
 const CANDIDATES = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx'];
 
 /** The nginx binary, or undefined. */
@@ -97,7 +105,10 @@ http {
   }
 }
 `);
-    const child = spawn(binary, ['-p', dir, '-c', conf, '-e', path.join(dir, 'error.log')], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const args = ['-p', dir, '-c', conf, '-e', path.join(dir, 'error.log')];
+    // Dies with the test process that started it, even one that never gets to stop() it.
+    const child = deathSignal() ? spawn(SETPRIV, ['--pdeathsig', 'KILL', binary, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+      : spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (chunk) => (stderr += chunk));
     let exited = false;
