@@ -524,8 +524,12 @@ void PageServer::Serve(const uffd_msg* msgs, size_t n, uint64_t read_at) {
   forward_.clear();
   // Events first: a fault read in the same batch as a REMOVE of its page
   // must see the removal, or the source's stale bytes land there.
+  bool faulted = false;
   for (size_t i = 0; i < n; i++) {
-    if (msgs[i].event == UFFD_EVENT_PAGEFAULT) continue;
+    if (msgs[i].event == UFFD_EVENT_PAGEFAULT) {
+      faulted = true;
+      continue;
+    }
     ApplyEvent(msgs[i]);
     forward_.push_back(msgs[i]);
     counters_.events.fetch_add(1, std::memory_order_relaxed);
@@ -564,17 +568,13 @@ void PageServer::Serve(const uffd_msg* msgs, size_t n, uint64_t read_at) {
   queue_->Push(forward_.data(), forward_.size());
   // Background fill starts once the first faults are resolved (or handed on):
   // the peer is running, and its own pages went first.
-  if (options_.background && !armed_ && (!jobs_.empty() || n > 0)) {
-    bool fault = !jobs_.empty();
-    for (size_t i = 0; i < n && !fault; i++) fault = msgs[i].event == UFFD_EVENT_PAGEFAULT;
-    if (fault) {
-      armed_ = true;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        background_.armed = true;
-      }
-      filler_cv_.notify_all();
+  if (faulted && options_.background && !armed_) {
+    armed_ = true;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      background_.armed = true;
     }
+    filler_cv_.notify_all();
   }
 }
 
