@@ -463,14 +463,21 @@ void PageServer::ApplyEvent(const uffd_msg& msg) {
 void PageServer::Forwarded(const uffd_msg& msg) {
   forward_.push_back(msg);
   counters_.faults_forwarded.fetch_add(1, std::memory_order_relaxed);
-  uint64_t flags = msg.arg.pagefault.flags, address = msg.arg.pagefault.address;
-  if (flags & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_RWP)) return;
-  for (RangeState& r : ranges_) {
-    if (address - r.range.start >= r.range.length) continue;
-    uint64_t page = (address - r.range.start) / r.range.page_size;
-    Mark(r, page, page + 1, kForwarded);
-    return;
+  if (msg.arg.pagefault.flags & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_RWP)) return;
+  uint32_t range;
+  uint64_t page;
+  if (Locate(msg.arg.pagefault.address, &range, &page)) Mark(ranges_[range], page, page + 1, kForwarded);
+}
+
+bool PageServer::Locate(uint64_t address, uint32_t* range, uint64_t* page) const {
+  for (uint32_t i = 0; i < ranges_.size(); i++) {
+    const Range& r = ranges_[i].range;
+    if (address - r.start >= r.length) continue;
+    *range = i;
+    *page = (address - r.start) / r.page_size;
+    return true;
   }
+  return false;
 }
 
 bool PageServer::Present(const RangeState& r, uint64_t page) const {
@@ -490,25 +497,23 @@ bool PageServer::Plan(const uffd_msg& msg, uint64_t read_at, Job* job) const {
   // Protection faults have their page: JavaScript decides (a copy would only
   // find it there, and the woken thread would fault again).
   if (flags & (UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_RWP)) return false;
-  for (uint32_t i = 0; i < ranges_.size(); i++) {
-    const RangeState& r = ranges_[i];
-    if (address - r.range.start >= r.range.length) continue;
-    uint64_t page = (address - r.range.start) / r.range.page_size;
-    Kind kind;
-    if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
-      if (!Present(r, page)) return false;
-      kind = Kind::kContinue;
-    } else if (r.range.fill == Fill::kZero || (State(r, page) & kRemoved)) {
-      kind = Kind::kZero;
-    } else if (r.range.fill == Fill::kSource && Present(r, page)) {
-      kind = Kind::kCopy;
-    } else {
-      return false;
-    }
-    *job = Job{i, page, kind, read_at, msg};
-    return true;
+  uint32_t i;
+  uint64_t page;
+  if (!Locate(address, &i, &page)) return false;
+  const RangeState& r = ranges_[i];
+  Kind kind;
+  if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+    if (!Present(r, page)) return false;
+    kind = Kind::kContinue;
+  } else if (r.range.fill == Fill::kZero || (State(r, page) & kRemoved)) {
+    kind = Kind::kZero;
+  } else if (r.range.fill == Fill::kSource && Present(r, page)) {
+    kind = Kind::kCopy;
+  } else {
+    return false;
   }
-  return false;
+  *job = Job{i, page, kind, read_at, msg};
+  return true;
 }
 
 bool PageServer::Fillable(const RangeState& r, uint64_t page, Kind kind) const {

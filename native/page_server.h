@@ -194,6 +194,8 @@ class PageServer {
   void Forwarded(const uffd_msg& msg);
   bool Present(const RangeState& r, uint64_t page) const;
   bool Plan(const uffd_msg& msg, uint64_t read_at, Job* job) const;
+  // The range holding address, and the page's index in it; false outside every range.
+  bool Locate(uint64_t address, uint32_t* range, uint64_t* page) const;
   bool Fillable(const RangeState& r, uint64_t page, Kind kind) const;
   // Resolves pages [first, end) of range r, which hold the faults jobs[a, b).
   void Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, uint64_t end);
