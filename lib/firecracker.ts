@@ -28,7 +28,7 @@ import type { Fault } from './events';
 import { receiveHandshake, type GuestRegion, type Handshake } from './firecracker-handshake';
 import { LatencyHistogram } from './latency';
 import { systemPageSize } from './memory';
-import type { PageSource } from './page-source';
+import { isPresent, type PageSource } from './page-source';
 import { readAhead, type Miss } from './serve-from';
 import { Userfaultfd } from './uffd';
 import { UnixServer, type UnixConnection } from './unix-socket';
@@ -256,14 +256,6 @@ export class FirecrackerSession {
     this.#maybeServed();
   }
 
-  #present(offset: number, length: number): boolean {
-    const flags = this.#source.present;
-    if (flags === null) return true;
-    const size = this.#source.pageSize;
-    for (let i = Math.floor(offset / size), end = Math.ceil((offset + length) / size); i < end; i++) if (Atomics.load(flags, i) === 0) return false;
-    return true;
-  }
-
   // The source's pages holding [offset, offset + length): fetch() takes ranges aligned to them.
   #fetch(offset: number, length: number, options?: { urgent: boolean }): Promise<void> {
     const size = this.#source.pageSize;
@@ -298,7 +290,7 @@ export class FirecrackerSession {
   #serve(fault: Fault, index: number, page: number, at: number): void | Promise<void> {
     const { pageSize } = this.regions[index]!;
     const removed = this.#removed[index]![page] !== 0;
-    if (!removed && fault.kind !== 'minor' && !this.#present(at, pageSize)) {
+    if (!removed && fault.kind !== 'minor' && !isPresent(this.#source, at, pageSize)) {
       this.#pending++;
       return this.#fetch(at, pageSize, { urgent: true }).then(
         () => {
@@ -385,7 +377,7 @@ export class FirecrackerSession {
       for (const region of this.regions) {
         for (let at = region.offset; at < region.offset + region.size && this.#end === undefined; at += PREFETCH_FETCH) {
           const length = Math.min(PREFETCH_FETCH, region.offset + region.size - at);
-          if (this.#present(at, length)) continue;
+          if (isPresent(this.#source, at, length)) continue;
           try {
             await this.#fetch(at, length);
           } catch {

@@ -46,6 +46,16 @@ export interface PageSource {
   close(): void;
 }
 
+/** Whether every page of the source holding [offset, offset + length) is present (read with Atomics, as sources write it). */
+export function isPresent(source: PageSource, offset: number, length: number): boolean {
+  const present = source.present;
+  if (!present) return true;
+  for (let p = Math.floor(offset / source.pageSize); p * source.pageSize < offset + length; p++) {
+    if (Atomics.load(present, p) === 0) return false;
+  }
+  return true;
+}
+
 /** A memory file mapped read-only: every page is present from the start (the page cache supplies it). */
 export class FilePageSource implements PageSource {
   readonly size: number;

@@ -6,7 +6,7 @@
 import os from 'node:os';
 import { UffdError, argTypeError, argValueError, invalid } from './errors';
 import type { Fault } from './events';
-import type { PageSource } from './page-source';
+import { isPresent, type PageSource } from './page-source';
 import { serveWith, type ServeHost } from './serve';
 import type { Registration } from './registrations';
 import type { NonFaultEvent } from './uffd';
@@ -199,15 +199,6 @@ export function locate(ranges: PlannedRange[], source: PageSource | null, fault:
   return { range: undefined, offset: undefined, source };
 }
 
-function allPresent(source: PageSource, offset: number, length: number): boolean {
-  const present = source.present;
-  if (!present) return true;
-  for (let p = Math.floor(offset / source.pageSize); p * source.pageSize < offset + length; p++) {
-    if (Atomics.load(present, p) === 0) return false;
-  }
-  return true;
-}
-
 /** The default onMiss: what the native path would do, after fetching what is missing. */
 export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
   if (fault.kind === 'wp' || fault.kind === 'rwp') {
@@ -224,7 +215,7 @@ export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
     return;
   }
   if (source) {
-    if (!allPresent(source, offset, fault.pageSize)) await source.fetch(offset, fault.pageSize, { urgent: true });
+    if (!isPresent(source, offset, fault.pageSize)) await source.fetch(offset, fault.pageSize, { urgent: true });
     if (fault.resolved) return;
   }
   if (fault.kind === 'minor') fault.continue();

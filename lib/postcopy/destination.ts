@@ -18,7 +18,7 @@ import { performance } from 'node:perf_hooks';
 import { argRangeError, argTypeError, UffdError } from '../errors';
 import type { Fault } from '../events';
 import { Mapping } from '../memory';
-import type { PageSource } from '../page-source';
+import { isPresent, type PageSource } from '../page-source';
 import type { Userfaultfd } from '../uffd';
 import * as validate from '../validate';
 import { PostcopyClient } from './client';
@@ -177,8 +177,7 @@ export class PostcopyDestination {
     if (offset < 0 || page >= this.#pages) {
       throw new UffdError('ERR_UFFD_NOT_MAPPED', `ERR_UFFD_NOT_MAPPED: a fault at 0x${fault.address.toString(16)} lies outside the migrated memory; a uffd served by a PostcopyDestination must register nothing else`);
     }
-    const present = this.#source.present;
-    if (present === null || Atomics.load(present, page) !== 0) {
+    if (isPresent(this.#source, offset, this.#pageSize)) {
       this.#copy(fault, offset);
       return;
     }
