@@ -52,14 +52,21 @@ export interface ServeStats {
 
 /** Names the addon's counters (UffdHandle.stats()); jsFaults is counted on the JavaScript side. */
 export function readStats(v: Float64Array, jsFaults: number): ServeStats {
-  const serviceLatency = new LatencyHistogram();
-  // From index 24: (ns, count) per bucket of the addon's histogram.
-  for (let i = 24; i + 1 < v.length; i += 2) if (v[i + 1]! > 0) serviceLatency.record(v[i]! / 1e3, v[i + 1]!);
+  // Built when asked for: stats() is polled (pagesLeft, page counts) far more often than the histogram is read.
+  let histogram: LatencyHistogram | undefined;
   return {
+    get serviceLatency(): LatencyHistogram {
+      if (!histogram) {
+        histogram = new LatencyHistogram();
+        // From index 24: (ns, count) per bucket of the addon's histogram.
+        for (let i = 24; i + 1 < v.length; i += 2) if (v[i + 1]! > 0) histogram.record(v[i]! / 1e3, v[i + 1]!);
+      }
+      return histogram;
+    },
     nativeFaults: v[0]!, jsFaults, events: v[2]!, pages: v[3]!, bytes: v[4]!, readAheadPages: v[5]!,
     zeroPages: v[6]!, continuedPages: v[7]!, eexist: v[8]!, eagainRetries: v[9]!, batches: v[10]!,
     messages: v[11]!, ioctls: v[12]!, serviceP50Us: v[13]! / 1e3, serviceP99Us: v[14]! / 1e3, serviceMaxUs: v[15]! / 1e3,
     spin: { windows: v[16]!, hits: v[17]!, cpuMs: v[18]! / 1e6 },
-    backgroundPages: v[20]!, copiedBytes: v[21]!, pagesLeft: v[22]!, serviceLatency,
+    backgroundPages: v[20]!, copiedBytes: v[21]!, pagesLeft: v[22]!,
   };
 }
