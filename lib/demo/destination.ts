@@ -6,11 +6,10 @@
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
-import { Mapping, PostcopyClient, PostcopyDestination, Userfaultfd, type UffdError } from '../index';
-import { progressOf, type DestinationMessage, type DestinationReport, type DestinationSpec, type Progress } from './messages';
+import { Mapping, PostcopyDestination, Userfaultfd, type UffdError } from '../index';
+import { connectDestination, type DestinationMessage, type DestinationReport, type DestinationSpec } from './messages';
 import type { WorkloadData, WorkloadMessage } from './workload-worker';
 
-const PROGRESS_INTERVAL_MS = 200;
 const spec = JSON.parse(process.argv[2]!) as DestinationSpec;
 const send = (message: DestinationMessage): void => void process.send!(message);
 
@@ -56,13 +55,9 @@ function startWorkload(address: bigint, length: number): { worker: Worker; resul
 }
 
 async function main(): Promise<void> {
-  const start = performance.now();
-  const cpuAtStart = process.cpuUsage();
-  const client = await PostcopyClient.connect({ port: spec.port, prefetch: spec.prefetch || spec.mode === 'stop-and-copy', verify: false });
   let destination: PostcopyDestination | undefined;
   let uffd: Userfaultfd | undefined;
-  const progress = (): Progress => progressOf(client, destination, start);
-  const ticker = setInterval(() => send({ type: 'progress', progress: progress() }), PROGRESS_INTERVAL_MS);
+  const { start, cpuAtStart, client, progress, ticker } = await connectDestination(spec, send, () => destination);
   let workload: ReturnType<typeof startWorkload> | undefined;
   const stop = (error: UffdError): never => {
     clearInterval(ticker);

@@ -1,6 +1,6 @@
 // What the demo's processes tell the launcher over their IPC channels.
 import { performance } from 'node:perf_hooks';
-import type { PostcopyClient, PostcopyDestination } from '../index';
+import { PostcopyClient, type PostcopyDestination } from '../index';
 import type { Layout, WorkloadResult } from './image';
 
 export interface SourceSpec {
@@ -37,6 +37,27 @@ export interface Progress {
   faultP50Us: number;
   faultP99Us: number;
   blockedMs: number;
+}
+
+const PROGRESS_INTERVAL_MS = 200;
+
+/**
+ * How both demos' destinations begin: the clock and CPU time at the start,
+ * the client connected to the source (which pushes every page in
+ * stop-and-copy mode, and with --prefetch), and a progress report every
+ * 200 ms until `ticker` is cleared. `destination` is read at each report.
+ */
+export async function connectDestination(
+  spec: Pick<DestinationSpec, 'port' | 'mode' | 'prefetch'>,
+  send: (message: { type: 'progress'; progress: Progress }) => void,
+  destination: () => PostcopyDestination | undefined,
+): Promise<{ start: number; cpuAtStart: NodeJS.CpuUsage; client: PostcopyClient; progress: () => Progress; ticker: NodeJS.Timeout }> {
+  const start = performance.now();
+  const cpuAtStart = process.cpuUsage();
+  const client = await PostcopyClient.connect({ port: spec.port, prefetch: spec.prefetch || spec.mode === 'stop-and-copy', verify: false });
+  const progress = (): Progress => progressOf(client, destination(), start);
+  const ticker = setInterval(() => send({ type: 'progress', progress: progress() }), PROGRESS_INTERVAL_MS);
+  return { start, cpuAtStart, client, progress, ticker };
 }
 
 /** A destination's progress since startMs (performance.now()), as both demos report it. */

@@ -10,24 +10,19 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { PostcopyClient, PostcopyDestination, UnixServer, Userfaultfd, receiveHandshake, type UffdError } from '../index';
-import { progressOf, type GuestResult, type Progress, type VmDestinationMessage, type VmDestinationReport, type VmDestinationSpec } from './messages';
+import { PostcopyDestination, UnixServer, Userfaultfd, receiveHandshake, type UffdError } from '../index';
+import { connectDestination, type GuestResult, type VmDestinationMessage, type VmDestinationReport, type VmDestinationSpec } from './messages';
 import { describeExit, startVmm, type VmmExit, type VmmRun } from './vmm';
 
-const PROGRESS_INTERVAL_MS = 200;
 const spec = JSON.parse(process.argv[2]!) as VmDestinationSpec;
 const send = (message: VmDestinationMessage): void => void process.send!(message);
 
 async function main(): Promise<void> {
-  const start = performance.now();
-  const cpuAtStart = process.cpuUsage();
-  const client = await PostcopyClient.connect({ port: spec.port, prefetch: spec.prefetch || spec.mode === 'stop-and-copy', verify: false });
   let destination: PostcopyDestination | undefined;
   let uffd: Userfaultfd | undefined;
   let vmm: VmmRun | undefined;
   let server: UnixServer | undefined;
-  const progress = (): Progress => progressOf(client, destination, start);
-  const ticker = setInterval(() => send({ type: 'progress', progress: progress() }), PROGRESS_INTERVAL_MS);
+  const { start, cpuAtStart, client, progress, ticker } = await connectDestination(spec, send, () => destination);
   const cleanup = (): void => {
     clearInterval(ticker);
     vmm?.kill();
