@@ -32,6 +32,9 @@ const SIZE = Number(process.env.BENCH_REMOTE_MIB ?? 64) * MiB;
 const RTTS = (process.env.BENCH_REMOTE_RTTS ?? '0,1,6,20').split(',').map(Number);
 const SAMPLE = Number(process.env.BENCH_REMOTE_SAMPLE ?? 200);
 const REPS = Number(process.env.BENCH_REMOTE_REPS ?? 3);
+// --out FILE: the report alone into FILE (npm run bench -- --only remote); by
+// default it replaces the last section of bench/RESULTS.md.
+const OUT = process.argv.includes('--out') ? process.argv[process.argv.indexOf('--out') + 1] : undefined;
 
 // Runs `once` REPS times, one after the other; the run with the median time.
 // Every run's bytes must be right for the median's to count as right.
@@ -348,9 +351,14 @@ async function main() {
   } finally {
     await nginx.stop();
   }
-  fs.writeFileSync(path.join(here, 'remote-throughput.svg'), `${svg(rows)}\n`);
-  writeRemoteSection(path.join(here, 'RESULTS.md'), report(rows));
-  console.log(`wrote the remote section of bench/RESULTS.md and bench/remote-throughput.svg`);
+  if (OUT) {
+    fs.writeFileSync(OUT, `${report(rows)}\n`);
+    console.log(`wrote ${OUT}`);
+  } else {
+    fs.writeFileSync(path.join(here, 'remote-throughput.svg'), `${svg(rows)}\n`);
+    writeRemoteSection(path.join(here, 'RESULTS.md'), report(rows));
+    console.log(`wrote the remote section of bench/RESULTS.md and bench/remote-throughput.svg`);
+  }
   if (!rows.every((r) => [r.seq, r.seqBg, r.randBg, r.rand, r.seqNative, r.randBgNative, r.randBgPostcopy, r.randFirecracker].every((x) => x.ok))) process.exitCode = 1;
 }
 

@@ -1,8 +1,11 @@
 // npm run bench [-- --quick] [-- --out FILE] [-- --only SECTION[,SECTION]]
 //
-// SECTION: workloads, floor, read-ahead, placements, busy, idle, rss, vcpu. With
-// --only, the run writes only those sections (to --out, by default a file in
-// the temporary directory, so that bench/RESULTS.md keeps a whole run).
+// SECTION: workloads, floor, read-ahead, placements, busy, idle, rss, vcpu,
+// remote. With --only, the run writes only those sections (to --out, by
+// default a file in the temporary directory, so that bench/RESULTS.md keeps a
+// whole run). remote is bench/remote.mjs (page sources over HTTP), run last:
+// in a whole run it writes the last section of bench/RESULTS.md, with
+// --only a file of its own.
 //
 // The library against a plain C page-fault handler on the same workloads, one
 // after the other, and bench/RESULTS.md written from the run. The faulting
@@ -23,7 +26,7 @@ import { remoteSection } from './results-file.mjs';
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
-const SECTIONS = ['workloads', 'floor', 'read-ahead', 'placements', 'busy', 'idle', 'rss', 'vcpu'];
+const SECTIONS = ['workloads', 'floor', 'read-ahead', 'placements', 'busy', 'idle', 'rss', 'vcpu', 'remote'];
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1].split(',') : SECTIONS;
 for (const section of only) {
   if (!SECTIONS.includes(section)) throw new Error(`--only: unknown section '${section}' (one of ${SECTIONS.join(', ')})`);
@@ -286,7 +289,7 @@ async function main() {
   const m = machine();
   compile();
   // The vCPU section serves the VMM's own snapshot, not the image.
-  if (only.some((section) => section !== 'vcpu')) makeImage();
+  if (only.some((section) => section !== 'vcpu' && section !== 'remote')) makeImage();
   const md = [];
   md.push('# Benchmark results', '');
   md.push(`- Command: \`${command}\``, `- Date: ${m.date}`, `- Machine: ${m.cpu}, ${m.cpus} CPUs, ${m.memGiB} GiB; Linux ${m.kernel}; Node ${m.node}`);
@@ -348,8 +351,13 @@ async function main() {
     // What is left once read-ahead has taken the wake-ups away: the copy in
     // the handler's thread and the first touch in the faulting thread.
     const cost = (await run(path.join(build, 'copy_cost'), [])).json;
-    const bound = cost ? 1e6 / Math.max(cost.copyColdUs, cost.touchAfterCopyUs) : NaN;
-    if (cost) md.push('', `What bounds it on this machine, measured in this run (bench/native/copy_cost.c, 64 MiB, 16 KiB per ioctl, no handler): UFFDIO_COPY costs ${cost.copyColdUs.toFixed(2)} µs a page when the kernel reads each source page for the first time in the process (a fresh handler, as here), ${cost.copyWarmUs.toFixed(2)} µs when it has read it before; the first touch of a page a copy has just mapped costs ${cost.touchAfterCopyUs.toFixed(2)} µs; MADV_POPULATE_WRITE ${cost.populateUs.toFixed(2)} µs a page. One copying thread and one reader, each doing its part of every page, can reach at most about ${fmt(bound)} pages/s (the slower of the two per page). On a guest with shadow page tables (PVM) the cold copy is mostly the kernel's own first access to the source page, not the memcpy (docs/performance.md).`);
+    const bound = cost ? 1e6 / Math.max(cost.filePreadUs, cost.touchAfterCopyUs) : NaN;
+    const boundMapped = cost ? 1e6 / Math.max(cost.fileMappedUs, cost.touchAfterCopyUs) : NaN;
+    if (cost) md.push('', `What bounds it on this machine, measured in this run (bench/native/copy_cost.c, 64 MiB, 16 KiB per ioctl, no handler): UFFDIO_COPY from anonymous memory costs ${cost.copyColdUs.toFixed(2)} µs a page when the kernel reads each source page for the first time in the process, ${cost.copyWarmUs.toFixed(2)} µs when it has read it before; the first touch of a page a copy has just mapped costs ${cost.touchAfterCopyUs.toFixed(2)} µs; MADV_POPULATE_WRITE ${cost.populateUs.toFixed(2)} µs a page. From a memory file (as here: the image is a file in /dev/shm), a copy costs ${cost.fileMappedUs.toFixed(2)} µs a page through a fresh mapping of it, ${cost.filePreadUs.toFixed(2)} µs when each piece is read with pread into a buffer the handler reuses, which is what the library's native thread does for a source with a file (FilePageSource, the remote sources' memfd caches); the C handler copies from its mapping. One copying thread and one reader, each doing its part of every page, can reach at most about ${fmt(bound)} pages/s with the library's copies, ${fmt(boundMapped)} with copies through the mapping (the slower of the two per page). On a guest with shadow page tables (PVM) the cold copy is mostly the kernel's own first access to the source page, not the memcpy (docs/performance.md).`);
+
+    // The copies alone: background fill of the whole image with no fault.
+    const rate = (await run(process.execPath, [path.join(root, 'bench', 'fill-rate.mjs'), '--image', image, '--reps', String(REPS + 1)])).json;
+    if (rate) md.push('', `Background fill with no faults (bench/fill-rate.mjs: serveFrom({ background: 'now' }) of the ${IMAGE_MIB} MiB image, the server's thread alone, median of ${rate.reps}): ${fmt(rate.filePagesPerSec)} pages/s reading the FilePageSource through its file, ${fmt(rate.mappedPagesPerSec)} pages/s through its mapping (${(rate.filePagesPerSec / rate.mappedPagesPerSec).toFixed(2)}x).`);
 
     save();
   }
@@ -452,8 +460,12 @@ async function main() {
 }
 
 try {
-  await main();
+  if (only.some((section) => section !== 'remote')) await main();
 } finally {
   fs.rmSync(tmp, { recursive: true, force: true });
   fs.rmSync(image, { force: true });
+}
+if (wanted('remote')) {
+  const out = only.length < SECTIONS.length ? ['--out', only.length === 1 ? outFile : outFile.replace(/\.md$/, '-remote.md')] : [];
+  execFileSync(process.execPath, [path.join(root, 'bench', 'remote.mjs'), ...out], { stdio: 'inherit' });
 }

@@ -27,7 +27,7 @@ export interface UffdHandle {
    * backgroundPiece: bytes per background-fill ioctl, 0 for no background fill; fillThreads: helper threads that copy pieces;
    * backgroundNow: fill from the start rather than after the first fault.
    */
-  serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean, backgroundPiece: number, fillThreads: number, backgroundNow: boolean): void;
+  serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean, backgroundPiece: number, fillThreads: number, backgroundNow: boolean, file: number, fileOffset: number): void;
   /** The counters, in the order lib/stats.ts reads them. */
   stats(): Float64Array;
   setSpin(enabled: boolean): void;

@@ -42,6 +42,14 @@ export class EventStream<U> {
     this.#consumer = consumer;
   }
 
+  /** Undoes a claim whose consumer failed to start (nothing was read yet): the uffd takes a consumer again. */
+  release(): void {
+    this.#consumer = 'none';
+    this.#deliver = () => {};
+    this.#batchHandler = undefined;
+    this.#ended = [];
+  }
+
   /** Where each batch read goes, decoded. */
   setDeliver(deliver: (batch: UffdEvent<U>[]) => void): void {
     this.#deliver = deliver;

@@ -19,7 +19,7 @@ import { Pool, type Dispatcher } from 'undici';
 import { UffdError, argTypeError, argValueError, invalid, libraryError } from './errors';
 import { FetchScheduler, type Priority, type Transfer } from './fetch-scheduler';
 import { Memfd, type Mapping, systemPageSize } from './memory';
-import type { FetchOptions, PageSource } from './page-source';
+import type { FetchOptions, PageSource, SourceFile } from './page-source';
 import * as validate from './validate';
 
 const KiB = 1024;
@@ -177,6 +177,7 @@ export class HttpPageSource implements PageSource {
   readonly bytes: Uint8Array;
   /** One flag per page; shared memory, so workers and native threads can read it. */
   readonly present: Uint8Array;
+  readonly file: SourceFile;
   /** The URL as printed: without credentials. */
   readonly url: string;
   /** The pinned identity of the object: its ETag and Last-Modified as the server sent them at open. */
@@ -231,6 +232,7 @@ export class HttpPageSource implements PageSource {
       throw error;
     }
     this.bytes = this.#mapping.view();
+    this.file = { fd: this.#memfd.fd, offset: 0 };
     this.present = new Uint8Array(new SharedArrayBuffer(pages));
     const o = init.options;
     const page = (bytes: number): number => Math.max(1, Math.floor(bytes / this.pageSize));

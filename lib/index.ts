@@ -18,7 +18,7 @@ export type { Message, ReceiveOptions } from './unix-socket';
 export { probe, formatProbe, unavailable, MEMORY_TYPES, MODES } from './probe';
 export type { ProbeReport, MemoryType, Mode, Requirement } from './probe';
 export { FilePageSource, BufferPageSource } from './page-source';
-export type { PageSource, FetchOptions, BufferPageSourceOptions } from './page-source';
+export type { PageSource, SourceFile, FetchOptions, BufferPageSourceOptions } from './page-source';
 export { FirecrackerServer, FirecrackerSession, parseHandshake, receiveHandshake } from './firecracker';
 export type { FailurePolicy, SessionOptions, SessionStats, SessionEnd, SessionResult, ServerOptions, GuestRegion, Handshake } from './firecracker';
 export { LatencyHistogram } from './latency';

@@ -94,17 +94,22 @@ export class Mapping {
     const opts = validate.options<{ offset: number; length: number }>(options, 'options');
     const fd = fs.openSync(path, 'r');
     try {
-      const size = fs.fstatSync(fd).size;
-      const offset = validate.size(opts.offset ?? 0, 'options.offset');
-      const length = opts.length === undefined ? size - offset : validate.size(opts.length, 'options.length');
-      const pageSize = systemPageSize();
-      if (!validate.isAligned(offset, pageSize) || length <= 0 || offset + length > size) {
-        throw invalid('mmap', `[${offset}, ${offset + length}) must be a non-empty range of the ${size}-byte file, starting at a page boundary`);
-      }
-      return new Mapping(native.mapShared(fd, offset, length, true), length, pageSize, 'file');
+      return Mapping.fileDescriptor(fd, opts);
     } finally {
       fs.closeSync(fd);
     }
+  }
+
+  /** @internal Mapping.file() of an open descriptor, which stays open (FilePageSource keeps it for pread). */
+  static fileDescriptor(fd: number, opts: { offset?: number; length?: number }): Mapping {
+    const size = fs.fstatSync(fd).size;
+    const offset = validate.size(opts.offset ?? 0, 'options.offset');
+    const length = opts.length === undefined ? size - offset : validate.size(opts.length, 'options.length');
+    const pageSize = systemPageSize();
+    if (!validate.isAligned(offset, pageSize) || length <= 0 || offset + length > size) {
+      throw invalid('mmap', `[${offset}, ${offset + length}) must be a non-empty range of the ${size}-byte file, starting at a page boundary`);
+    }
+    return new Mapping(native.mapShared(fd, offset, length, true), length, pageSize, 'file');
   }
 
   get mapped(): boolean {

@@ -95,7 +95,14 @@ export function serveFrom(host: ServeHost, source: PageSource | null, options?: 
   // The source may say what a fault on a page it failed to deliver gets (a remote source: SIGBUS, never zeros).
   const { served } = serveWith(host, (fault) => onMiss(fault, locate(ranges, src, fault)), { ...opts, failure: opts.failure ?? src?.failure }, false);
   const bytes = src ? src.bytes : new Uint8Array(0);
-  host.handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false, piece, fillers, opts.background === 'now');
+  const file = src?.file ?? null;
+  try {
+    host.handle.serveNative(bytes, src ? src.present : null, src ? src.pageSize : 0, table, pages, opts.spin !== false, piece, fillers,
+      opts.background === 'now', file ? file.fd : -1, file ? file.offset : 0);
+  } catch (error) {
+    host.stream.release();  // nothing started: bad input changes nothing
+    throw error;
+  }
   return served;
 }
 
@@ -121,6 +128,10 @@ export function checkSource(source: unknown): PageSource | null {
   }
   if (s.present && s.present.length * s.pageSize < s.bytes.length) {
     throw argValueError('source.present', `has ${s.present.length} flags; the source's ${s.bytes.length} bytes need one per ${s.pageSize}-byte page`);
+  }
+  if (s.file != null && (typeof s.file !== 'object' || !Number.isSafeInteger(s.file.fd) || s.file.fd < 0 ||
+      !Number.isSafeInteger(s.file.offset) || s.file.offset < 0)) {
+    throw argTypeError('source.file', 'null or { fd, offset } with a descriptor and a byte offset', s.file);
   }
   return s;
 }

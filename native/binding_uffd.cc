@@ -3,6 +3,9 @@
 // functions that open a uffd and do its handshake.
 #include <uv.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -304,15 +307,17 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
 
   // serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage,
   //   ranges: BigUint64Array [start, length, pageSize, sourceOffset, fill]...,
-  //   readAhead, spin, backgroundPiece, fillThreads, backgroundNow): starts
-  //   the native fast path instead of the stream; backgroundPiece 0: no
-  //   background fill; backgroundNow: fill from the start, not after a fault.
+  //   readAhead, spin, backgroundPiece, fillThreads, backgroundNow, file,
+  //   fileOffset): starts the native fast path instead of the stream;
+  //   backgroundPiece 0: no background fill; backgroundNow: fill from the
+  //   start, not after a fault; file: a descriptor holding the source's bytes
+  //   from fileOffset on (pread; the server keeps a duplicate), or -1.
   // The source's buffers are held until the server has stopped.
   Napi::Value JsServeNative(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int fd = Fd(info);
     if (started_ || server_ != nullptr) ThrowCode(env, "ERR_UFFD_BUSY", "serveFrom");
-    if (!info[0].IsTypedArray() || !info[3].IsTypedArray()) throw Napi::TypeError::New(env, "serveNative(bytes, present, presentPage, ranges, readAhead, spin, backgroundPiece, fillThreads, backgroundNow)");
+    if (!info[0].IsTypedArray() || !info[3].IsTypedArray()) throw Napi::TypeError::New(env, "serveNative(bytes, present, presentPage, ranges, readAhead, spin, backgroundPiece, fillThreads, backgroundNow, file, fileOffset)");
     Bytes bytes = BytesOf(info, 0);
     // The native thread reads the source inside UFFDIO_COPY: registered
     // memory that only this uffd could fill would block it for good.
@@ -342,11 +347,22 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     if (piece > 0) options.background_piece = piece;
     options.fill_threads = static_cast<uint32_t>(U64(info, 7));
     options.background_now = info[8].ToBoolean();
+    int64_t file = info[9].As<Napi::Number>().Int64Value();
+    if (file >= 0) {
+      // A duplicate of its own: the caller may close its descriptor, and the
+      // number then name another file, while the server reads.
+      source.file = fcntl(static_cast<int>(file), F_DUPFD_CLOEXEC, 0);
+      if (source.file < 0) ThrowErrno(env, -errno, "serveFrom");
+      source.file_offset = U64(info, 10);
+    }
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env, &loop);
     int err = 0;
     server_ = PageServer::Create(loop, fd, source, std::move(ranges), options, this, &err);
-    if (server_ == nullptr) ThrowErrno(env, err, "serveFrom");
+    if (server_ == nullptr) {
+      if (source.file >= 0) close(source.file);
+      ThrowErrno(env, err, "serveFrom");
+    }
     source_bytes_ = Napi::Persistent(info[0].As<Napi::Object>());
     if (!info[1].IsNull()) source_present_ = Napi::Persistent(info[1].As<Napi::Object>());
     Ref();

@@ -117,6 +117,7 @@ void PageServer::Stop() {
 void PageServer::Destroy() {
   Stop();
   close(stop_fd_);
+  if (source_.file >= 0) close(source_.file);
   queue_->Destroy();
   if (zeros_ != nullptr) munmap(const_cast<uint8_t*>(zeros_), zeros_size_);
   delete this;
@@ -175,6 +176,9 @@ void PageServer::Record(uint64_t ns) {
 
 void PageServer::Run() {
   pollfd fds[2] = {{uffd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+  // Filling from the start: the first pass begins now, not at the first
+  // message (fillers, if any, have started on it already).
+  if (armed_ && !ReadAhead()) return;
   for (;;) {
     uint64_t slept_from = SpinPolicy::NowNs();
     int r = poll(fds, 2, PollTimeout());
@@ -611,8 +615,40 @@ int PageServer::Ioctl(const RangeState& r, Kind kind, uint64_t page, uint64_t co
     case Kind::kCopy:
       break;
   }
-  const uint8_t* src = source_.bytes + r.range.source_offset + page * ps;
-  return uffd::Copy(uffd_, dst, reinterpret_cast<uint64_t>(src), len, mode, done);
+  uint64_t offset = r.range.source_offset + page * ps;
+  if (source_.file >= 0 && ps == SystemPage()) return CopyFromFile(dst, offset, len, mode, done);
+  return uffd::Copy(uffd_, dst, reinterpret_cast<uint64_t>(source_.bytes + offset), len, mode, done);
+}
+
+int PageServer::CopyFromFile(uint64_t dst, uint64_t offset, uint64_t len, uint64_t mode, uint64_t* done) {
+  // One buffer per thread (the server's and each filler's), unmapped when the thread ends.
+  struct ReadBuffer {
+    void* bytes = MAP_FAILED;
+    ~ReadBuffer() {
+      if (bytes != MAP_FAILED) munmap(bytes, kReadBuffer);
+    }
+  };
+  thread_local ReadBuffer buffer;
+  if (buffer.bytes == MAP_FAILED) {
+    buffer.bytes = mmap(nullptr, kReadBuffer, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  }
+  *done = 0;
+  while (buffer.bytes != MAP_FAILED && *done < len) {
+    uint64_t n = std::min(len - *done, kReadBuffer);
+    ssize_t got = pread(source_.file, buffer.bytes, n, static_cast<off_t>(source_.file_offset + offset + *done));
+    if (got != static_cast<ssize_t>(n)) break;
+    uint64_t copied = 0;
+    int rc = uffd::Copy(uffd_, dst + *done, reinterpret_cast<uint64_t>(buffer.bytes), n, mode, &copied);
+    *done += copied;
+    if (rc < 0) return rc;
+  }
+  if (*done == len) return 0;
+  // No buffer, or the file is shorter than the source says: the mapping has the bytes.
+  uint64_t copied = 0;
+  int rc = uffd::Copy(uffd_, dst + *done, reinterpret_cast<uint64_t>(source_.bytes + offset + *done), len - *done, mode,
+                      &copied);
+  *done += copied;
+  return rc;
 }
 
 void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, uint64_t end) {

@@ -2,8 +2,10 @@
 // from a registered source; JavaScript sees only what the source cannot
 // answer. Every fault is real, raised by a worker thread or a peer process.
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { BufferPageSource, Mapping, Userfaultfd, type Event, type Fault } from '../dist/index.js';
+import { BufferPageSource, FilePageSource, Mapping, Userfaultfd, type Event, type Fault } from '../dist/index.js';
 import { PAGE, pattern, shuffled, touch, registeredAnonymous } from './helpers';
 import { reserveHugePages } from './hugepages';
 import { startPeer, type Peer } from './peer';
@@ -174,6 +176,75 @@ describe('serveFrom: the native fast path', () => {
     expect(() => uffd.serveFrom({} as never)).toThrow(TypeError);
     void uffd.serveFrom(new BufferPageSource(new Uint8Array(memory.length)));
     expect(() => uffd.serve(() => {})).toThrow(expect.objectContaining({ code: 'ERR_UFFD_BUSY' }));
+  });
+});
+
+describe('serveFrom reading a source through its file', () => {
+  function imageFile(image: SharedArrayBuffer, extra = 0): string {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-70-'));
+    const file = path.join(dir, 'mem.bin');
+    fs.writeFileSync(file, new Uint8Array(image));
+    if (extra > 0) fs.appendFileSync(file, new Uint8Array(extra));
+    cleanup.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+    return file;
+  }
+
+  it('a FilePageSource: every page byte-identical, page by page, read ahead and filled in the background', async () => {
+    const pages = 512;
+    for (const options of [{}, { readAhead: 16 }, { background: 'now' as const, fillThreads: 2 }]) {
+      const { uffd, memory, image } = setup(pages);
+      const source = new FilePageSource(imageFile(image));
+      cleanup.push(() => source.close());
+      expect(source.file).toEqual({ fd: expect.any(Number), offset: 0 });
+      void uffd.serveFrom(source, options);
+      const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(pages, 5), expected: image });
+      expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+      uffd.close();
+      expect(uffd.stats().pages).toBe(pages);
+    }
+  });
+
+  it('the file is what is read, from its offset, through a descriptor of the server\'s own', async () => {
+    // bytes and file disagree on purpose: the served pages are the file's,
+    // which shows the copies go through pread and not through `bytes`.
+    const pages = 64;
+    const { uffd, memory, image } = setup(pages);
+    const file = imageFile(pattern(PAGE, 1), 0);
+    fs.appendFileSync(file, new Uint8Array(image));
+    const fd = fs.openSync(file, 'r');
+    const source = { size: image.byteLength, pageSize: PAGE, bytes: new Uint8Array(image.byteLength), present: null,
+      file: { fd, offset: PAGE }, fetch: () => Promise.resolve(), close: () => {} };
+    void uffd.serveFrom(source, { readAhead: 4 });
+    // The caller's descriptor may go (and its number be reused) once serveFrom has returned.
+    fs.closeSync(fd);
+    const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(pages, 9), expected: image });
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+  });
+
+  it('a file shorter than the source: the pages past its end come from bytes', async () => {
+    const pages = 32;
+    const { uffd, memory, image } = setup(pages);
+    const half = imageFile(image.slice(0, (pages / 2) * PAGE));
+    const fd = fs.openSync(half, 'r');
+    cleanup.push(() => fs.closeSync(fd));
+    const source = new BufferPageSource(image);
+    void uffd.serveFrom({ ...source, fetch: source.fetch.bind(source), close: () => {}, file: { fd, offset: 0 } });
+    const { result } = touch({ address: memory.address, length: memory.length, expected: image });
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+  });
+
+  it('refuses a file that is not { fd, offset }, and a closed descriptor, changing nothing', () => {
+    const { uffd, memory } = setup(4);
+    const base = new BufferPageSource(new Uint8Array(memory.length));
+    const withFile = (file: unknown) => ({ ...base, fetch: base.fetch.bind(base), close: () => {}, file }) as never;
+    for (const file of [5, 'x', { fd: -1, offset: 0 }, { fd: 1.5, offset: 0 }, { fd: 0, offset: -PAGE }, { fd: 0 }]) {
+      expect(() => uffd.serveFrom(withFile(file))).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    }
+    const fd = fs.openSync('/dev/null', 'r');
+    fs.closeSync(fd);
+    expect(() => uffd.serveFrom(withFile({ fd, offset: 0 }))).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'serveFrom' }));
+    // Nothing started: the uffd still takes a consumer.
+    void uffd.serveFrom(base);
   });
 });
 

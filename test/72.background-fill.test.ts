@@ -58,10 +58,11 @@ describe('serveFrom background fill', () => {
     expect(stats.copiedBytes).toBe(pages * PAGE);
   });
 
-  it("background: 'now' fills every page before any fault: the reader then faults on none", async () => {
+  // With no fill thread, the server thread itself must start without a message to wake it.
+  it.each([0, 1])("background: 'now' fills every page before any fault, fillThreads %i: the reader then faults on none", async (fillThreads) => {
     const pages = 512;
     const { uffd, mapping, image } = setup(pages);
-    void uffd.serveFrom(new BufferPageSource(image), { background: 'now' });
+    void uffd.serveFrom(new BufferPageSource(image), { background: 'now', fillThreads });
     await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(0), { timeout: 10_000, interval: 5 });
     const { result } = touch({ address: mapping.address, length: mapping.length, order: shuffled(pages, 3), expected: image });
     expect(await result).toMatchObject({ ok: true, mismatches: 0 });

@@ -11,7 +11,13 @@
  * - copy, warm: the same source copied again into a new registration;
  * - touch: the first read of each page a copy has just mapped;
  * - populate: MADV_POPULATE_WRITE of as much anonymous memory (allocation
- *   and zeroing without a copy), for scale.
+ *   and zeroing without a copy), for scale;
+ * - memory file, mapped: a memfd holding the image (a snapshot's memory
+ *   file, a remote source's cache), copied from a fresh shared mapping of it;
+ * - memory file, pread: the same, each piece read with pread into one
+ *   buffer the handler reuses and copied from there, as the library's native
+ *   thread does for a source with a file: the kernel reads the page cache
+ *   directly and finds the buffer mapped, so no source page is faulted in.
  * On a guest with shadow page tables (PVM) the cold copy pays a shadow-page
  * fault for the kernel's own access to each source page: that cost, not the
  * memcpy, is what the handler's thread spends.
@@ -60,9 +66,16 @@ static void *map(void)
 	return p;
 }
 
-/* Copies src into a fresh registered mapping; returns µs per page of the copies and, in *touch, of the first reads. */
-static double copy_once(const char *src, size_t piece, double *touch)
+/* Copies src (or, with file >= 0, the file through pread into a reused buffer) into a fresh registered mapping;
+ * returns µs per page of the copies and, in *touch, of the first reads. */
+static double copy_once(const char *src, int file, size_t piece, double *touch)
 {
+	static char *buffer;
+	if (file >= 0 && buffer == NULL) {
+		buffer = mmap(NULL, piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+		if (buffer == MAP_FAILED)
+			fail("mmap");
+	}
 	int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	if (uffd < 0)
 		fail("userfaultfd");
@@ -75,7 +88,13 @@ static double copy_once(const char *src, size_t piece, double *touch)
 		fail("UFFDIO_REGISTER");
 	double t0 = now();
 	for (size_t off = 0; off < LEN; off += piece) {
-		struct uffdio_copy c = { .dst = (uintptr_t)dst + off, .src = (uintptr_t)src + off, .len = piece };
+		uintptr_t from = (uintptr_t)src + off;
+		if (file >= 0) {
+			if (pread(file, buffer, piece, (off_t)off) != (ssize_t)piece)
+				fail("pread");
+			from = (uintptr_t)buffer;
+		}
+		struct uffdio_copy c = { .dst = (uintptr_t)dst + off, .src = from, .len = piece };
 		if (ioctl(uffd, UFFDIO_COPY, &c))
 			fail("UFFDIO_COPY");
 	}
@@ -106,15 +125,31 @@ int main(int argc, char **argv)
 	/* The source as a handler has it: written by user code, never read by the kernel yet. */
 	char *src = map();
 	memset(src, 0x5a, LEN);
-	double touch_cold, touch_warm;
-	double cold = copy_once(src, piece, &touch_cold);
-	double warm = copy_once(src, piece, &touch_warm);
+	double touch_cold, touch_warm, touch_file;
+	double cold = copy_once(src, -1, piece, &touch_cold);
+	double warm = copy_once(src, -1, piece, &touch_warm);
 	char *z = map();
 	double t0 = now();
 	if (madvise(z, LEN, MADV_POPULATE_WRITE))
 		fail("MADV_POPULATE_WRITE");
 	double populate = (now() - t0) / (LEN / 4096) * 1e6;
-	printf("{\"piece\":%zu,\"copyColdUs\":%.2f,\"copyWarmUs\":%.2f,\"touchAfterCopyUs\":%.2f,\"populateUs\":%.2f}\n",
-	       piece, cold, warm, (touch_cold + touch_warm) / 2, populate);
+	/* A memory file: written through a mapping that is then dropped, as a snapshot's would be. */
+	int file = memfd_create("copy_cost", MFD_CLOEXEC);
+	if (file < 0 || ftruncate(file, (off_t)LEN))
+		fail("memfd_create");
+	char *w = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_SHARED, file, 0);
+	if (w == MAP_FAILED)
+		fail("mmap");
+	memset(w, 0x5a, LEN);
+	munmap(w, LEN);
+	char *mapped = mmap(NULL, LEN, PROT_READ, MAP_SHARED, file, 0);
+	if (mapped == MAP_FAILED)
+		fail("mmap");
+	double file_mapped = copy_once(mapped, -1, piece, &touch_file);
+	munmap(mapped, LEN);
+	double file_pread = copy_once(NULL, file, piece, &touch_file);
+	printf("{\"piece\":%zu,\"copyColdUs\":%.2f,\"copyWarmUs\":%.2f,\"touchAfterCopyUs\":%.2f,\"populateUs\":%.2f,"
+	       "\"fileMappedUs\":%.2f,\"filePreadUs\":%.2f}\n",
+	       piece, cold, warm, (touch_cold + touch_warm) / 2, populate, file_mapped, file_pread);
 	return 0;
 }

@@ -11,7 +11,7 @@ import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { argRangeError, argTypeError, UffdError } from '../errors';
 import { Memfd, type Mapping } from '../memory';
-import type { FetchOptions, PageSource } from '../page-source';
+import type { FetchOptions, PageSource, SourceFile } from '../page-source';
 import * as validate from '../validate';
 import {
   FRAME, FrameReader, decode, encodeAck, encodeAttach, encodeError, encodeRequest, encodeStart, protocolError, type Geometry, type Hello,
@@ -65,6 +65,7 @@ export class PostcopyClient implements PageSource {
   readonly mapping: Mapping;
   readonly bytes: Uint8Array;
   readonly present: Uint8Array;
+  readonly file: SourceFile;
   /** The image's sha256, as the source announced it. */
   readonly checksum: Buffer;
   readonly stats: ClientStats = { pagesOnDemand: 0, pagesPushed: 0, bytesReceived: 0, requests: 0 };
@@ -92,6 +93,7 @@ export class PostcopyClient implements PageSource {
   #resolveComplete!: () => void;
   #rejectComplete!: (error: UffdError) => void;
   #closed = false;
+  readonly #memfd: Memfd;
   #sourceDone = false;
 
   private constructor(socket: net.Socket, reader: FrameReader, hello: Hello, options: ClientOptions) {
@@ -104,9 +106,14 @@ export class PostcopyClient implements PageSource {
     this.#requested = new Uint8Array(this.#pages);
     this.#verify = options.verify ?? true;
     this.#stallTimeoutMs = options.stallTimeoutMs ?? 30_000;
-    const memfd = Memfd.create(this.size, { name: 'postcopy-cache' });
-    this.mapping = memfd.map();
-    memfd.close();
+    this.#memfd = Memfd.create(this.size, { name: 'postcopy-cache' });
+    try {
+      this.mapping = this.#memfd.map();
+    } catch (error) {
+      this.#memfd.close();
+      throw error;
+    }
+    this.file = { fd: this.#memfd.fd, offset: 0 };
     this.bytes = this.mapping.view();
     this.present = new Uint8Array(new SharedArrayBuffer(this.#pages));
     this.complete = new Promise<void>((resolve, reject) => {
@@ -234,6 +241,7 @@ export class PostcopyClient implements PageSource {
     this.#fail(new UffdError('ERR_UFFD_CLOSED', 'ERR_UFFD_CLOSED: the post-copy client was closed'));
     this.#closed = true;
     this.mapping.unmap();
+    this.#memfd.close();
   }
 
   #request(first: number, end: number, urgent: boolean): void {
