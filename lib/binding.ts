@@ -29,7 +29,8 @@ export interface UffdHandle {
    */
   serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean, backgroundPiece: number, fillThreads: number, backgroundNow: boolean, file: number, fileOffset: number): void;
   /** The counters, in the order lib/stats.ts reads them. */
-  stats(): Float64Array;
+  /** Fills out (COUNTERS_LENGTH or STATS_LENGTH numbers, lib/stats.ts). */
+  stats(out: Float64Array): void;
   setSpin(enabled: boolean): void;
   /** Blocks until messages are in the messages buffer: their count, 0 after timeoutMs, -1 once closed. */
   wait(timeoutMs: number, spin: boolean): number;

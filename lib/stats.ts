@@ -45,21 +45,34 @@ export interface ServeStats {
   readonly serviceP50Us: number;
   readonly serviceP99Us: number;
   readonly serviceMaxUs: number;
-  /** The native path's service times, every fault it resolved, as a histogram (its buckets are ±12%). */
+  /**
+   * The native path's service times, every fault it resolved, as a histogram
+   * (its buckets are ±12%): read from the addon when first asked for (the
+   * other counters are those of the stats() call).
+   */
   readonly serviceLatency: LatencyHistogram;
   readonly spin: SpinStats;
 }
 
-/** Names the addon's counters (UffdHandle.stats()); jsFaults is counted on the JavaScript side. */
-export function readStats(v: Float64Array, jsFaults: number): ServeStats {
+/** What UffdHandle.stats(out) fills: the counters alone, or the counters and the histogram (ns, count) per bucket. */
+export const COUNTERS_LENGTH = 24;
+export const STATS_LENGTH = COUNTERS_LENGTH + 2 * 160;
+
+/**
+ * Names the addon's counters (UffdHandle.stats(), read into v, which the
+ * caller reuses: they are copied out here); jsFaults is counted on the
+ * JavaScript side. full() reads the counters and the histogram, for
+ * serviceLatency.
+ */
+export function readStats(v: Float64Array, jsFaults: number, full: () => Float64Array): ServeStats {
   // Built when asked for: stats() is polled (pagesLeft, page counts) far more often than the histogram is read.
   let histogram: LatencyHistogram | undefined;
   return {
     get serviceLatency(): LatencyHistogram {
       if (!histogram) {
         histogram = new LatencyHistogram();
-        // From index 24: (ns, count) per bucket of the addon's histogram.
-        for (let i = 24; i + 1 < v.length; i += 2) if (v[i + 1]! > 0) histogram.record(v[i]! / 1e3, v[i + 1]!);
+        const h = full();
+        for (let i = COUNTERS_LENGTH; i + 1 < h.length; i += 2) if (h[i + 1]! > 0) histogram.record(h[i]! / 1e3, h[i + 1]!);
       }
       return histogram;
     },

@@ -28,7 +28,7 @@ import { Registrations, type AdoptedRange, type RegisterModes, type Registration
 import * as serving from './serve';
 import type { ServeBatchOptions, ServeHost, ServeOptions, ServeSyncOptions } from './serve';
 import { serveFrom as serveFromSource, type ServeFromOptions } from './serve-from';
-import { readStats, type ServeStats } from './stats';
+import { COUNTERS_LENGTH, STATS_LENGTH, readStats, type ServeStats } from './stats';
 import * as validate from './validate';
 
 native.setErrorFactory(systemError);
@@ -70,7 +70,9 @@ export class Userfaultfd implements FaultResolver {
   #jsFaults = 0;
   #context: DecodeContext<Userfaultfd> | undefined;
   #serveHost: ServeHost | undefined;
-  #finalStats: Float64Array = new Float64Array(20);
+  #finalStats: Float64Array = new Float64Array(STATS_LENGTH);
+  // stats() reads the counters into this, every call: no allocation per poll.
+  readonly #counters = new Float64Array(COUNTERS_LENGTH);
 
   /** How the descriptor was obtained: 'syscall', 'device' (/dev/userfaultfd), 'adopted' (an fd given to fromFd or a fork event), or 'borrowed' (lent by another thread). */
   readonly openedWith: 'syscall' | 'device' | 'adopted' | 'borrowed';
@@ -388,7 +390,14 @@ export class Userfaultfd implements FaultResolver {
 
   /** Counters of what serving has done so far (cheap: one call into the addon). */
   stats(): ServeStats {
-    return readStats(this.#closed ? this.#finalStats : this.#handle.stats(), this.#jsFaults);
+    if (this.#closed) return readStats(this.#finalStats, this.#jsFaults, () => this.#finalStats);
+    this.#handle.stats(this.#counters);
+    return readStats(this.#counters, this.#jsFaults, () => {
+      if (this.#closed) return this.#finalStats;
+      const full = new Float64Array(STATS_LENGTH);
+      this.#handle.stats(full);
+      return full;
+    });
   }
 
   /** Whether an active event stream keeps the process alive (the default), like a socket's ref(). */
@@ -418,7 +427,7 @@ export class Userfaultfd implements FaultResolver {
     this.#closed = true;
     this.#handle.close(this.openedWith === 'adopted');
     // After close: the native thread has been joined, its counters are final.
-    this.#finalStats = this.#handle.stats();
+    this.#handle.stats(this.#finalStats);
     this.#registrations.clear();
     this.#stream.end();
   }

@@ -370,13 +370,26 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     return env.Undefined();
   }
 
-  // stats() -> Float64Array of the counters, in the order lib/stats.ts reads
-  // them; from kHistogramAt, the service-time histogram as (ns, count) pairs.
+  // stats(out: Float64Array): fills out (kCountersLength numbers, or
+  // kStatsLength to have the histogram too) with the counters, in the order
+  // lib/stats.ts reads them; from kHistogramAt, the service-time histogram as
+  // (ns, count) pairs. The caller keeps one array and passes it each time:
+  // stats() is polled every few ms by the sessions, and a new array per call
+  // would pile up as external memory between collections.
   static constexpr size_t kHistogramAt = 24;
+  static constexpr size_t kCountersLength = kHistogramAt;
   static constexpr size_t kStatsLength = kHistogramAt + 2 * PageServer::Stats::kBuckets;
   Napi::Value JsStats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    auto out = Napi::Float64Array::New(env, kStatsLength);
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+      throw Napi::TypeError::New(env, "stats(out: Float64Array)");
+    }
+    auto out = info[0].As<Napi::Float64Array>();
+    if (out.ElementLength() != kCountersLength && out.ElementLength() != kStatsLength) {
+      throw Napi::RangeError::New(env, "stats(out): out holds the counters, or the counters and the histogram");
+    }
+    bool histogram = out.ElementLength() == kStatsLength;
+    for (size_t i = 0; i < out.ElementLength(); i++) out[i] = 0;
     if (server_ != nullptr || has_final_stats_) {
       PageServer::Stats s = server_ != nullptr ? server_->stats() : final_stats_;
       const uint64_t values[] = {s.faults_native, s.faults_forwarded, s.events, s.pages, s.bytes, s.read_ahead_pages,
@@ -386,7 +399,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       out[20] = static_cast<double>(s.background_pages);
       out[21] = static_cast<double>(s.copied_bytes);
       out[22] = static_cast<double>(s.pages_left);
-      for (size_t b = 0; b < PageServer::Stats::kBuckets; b++) {
+      for (size_t b = 0; histogram && b < PageServer::Stats::kBuckets; b++) {
         out[kHistogramAt + 2 * b] = static_cast<double>(PageServer::BucketValue(b));
         out[kHistogramAt + 2 * b + 1] = static_cast<double>(s.histogram[b]);
       }
@@ -398,7 +411,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       out[18] = static_cast<double>(c.spun_ns + w.spun_ns);
     }
     out[19] = server_ != nullptr || has_final_stats_ ? 1 : 0;
-    return out;
+    return env.Undefined();
   }
 
   Napi::Value JsSetSpin(const Napi::CallbackInfo& info) {

@@ -45,6 +45,11 @@ describe('serveFrom: the native fast path', () => {
     expect(stats.pages).toBe(pages);
     expect(stats.bytes).toBe(pages * PAGE);
     expect(stats.serviceP99Us).toBeGreaterThan(0);
+    // The histogram holds every fault the native thread resolved, with the same percentiles.
+    expect(stats.serviceLatency.count).toBe(pages);
+    const p99 = stats.serviceLatency.percentile(99);
+    expect(p99).toBeGreaterThan(stats.serviceP99Us * 0.75);
+    expect(p99).toBeLessThan(stats.serviceP99Us * 1.25);
     await served;
   });
 
