@@ -353,6 +353,11 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       // number then name another file, while the server reads.
       source.file = fcntl(static_cast<int>(file), F_DUPFD_CLOEXEC, 0);
       if (source.file < 0) ThrowErrno(env, -errno, "serveFrom");
+      // Opened for writing only, every pread would fail: say so now.
+      if ((fcntl(source.file, F_GETFL) & O_ACCMODE) == O_WRONLY) {
+        close(source.file);
+        ThrowErrno(env, -EBADF, "serveFrom");
+      }
       source.file_offset = U64(info, 10);
     }
     uv_loop_t* loop = nullptr;

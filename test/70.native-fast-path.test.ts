@@ -246,8 +246,16 @@ describe('serveFrom reading a source through its file', () => {
       expect(() => uffd.serveFrom(withFile(file))).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
     }
     const fd = fs.openSync('/dev/null', 'r');
+    // Not a regular file.
+    expect(() => uffd.serveFrom(withFile({ fd, offset: 0 }))).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
     fs.closeSync(fd);
-    expect(() => uffd.serveFrom(withFile({ fd, offset: 0 }))).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'serveFrom' }));
+    expect(() => uffd.serveFrom(withFile({ fd, offset: 0 }))).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'fstat' }));
+    // Open for writing only: every read would fail.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-70-'));
+    cleanup.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const writeOnly = fs.openSync(path.join(dir, 'w.bin'), 'w');
+    cleanup.push(() => fs.closeSync(writeOnly));
+    expect(() => uffd.serveFrom(withFile({ fd: writeOnly, offset: 0 }))).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'serveFrom' }));
     // Nothing started: the uffd still takes a consumer.
     void uffd.serveFrom(base);
   });
