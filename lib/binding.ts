@@ -28,8 +28,7 @@ export interface UffdHandle {
    * backgroundNow: fill from the start rather than after the first fault.
    */
   serveNative(bytes: Uint8Array, present: Uint8Array | null, presentPage: number, ranges: BigUint64Array, readAhead: number, spin: boolean, backgroundPiece: number, fillThreads: number, backgroundNow: boolean, file: number, fileOffset: number): void;
-  /** The counters, in the order lib/stats.ts reads them. */
-  /** Fills out (COUNTERS_LENGTH or STATS_LENGTH numbers, lib/stats.ts). */
+  /** Fills out with the counters (COUNTERS_LENGTH numbers), or the counters and the histogram (STATS_LENGTH), in the order lib/stats.ts reads them. */
   stats(out: Float64Array): void;
   setSpin(enabled: boolean): void;
   /** Blocks until messages are in the messages buffer: their count, 0 after timeoutMs, -1 once closed. */

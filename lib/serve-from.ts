@@ -130,13 +130,14 @@ export function checkSource(source: unknown): PageSource | null {
   if (s.present && s.present.length * s.pageSize < s.bytes.length) {
     throw argValueError('source.present', `has ${s.present.length} flags; the source's ${s.bytes.length} bytes need one per ${s.pageSize}-byte page`);
   }
-  if (s.file != null && (typeof s.file !== 'object' || !Number.isSafeInteger(s.file.fd) || s.file.fd < 0 ||
-      !Number.isSafeInteger(s.file.offset) || s.file.offset < 0)) {
-    throw argTypeError('source.file', 'null or { fd, offset } with a descriptor and a byte offset', s.file);
-  }
-  // fstat throws Node's own EBADF for a closed descriptor.
-  if (s.file != null && !fs.fstatSync(s.file.fd).isFile()) {
-    throw argValueError('source.file.fd', `must be a regular file (the file source.bytes maps: a memory file, a memfd). Received descriptor ${s.file.fd}`);
+  if (s.file != null) {
+    if (typeof s.file !== 'object' || !Number.isSafeInteger(s.file.fd) || s.file.fd < 0 || !Number.isSafeInteger(s.file.offset) || s.file.offset < 0) {
+      throw argTypeError('source.file', 'null or { fd, offset } with a descriptor and a byte offset', s.file);
+    }
+    // fstat throws Node's own EBADF for a closed descriptor.
+    if (!fs.fstatSync(s.file.fd).isFile()) {
+      throw argValueError('source.file.fd', `must be a regular file (the file source.bytes maps: a memory file, a memfd). Received descriptor ${s.file.fd}`);
+    }
   }
   return s;
 }

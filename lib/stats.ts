@@ -56,7 +56,7 @@ export interface ServeStats {
 
 /** What UffdHandle.stats(out) fills: the counters alone, or the counters and the histogram (ns, count) per bucket. */
 export const COUNTERS_LENGTH = 24;
-export const STATS_LENGTH = COUNTERS_LENGTH + 2 * 160;
+export const STATS_LENGTH = COUNTERS_LENGTH + 2 * 160; // 160: PageServer::Stats::kBuckets (the addon checks the length)
 
 /**
  * Names the addon's counters (UffdHandle.stats(), read into v, which the

@@ -348,6 +348,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     options.fill_threads = static_cast<uint32_t>(U64(info, 7));
     options.background_now = info[8].ToBoolean();
     int64_t file = info[9].As<Napi::Number>().Int64Value();
+    uint64_t file_offset = U64(info, 10);
     if (file >= 0) {
       // A duplicate of its own: the caller may close its descriptor, and the
       // number then name another file, while the server reads.
@@ -358,7 +359,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
         close(source.file);
         ThrowErrno(env, -EBADF, "serveFrom");
       }
-      source.file_offset = U64(info, 10);
+      source.file_offset = file_offset;
     }
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env, &loop);
