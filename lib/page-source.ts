@@ -62,6 +62,20 @@ export interface PageSource {
   close(): void;
 }
 
+/** Checks a source's file (null or undefined: none): { fd, offset }, fd a regular file that is open. */
+export function checkSourceFile(file: unknown, name: string): SourceFile | null {
+  if (file == null) return null;
+  const f = file as SourceFile;
+  if (typeof f !== 'object' || !Number.isSafeInteger(f.fd) || f.fd < 0 || !Number.isSafeInteger(f.offset) || f.offset < 0) {
+    throw argTypeError(name, 'null or { fd, offset } with a descriptor and a byte offset', file);
+  }
+  // fstat throws Node's own EBADF for a closed descriptor.
+  if (!fs.fstatSync(f.fd).isFile()) {
+    throw argValueError(`${name}.fd`, `must be a regular file (the file the source's bytes map: a memory file, a memfd). Received descriptor ${f.fd}`);
+  }
+  return f;
+}
+
 /** Whether every page of the source holding [offset, offset + length) is present (read with Atomics, as sources write it). */
 export function isPresent(source: PageSource, offset: number, length: number): boolean {
   const present = source.present;
@@ -115,6 +129,8 @@ export interface BufferPageSourceOptions {
   fetch?: (offset: number, length: number, options?: FetchOptions) => Promise<void>;
   /** The granularity of present (default: the system page size). */
   pageSize?: number;
+  /** The file bytes is a shared mapping of (e.g. a Memfd's map()), for serveFrom to read with pread (see PageSource.file). */
+  file?: SourceFile;
 }
 
 /**
@@ -126,6 +142,7 @@ export class BufferPageSource implements PageSource {
   readonly pageSize: number;
   readonly bytes: Uint8Array;
   readonly present: Uint8Array | null;
+  readonly file: SourceFile | null;
   readonly #fetch: BufferPageSourceOptions['fetch'];
 
   constructor(bytes: ArrayBuffer | SharedArrayBuffer | ArrayBufferView, options: BufferPageSourceOptions = {}) {
@@ -138,6 +155,7 @@ export class BufferPageSource implements PageSource {
     if (this.present && this.present.length * this.pageSize < this.size) {
       throw argValueError('options.present', `needs one flag per ${this.pageSize}-byte page: ${Math.ceil(this.size / this.pageSize)}, has ${this.present.length}`);
     }
+    this.file = checkSourceFile(options.file, 'options.file');
     this.#fetch = options.fetch;
   }
 

@@ -3,11 +3,10 @@
 // (native/page_server.h); the faults it cannot answer come here as ordinary
 // Fault objects, to `onMiss` (default: fetch the page from the source, then
 // resolve it the way the native path would have).
-import fs from 'node:fs';
 import os from 'node:os';
 import { UffdError, argTypeError, argValueError, invalid } from './errors';
 import type { Fault } from './events';
-import { isPresent, type PageSource } from './page-source';
+import { checkSourceFile, isPresent, type PageSource } from './page-source';
 import { serveWith, type ServeHost } from './serve';
 import type { Registration } from './registrations';
 import type { NonFaultEvent } from './uffd';
@@ -130,15 +129,7 @@ export function checkSource(source: unknown): PageSource | null {
   if (s.present && s.present.length * s.pageSize < s.bytes.length) {
     throw argValueError('source.present', `has ${s.present.length} flags; the source's ${s.bytes.length} bytes need one per ${s.pageSize}-byte page`);
   }
-  if (s.file != null) {
-    if (typeof s.file !== 'object' || !Number.isSafeInteger(s.file.fd) || s.file.fd < 0 || !Number.isSafeInteger(s.file.offset) || s.file.offset < 0) {
-      throw argTypeError('source.file', 'null or { fd, offset } with a descriptor and a byte offset', s.file);
-    }
-    // fstat throws Node's own EBADF for a closed descriptor.
-    if (!fs.fstatSync(s.file.fd).isFile()) {
-      throw argValueError('source.file.fd', `must be a regular file (the file source.bytes maps: a memory file, a memfd). Received descriptor ${s.file.fd}`);
-    }
-  }
+  checkSourceFile(s.file, 'source.file');
   return s;
 }
 

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { BufferPageSource, FilePageSource, Mapping, Userfaultfd, type Event, type Fault } from '../dist/index.js';
+import { BufferPageSource, FilePageSource, Mapping, Memfd, Userfaultfd, type Event, type Fault } from '../dist/index.js';
 import { PAGE, pattern, shuffled, touch, registeredAnonymous } from './helpers';
 import { reserveHugePages } from './hugepages';
 import { startPeer, type Peer } from './peer';
@@ -226,6 +226,25 @@ describe('serveFrom reading a source through its file', () => {
     expect(await result).toMatchObject({ ok: true, mismatches: 0 });
   });
 
+  it('a BufferPageSource over a Memfd mapping, given the memfd as its file', async () => {
+    const pages = 256;
+    const { uffd, memory, image } = setup(pages);
+    const memfd = Memfd.create(image.byteLength);
+    const cache = memfd.map();
+    cleanup.push(() => {
+      cache.unmap();
+      memfd.close();
+    });
+    cache.view().set(new Uint8Array(image));
+    const source = new BufferPageSource(cache.view(), { file: { fd: memfd.fd, offset: 0 } });
+    expect(source.file).toEqual({ fd: memfd.fd, offset: 0 });
+    void uffd.serveFrom(source, { readAhead: 8, background: true });
+    const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(pages, 11), expected: image });
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+    uffd.close();
+    expect(uffd.stats().pages).toBe(pages);
+  });
+
   it('a file shorter than the source: the pages past its end come from bytes', async () => {
     const pages = 32;
     const { uffd, memory, image } = setup(pages);
@@ -256,6 +275,11 @@ describe('serveFrom reading a source through its file', () => {
     const writeOnly = fs.openSync(path.join(dir, 'w.bin'), 'w');
     cleanup.push(() => fs.closeSync(writeOnly));
     expect(() => uffd.serveFrom(withFile({ fd: writeOnly, offset: 0 }))).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'serveFrom' }));
+    // BufferPageSource checks its own the same way.
+    expect(() => new BufferPageSource(new Uint8Array(PAGE), { file: { fd: -1, offset: 0 } })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE', message: expect.stringContaining('options.file') }));
+    const closed = fs.openSync('/dev/null', 'r');
+    fs.closeSync(closed);
+    expect(() => new BufferPageSource(new Uint8Array(PAGE), { file: { fd: closed, offset: 0 } })).toThrow(expect.objectContaining({ code: 'EBADF' }));
     // Nothing started: the uffd still takes a consumer.
     void uffd.serveFrom(base);
   });
