@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { BufferPageSource, FilePageSource, Mapping, Memfd, Userfaultfd, type Event, type Fault } from '../dist/index.js';
+import { BufferPageSource, FilePageSource, Mapping, Memfd, Userfaultfd, type Event, type Fault, type PageSource, type ServeFromOptions } from '../dist/index.js';
 import { PAGE, pattern, shuffled, touch, registeredAnonymous } from './helpers';
 import { reserveHugePages } from './hugepages';
 import { startPeer, type Peer } from './peer';
@@ -194,18 +194,23 @@ describe('serveFrom reading a source through its file', () => {
     return file;
   }
 
+  // Serves every page of memory from source while a worker touches them in a
+  // shuffled order, checking every byte against image; every page copied once.
+  async function servesImage(uffd: Userfaultfd, memory: Mapping, image: SharedArrayBuffer, source: PageSource, options: ServeFromOptions): Promise<void> {
+    void uffd.serveFrom(source, options);
+    const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(image.byteLength / PAGE, 5), expected: image });
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+    uffd.close();
+    expect(uffd.stats().pages).toBe(image.byteLength / PAGE);
+  }
+
   it('a FilePageSource: every page byte-identical, page by page, read ahead and filled in the background', async () => {
-    const pages = 512;
     for (const options of [{}, { readAhead: 16 }, { background: 'now' as const, fillThreads: 2 }]) {
-      const { uffd, memory, image } = setup(pages);
+      const { uffd, memory, image } = setup(512);
       const source = new FilePageSource(imageFile(image));
       cleanup.push(() => source.close());
       expect(source.file).toEqual({ fd: expect.any(Number), offset: 0 });
-      void uffd.serveFrom(source, options);
-      const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(pages, 5), expected: image });
-      expect(await result).toMatchObject({ ok: true, mismatches: 0 });
-      uffd.close();
-      expect(uffd.stats().pages).toBe(pages);
+      await servesImage(uffd, memory, image, source, options);
     }
   });
 
@@ -227,8 +232,7 @@ describe('serveFrom reading a source through its file', () => {
   });
 
   it('a BufferPageSource over a Memfd mapping, given the memfd as its file', async () => {
-    const pages = 256;
-    const { uffd, memory, image } = setup(pages);
+    const { uffd, memory, image } = setup(256);
     const memfd = Memfd.create(image.byteLength);
     const cache = memfd.map();
     cleanup.push(() => {
@@ -238,11 +242,7 @@ describe('serveFrom reading a source through its file', () => {
     cache.view().set(new Uint8Array(image));
     const source = new BufferPageSource(cache.view(), { file: { fd: memfd.fd, offset: 0 } });
     expect(source.file).toEqual({ fd: memfd.fd, offset: 0 });
-    void uffd.serveFrom(source, { readAhead: 8, background: true });
-    const { result } = touch({ address: memory.address, length: memory.length, order: shuffled(pages, 11), expected: image });
-    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
-    uffd.close();
-    expect(uffd.stats().pages).toBe(pages);
+    await servesImage(uffd, memory, image, source, { readAhead: 8, background: true });
   });
 
   it('a file shorter than the source: the pages past its end come from bytes', async () => {
