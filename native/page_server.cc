@@ -616,8 +616,21 @@ int PageServer::Ioctl(const RangeState& r, Kind kind, uint64_t page, uint64_t co
       break;
   }
   uint64_t offset = r.range.source_offset + page * ps;
-  if (source_.file >= 0 && ps == SystemPage()) return CopyFromFile(dst, offset, len, mode, done);
-  return uffd::Copy(uffd_, dst, reinterpret_cast<uint64_t>(source_.bytes + offset), len, mode, done);
+  uint64_t through_file = 0;
+  if (source_.file >= 0 && ps == SystemPage()) {
+    int rc = CopyFromFile(dst, offset, len, mode, &through_file);
+    if (rc < 0 || through_file == len) {
+      *done = through_file;
+      return rc;
+    }
+  }
+  // No file, or it came up short (shorter than the source says, or no
+  // buffer): the rest comes from the mapping.
+  uint64_t copied = 0;
+  int rc = uffd::Copy(uffd_, dst + through_file, reinterpret_cast<uint64_t>(source_.bytes + offset + through_file),
+                      len - through_file, mode, &copied);
+  *done = through_file + copied;
+  return rc;
 }
 
 int PageServer::CopyFromFile(uint64_t dst, uint64_t offset, uint64_t len, uint64_t mode, uint64_t* done) {
@@ -642,13 +655,7 @@ int PageServer::CopyFromFile(uint64_t dst, uint64_t offset, uint64_t len, uint64
     *done += copied;
     if (rc < 0) return rc;
   }
-  if (*done == len) return 0;
-  // No buffer, or the file is shorter than the source says: the mapping has the bytes.
-  uint64_t copied = 0;
-  int rc = uffd::Copy(uffd_, dst + *done, reinterpret_cast<uint64_t>(source_.bytes + offset + *done), len - *done, mode,
-                      &copied);
-  *done += copied;
-  return rc;
+  return 0;
 }
 
 void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, uint64_t end) {

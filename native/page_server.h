@@ -214,7 +214,8 @@ class PageServer {
   // the usual case, as each page is copied once); the buffer is mapped
   // already and pread reads the page cache directly. On a VM with shadow
   // paging that halves what a copied page costs (bench/native/copy_cost.c
-  // prints both). Falls back to the mapping if pread comes up short.
+  // prints both). Returns 0 with *done < len when pread comes up short (or
+  // the buffer cannot be mapped): Ioctl() copies the rest from the mapping.
   int CopyFromFile(uint64_t dst, uint64_t offset, uint64_t len, uint64_t mode, uint64_t* done);
   static constexpr uint64_t kReadBuffer = 256 * 1024;
   // Pages resolved by one ioctl, by a fault's resolution or by read-ahead.
