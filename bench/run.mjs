@@ -128,33 +128,29 @@ async function measure(workload, handler, placement = 'unpinned', extra = {}) {
   // A CPU hog in a process of its own, for the C handler's row of the busy section.
   const hog = handler.hog ? spawn('sh', ['-c', 'while :; do :; done'], { stdio: 'ignore' }) : undefined;
   try {
-    return await measureWith(hcmd, workload, handler, placement, peerCpu, extra, socket);
+    const handlerRun = run(...hcmd);
+    const peerArgs = [
+      '--socket', socket, '--mem-file', image, '--regions', workload.regions ?? REGIONS, '--threads', String(workload.threads),
+      '--order', workload.order, '--memory', workload.memory, '--mode', workload.mode,
+      ...(workload.zero ? ['--expect-zero'] : []), ...(peerCpu === undefined ? [] : ['--cpu', String(peerCpu)]),
+      ...(extra.repeat ? ['--repeat', String(extra.repeat)] : []),
+    ];
+    const peer = await run(path.join(build, 'fc_peer'), peerArgs);
+    if (peer.code !== 0) {
+      // A peer that failed before connecting leaves the handler waiting in accept().
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    const h = await Promise.race([handlerRun, new Promise((resolve) => setTimeout(() => resolve(null), 30_000))]);
+    if (!peer.json?.ok || !h?.json) {
+      throw new Error(`run failed: ${JSON.stringify(workload)} ${JSON.stringify(handler)} ${placement}\npeer: ${peer.out}${peer.err}\nhandler: ${h?.out}${h?.err}`);
+    }
+    return {
+      pagesPerSec: peer.json.pagesPerSec, mbPerSec: peer.json.mbPerSec, p50: peer.json.p50us, p99: peer.json.p99us,
+      cpuUsPerFault: (h.json.cpuSeconds * 1e6) / Math.max(1, h.json.faults), handler: h.json,
+    };
   } finally {
     hog?.kill('SIGKILL');
   }
-}
-
-async function measureWith(hcmd, workload, handler, placement, peerCpu, extra, socket) {
-  const handlerRun = run(...hcmd);
-  const peerArgs = [
-    '--socket', socket, '--mem-file', image, '--regions', workload.regions ?? REGIONS, '--threads', String(workload.threads),
-    '--order', workload.order, '--memory', workload.memory, '--mode', workload.mode,
-    ...(workload.zero ? ['--expect-zero'] : []), ...(peerCpu === undefined ? [] : ['--cpu', String(peerCpu)]),
-    ...(extra.repeat ? ['--repeat', String(extra.repeat)] : []),
-  ];
-  const peer = await run(path.join(build, 'fc_peer'), peerArgs);
-  if (peer.code !== 0) {
-    // A peer that failed before connecting leaves the handler waiting in accept().
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-  const h = await Promise.race([handlerRun, new Promise((resolve) => setTimeout(() => resolve(null), 30_000))]);
-  if (!peer.json?.ok || !h?.json) {
-    throw new Error(`run failed: ${JSON.stringify(workload)} ${JSON.stringify(handler)} ${placement}\npeer: ${peer.out}${peer.err}\nhandler: ${h?.out}${h?.err}`);
-  }
-  return {
-    pagesPerSec: peer.json.pagesPerSec, mbPerSec: peer.json.mbPerSec, p50: peer.json.p50us, p99: peer.json.p99us,
-    cpuUsPerFault: (h.json.cpuSeconds * 1e6) / Math.max(1, h.json.faults), handler: h.json,
-  };
 }
 
 async function floor(workload, cpu) {
@@ -451,14 +447,13 @@ async function main() {
         r = await measure(rw, v, 'unpinned', { repeat: RSS_REPEAT, rssEvery: faultsPerPass * 2 });
       } catch (error) {
         log(`  ${error.message.split('\n')[0]}`);
-        md.push(`| ${name(v)} | failed | | | | |`);
+        md.push(`| ${name(v)} | failed | | | | | | |`);
         continue;
       }
       const kib = r.handler.rss.map((s) => s.rssKiB);
       const third = Math.max(1, Math.floor(kib.length / 3));
-      const middle = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-      const early = kib.length ? middle(kib.slice(0, third)) : undefined;
-      const late = kib.length ? middle(kib.slice(-third)) : undefined;
+      const early = kib.length ? median(kib.slice(0, third)) : undefined;
+      const late = kib.length ? median(kib.slice(-third)) : undefined;
       const range = kib.length ? `${Math.min(...kib)}-${Math.max(...kib)}` : '-';
       md.push(`| ${name(v)} | ${r.handler.faults.toLocaleString('en')} | ${kib.length} | ${range} | ${early ?? '-'} | ${late ?? '-'} | ${early !== undefined ? late - early : '-'} | ${fmt(r.pagesPerSec)} |`);
     }
