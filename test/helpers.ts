@@ -32,6 +32,8 @@ export interface TouchOptions {
   order?: number[];
   write?: boolean;
   expected?: SharedArrayBuffer;
+  /** Busy work after each page, in µs (a reader that computes as it goes). */
+  paceUs?: number;
 }
 
 /** Starts a worker that touches the range (see fixtures/toucher.cjs) and resolves with its report. */
