@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { SLOWDOWN } from './helpers';
+import { findCommand } from './support/commands.mjs';
 
 const NOBODY = 65534;
 const root = process.getuid!() === 0;
@@ -19,21 +20,6 @@ const sysctl = (() => {
     return 'absent';
   }
 })();
-/**
- * The executable file `name` on PATH, or undefined. Commands are run by this
- * path: busybox's sh prefers its own applets to PATH (its setpriv has no
- * --reuid), and `command -v` names those applets too.
- */
-const findCommand = (name: string): string | undefined => (process.env.PATH ?? '').split(':')
-  .map((dir) => path.join(dir || '.', name))
-  .find((file) => {
-    try {
-      fs.accessSync(file, fs.constants.X_OK);
-      return fs.statSync(file).isFile();
-    } catch {
-      return false;
-    }
-  });
 const SETPRIV = findCommand('setpriv');
 const UNSHARE = findCommand('unshare');
 

@@ -8,22 +8,19 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { findCommand } from './commands.mjs';
 
 // util-linux's setpriv (not busybox's) sets PR_SET_PDEATHSIG before it execs.
-const SETPRIV = '/usr/bin/setpriv';
+const SETPRIV = findCommand('setpriv');
 let pdeathsig;
 function deathSignal() {
-  pdeathsig ??= fs.existsSync(SETPRIV) && spawnSync(SETPRIV, ['--pdeathsig', 'KILL', 'true']).status === 0;
+  pdeathsig ??= SETPRIV !== undefined && spawnSync(SETPRIV, ['--pdeathsig', 'KILL', 'true']).status === 0;
   return pdeathsig;
 }
 
-const CANDIDATES = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx'];
-
-/** The nginx binary, or undefined. */
+/** The nginx binary, or undefined (Debian's is in /usr/sbin, which a user's PATH may lack). */
 export function findNginx() {
-  for (const candidate of CANDIDATES) if (fs.existsSync(candidate)) return candidate;
-  const which = spawnSync('sh', ['-c', 'command -v nginx'], { encoding: 'utf8' });
-  return which.status === 0 && which.stdout.trim() ? which.stdout.trim() : undefined;
+  return findCommand('nginx', ['/usr/sbin', '/usr/local/sbin', '/usr/local/nginx/sbin']);
 }
 
 /** Why tests that need nginx cannot run here, or undefined when they can. */
