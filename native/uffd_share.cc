@@ -1,9 +1,12 @@
 #include "uffd_share.h"
 
 #include <poll.h>
+#include <time.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <map>
 #include <mutex>
@@ -56,29 +59,54 @@ void UffdShare::Shutdown() {
   }
 }
 
+// Reads messages for as long as spin's window lasts: how many were read, 0 when
+// the window ran out empty, -ECANCELED after Shutdown(), or -errno.
+long UffdShare::Spin(uffd_msg* out, size_t max, SpinPolicy* spin) {
+  uint64_t window = spin != nullptr ? spin->Window() : 0;
+  if (window == 0) return 0;
+  for (uint64_t start = SpinPolicy::NowNs(), now = start; now - start < window; now = SpinPolicy::NowNs()) {
+    long n = uffd::ReadMessages(fd_, out, max);
+    if (n > 0) {
+      spin->Hit(SpinPolicy::NowNs() - start);
+      return n;
+    }
+    if (n < 0 && n != -EAGAIN) return n;
+    if (shut_down()) return -ECANCELED;
+    SpinPolicy::Yield();
+  }
+  spin->Miss(window);
+  return 0;
+}
+
 long UffdShare::Wait(uffd_msg* out, size_t max, int timeout_ms, SpinPolicy* spin) {
   if (shut_down()) return -ECANCELED;
-  uint64_t window = spin != nullptr ? spin->Window() : 0;
-  if (window > 0) {
-    for (uint64_t start = SpinPolicy::NowNs(), now = start; now - start < window; now = SpinPolicy::NowNs()) {
-      long n = uffd::ReadMessages(fd_, out, max);
-      if (n > 0) {
-        spin->Hit(SpinPolicy::NowNs() - start);
-        return n;
-      }
-      if (n < 0 && n != -EAGAIN) return n;
-      if (shut_down()) return -ECANCELED;
-      SpinPolicy::Yield();
-    }
-    spin->Miss(window);
-  }
+  long n = Spin(out, max, spin);
+  if (n != 0) return n;
   uint64_t slept_from = SpinPolicy::NowNs();
   pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-  int r = poll(fds, 2, timeout_ms);
+  // Faults at a steady pace beyond the window: sleep until shortly before
+  // the next is due, then spin (the same as the native thread).
+  bool room = timeout_ms < 0 || static_cast<uint64_t>(timeout_ms) * 1'000'000u > 2 * SpinPolicy::kMaxPeriodNs;
+  uint64_t deferral = spin != nullptr && room ? spin->Deferral() : 0;
+  int r;
+  if (deferral > 0) {
+    static thread_local bool slack_set = false;
+    if (!slack_set) slack_set = prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0) == 0;
+    timespec ts = {static_cast<time_t>(deferral / 1'000'000'000u), static_cast<long>(deferral % 1'000'000'000u)};
+    r = ppoll(fds, 2, &ts, nullptr);
+    if (r == 0) {
+      n = Spin(out, max, spin);
+      if (n != 0) return n;
+      if (timeout_ms >= 0) timeout_ms = std::max(0, timeout_ms - static_cast<int>((SpinPolicy::NowNs() - slept_from) / 1'000'000u));
+      r = poll(fds, 2, timeout_ms);
+    }
+  } else {
+    r = poll(fds, 2, timeout_ms);
+  }
   if (r < 0) return errno == EINTR ? 0 : -errno;
   if (fds[1].revents != 0 || shut_down()) return -ECANCELED;
   if (r == 0) return 0;
-  long n = uffd::ReadMessages(fd_, out, max);
+  n = uffd::ReadMessages(fd_, out, max);
   if (n == -EAGAIN) return 0;
   if (n > 0 && spin != nullptr) spin->Slept(SpinPolicy::NowNs() - slept_from);
   return n;

@@ -36,8 +36,9 @@ class UffdShare {
   // Blocks the calling thread until messages are pending, then reads up to
   // max of them: first spinning for spin's window, then in poll(2) for at most
   // timeout_ms (a bound, so that a worker asked to terminate gets back to
-  // JavaScript). Returns how many were read, 0 when the time ran out,
-  // -ECANCELED after Shutdown(), or -errno.
+  // JavaScript); where faults come at a steady pace, the poll is cut short
+  // by spin's Deferral and a spin. Returns how many were read, 0 when the
+  // time ran out, -ECANCELED after Shutdown(), or -errno.
   long Wait(uffd_msg* out, size_t max, int timeout_ms, SpinPolicy* spin);
 
   // An id any thread can Borrow() while the share is alive and not shut down.
@@ -47,6 +48,7 @@ class UffdShare {
 
  private:
   UffdShare(int fd, int stop_fd) : fd_(fd), stop_fd_(stop_fd) {}
+  long Spin(uffd_msg* out, size_t max, SpinPolicy* spin);
 
   int fd_;
   int stop_fd_;
