@@ -133,10 +133,14 @@ async function idle() {
   else if (style === 'js') void uffd.serve((f) => f.zero(), { spin });
   else if (style === 'worker') {
     worker = new Worker(`
-      const { workerData } = require('node:worker_threads');
+      const { parentPort, workerData } = require('node:worker_threads');
       const { Userfaultfd } = require(${JSON.stringify(new URL('../dist/index.js', import.meta.url).pathname)});
-      Userfaultfd.borrow(workerData.loan).serveSync((f) => f.zero(), { spin: workerData.spin });
+      const uffd = Userfaultfd.borrow(workerData.loan);
+      parentPort.postMessage('serving');
+      uffd.serveSync((f) => f.zero(), { spin: workerData.spin });
     `, { eval: true, workerData: { loan: uffd.lend(), spin } });
+    // Its start (loading the library, compiling) is not what is measured.
+    await new Promise((resolve) => worker.once('message', resolve));
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
   const ms = Number(opts['idle-ms']);
