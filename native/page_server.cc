@@ -1,10 +1,8 @@
 #include "page_server.h"
 
 #include <poll.h>
-#include <time.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
-#include <sys/prctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -181,20 +179,11 @@ void PageServer::Run() {
   // Filling from the start: the first pass begins now, not at the first
   // message (fillers, if any, have started on it already).
   if (armed_ && !ReadAhead()) return;
-  // Deferred spins sleep for a computed time: without this, the kernel may
-  // let such a sleep run 50 µs late (the default timer slack).
-  prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
   for (;;) {
     uint64_t slept_from = SpinPolicy::NowNs();
     int timeout = PollTimeout();
     uint64_t deferral = timeout < 0 ? spin_.Deferral() : 0;
-    int r;
-    if (deferral > 0) {
-      timespec ts = {static_cast<time_t>(deferral / 1'000'000'000u), static_cast<long>(deferral % 1'000'000'000u)};
-      r = ppoll(fds, 2, &ts, nullptr);
-    } else {
-      r = poll(fds, 2, timeout);
-    }
+    int r = deferral > 0 ? SpinPolicy::SleepFor(fds, 2, deferral) : poll(fds, 2, timeout);
     if (r < 0 && errno != EINTR) {
       queue_->PushError(-errno);
       return;

@@ -1,6 +1,7 @@
 #include "spin_policy.h"
 
 #include <sched.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #include <algorithm>
@@ -12,6 +13,13 @@ uint64_t SpinPolicy::NowNs() {
 }
 
 void SpinPolicy::Yield() { sched_yield(); }
+
+int SpinPolicy::SleepFor(pollfd* fds, nfds_t count, uint64_t ns) {
+  static thread_local bool precise = false;
+  if (!precise) precise = prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0) == 0;
+  timespec ts = {static_cast<time_t>(ns / 1'000'000'000u), static_cast<long>(ns % 1'000'000'000u)};
+  return ppoll(fds, count, &ts, nullptr);
+}
 
 uint64_t SpinPolicy::Window() {
   if (!enabled_) return 0;

@@ -27,6 +27,8 @@
 // No N-API. Thread: one resolver thread per policy object.
 #pragma once
 
+#include <poll.h>
+
 #include <cstdint>
 
 class SpinPolicy {
@@ -72,6 +74,10 @@ class SpinPolicy {
   const Counters& counters() const { return counters_; }
 
   static uint64_t NowNs();
+  // A Deferral's sleep: ppoll(2) for at most ns. The first call in a thread
+  // sets that thread's timer slack to 1 µs (the default 50 µs would start
+  // the spin that follows too late).
+  static int SleepFor(pollfd* fds, nfds_t count, uint64_t ns);
   // One spin iteration's pause: lets a runnable thread on this CPU go first.
   static void Yield();
 

@@ -1,9 +1,7 @@
 #include "uffd_share.h"
 
 #include <poll.h>
-#include <time.h>
 #include <sys/eventfd.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -90,10 +88,7 @@ long UffdShare::Wait(uffd_msg* out, size_t max, int timeout_ms, SpinPolicy* spin
   uint64_t deferral = spin != nullptr && room ? spin->Deferral() : 0;
   int r;
   if (deferral > 0) {
-    static thread_local bool slack_set = false;
-    if (!slack_set) slack_set = prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0) == 0;
-    timespec ts = {static_cast<time_t>(deferral / 1'000'000'000u), static_cast<long>(deferral % 1'000'000'000u)};
-    r = ppoll(fds, 2, &ts, nullptr);
+    r = SpinPolicy::SleepFor(fds, 2, deferral);
     if (r == 0) {
       n = Spin(out, max, spin);
       if (n != 0) return n;
