@@ -83,7 +83,8 @@ long UffdShare::Wait(uffd_msg* out, size_t max, int timeout_ms, SpinPolicy* spin
   uint64_t slept_from = SpinPolicy::NowNs();
   pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
   // Faults at a steady pace beyond the window: sleep until shortly before
-  // the next is due, then spin (the same as the native thread).
+  // the next is due, then spin (the same as the native thread), where that
+  // sleep and its spin fit in the wait's bound.
   bool room = timeout_ms < 0 || static_cast<uint64_t>(timeout_ms) * 1'000'000u > 2 * SpinPolicy::kMaxPeriodNs;
   uint64_t deferral = spin != nullptr && room ? spin->Deferral() : 0;
   int r;
