@@ -51,6 +51,7 @@ export interface Native {
   socketSend(fd: number, data: ArrayBufferView, fds: number[]): number;
   socketReceive(fd: number, maxBytes: number, maxFds: number): { data: Buffer; fds: number[]; fdsTruncated: boolean } | null;
   socketPeer(fd: number): { pid: number; uid: number; gid: number };
+  socketPeerPidfd(fd: number): number;
   descriptorKind(fd: number): string;
   pidfdOpen(pid: number): number;
   pidfdSignal(fd: number, signal: number): void;

@@ -84,12 +84,8 @@ function parseRegion(raw: JsonValue, index: number, limits: Required<HandshakeLi
   const offset = u64Field(raw, 'offset', index, true);
   // page_size since v1.12; page_size_kib (in bytes, despite its name) since
   // v1.7; neither in v1.1-v1.6, whose memory was always base pages.
-  const pageSizeField = u64Field(raw, 'page_size', index, false);
-  const pageSizeKib = u64Field(raw, 'page_size_kib', index, false);
-  if (pageSizeField !== undefined && pageSizeKib !== undefined && pageSizeField !== pageSizeKib) {
-    throw badHandshake(`region ${index}: "page_size" (${pageSizeField}) and "page_size_kib" (${pageSizeKib}) disagree; both are in bytes`);
-  }
-  const announced = pageSizeField ?? pageSizeKib ?? FIRECRACKER_BASE_PAGE;
+  // Where both are there, page_size is the one to believe.
+  const announced = u64Field(raw, 'page_size', index, false) ?? u64Field(raw, 'page_size_kib', index, false) ?? FIRECRACKER_BASE_PAGE;
   let pageSize: number;
   if (announced === FIRECRACKER_BASE_PAGE || announced === BigInt(limits.hostPageSize)) {
     // Firecracker says 4096 for ordinary memory even where base pages are larger.
@@ -172,12 +168,16 @@ export async function receiveHandshake(connection: UnixConnection, options: Rece
   const timeoutMs = options.timeoutMs ?? 10_000;
   const fds: number[] = [];
   try {
+    // Nothing sent is not a malformed handshake: the peer (if it is
+    // Firecracker at all) is not waiting on this handler, so it is not killed.
     const timedOut = (error: unknown): never => {
-      if ((error as UffdError).code === 'ERR_UFFD_TIMEOUT') throw badHandshake(`nothing arrived within ${timeoutMs} ms of connecting`);
+      if ((error as UffdError).code === 'ERR_UFFD_TIMEOUT') {
+        throw new UffdError('ERR_UFFD_TIMEOUT', `ERR_UFFD_TIMEOUT: nothing arrived within ${timeoutMs} ms of connecting; the connection was closed`);
+      }
       throw error;
     };
     const first = await connection.receive({ timeoutMs }).catch(timedOut);
-    if (!first) throw badHandshake('the peer closed the connection without sending anything');
+    if (!first) throw new UffdError('ERR_UFFD_PEER_LOST', 'ERR_UFFD_PEER_LOST: the peer closed the connection without sending anything');
     fds.push(...first.fds);
     if (first.fdsTruncated) throw badHandshake('more descriptors came than the one Firecracker sends (the kernel dropped those beyond 16)');
     const chunks = [first.data];

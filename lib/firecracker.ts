@@ -225,13 +225,13 @@ export class FirecrackerSession {
   // handshake and keeps running.
   #watchProcess(): void {
     try {
-      this.#pidfd = native.pidfdOpen(this.pid);
+      this.#pidfd = this.#connection.openPeerPidfd();
       this.#pidWatch = new native.WatchHandle(this.#pidfd, (status, readable) => {
         if (status < 0 || readable) this.#finish('exited');
       });
       this.#pidWatch.start();
     } catch {
-      // No pid (the peer is in another pid namespace) or no pidfd: the hangup ends the session.
+      // No pidfd (before Linux 6.5, a peer in a pid namespace this one cannot see; before 5.3, none at all): the hangup ends the session.
       this.#pidfd = -1;
     }
   }
@@ -475,6 +475,21 @@ function zeroFill(fault: Fault, pageSize: number): 'done' | 'exists' {
   }
 }
 
+// SIGKILL to the process at the other end, through a pidfd (never a pid
+// that may have been recycled); false if it could not be signalled.
+function killPeer(connection: UnixConnection): boolean {
+  let pidfd = -1;
+  try {
+    pidfd = connection.openPeerPidfd();
+    native.pidfdSignal(pidfd, SIGKILL);
+    return true;
+  } catch {
+    return false; // gone already, or not ours to signal
+  } finally {
+    if (pidfd >= 0) native.closeFd(pidfd);
+  }
+}
+
 function peerPid(connection: UnixConnection): number {
   try {
     return connection.peer.pid;
@@ -489,8 +504,13 @@ export interface ServerOptions extends SessionOptions {
   /** How long a new connection may take to send its handshake (default 10 s). */
   handshakeTimeoutMs?: number;
   onSession?: (session: FirecrackerSession) => void;
-  /** A connection whose handshake was refused (it is closed; the server goes on). */
-  onRefused?: (error: UffdError, pid: number) => void;
+  /**
+   * A connection whose handshake was refused: it is closed and the server goes
+   * on. A peer that sent a malformed handshake (ERR_UFFD_BAD_HANDSHAKE) is
+   * killed first (killed: true once SIGKILL was sent); one that sent nothing
+   * (ERR_UFFD_TIMEOUT, ERR_UFFD_PEER_LOST) is not.
+   */
+  onRefused?: (error: UffdError, pid: number, killed: boolean) => void;
 }
 
 /** Listens for Firecracker VMMs and serves each one's memory from options.source. */
@@ -540,8 +560,11 @@ export class FirecrackerServer {
         },
         (error: unknown) => {
           this.#handshaking.delete(connection);
+          // A Firecracker whose handshake is refused waits for its faults
+          // forever: kill it, as Firecracker's own handlers do when they fail.
+          const killed = (error as UffdError).code === 'ERR_UFFD_BAD_HANDSHAKE' && killPeer(connection);
           connection.close();
-          options.onRefused?.(error as UffdError, pid);
+          options.onRefused?.(error as UffdError, pid, killed);
         },
       );
     }

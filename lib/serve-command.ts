@@ -20,7 +20,8 @@ export const SERVE_USAGE = `usage: userfaultfd serve --socket PATH (--mem-file F
   --peers N                exit after N peers have gone (default 1; 0: serve until killed)
   --on-failure kill|sigbus what to do with a fault that cannot be served (default kill)
   --handshake-timeout S    seconds a connection may take to send its handshake (default 10)
-  --connect-timeout S      give up (exit 1) if no peer connects within S seconds (default: wait)
+  --connect-timeout S      give up (exit 1) if no peer connects within S seconds (default 60;
+                           0: wait; --peers 0 waits unless this is given)
   --quiet                  no progress lines
   --json                   progress and summaries as JSON lines`;
 
@@ -31,6 +32,15 @@ function seconds(value: string | undefined, name: string, fallback: number): num
   const n = Number(value);
   if (!/^\d+(\.\d+)?$/.test(value) || !Number.isFinite(n) || n <= 0) throw new UsageError(`${name} must be a positive number of seconds, not '${value}'`);
   return n;
+}
+
+// A handler is started for a restore that is about to begin: one that no VM
+// ever connects to must not wait forever (a daemon, --peers 0, does).
+const DEFAULT_CONNECT_TIMEOUT_S = 60;
+
+function connectTimeout(value: string | undefined, peers: number): number {
+  if (value === '0') return 0;
+  return seconds(value, '--connect-timeout', peers === 0 ? 0 : DEFAULT_CONNECT_TIMEOUT_S);
 }
 
 interface Arguments {
@@ -101,7 +111,7 @@ function parse(args: string[]): Arguments {
     peers,
     failure,
     handshakeTimeoutMs: seconds(values['handshake-timeout'], '--handshake-timeout', 10) * 1000,
-    connectTimeoutMs: values['connect-timeout'] === undefined ? 0 : seconds(values['connect-timeout'], '--connect-timeout', 0) * 1000,
+    connectTimeoutMs: connectTimeout(values['connect-timeout'], peers) * 1000,
     quiet: values.quiet === true,
     json: values.json === true,
   };
@@ -196,10 +206,10 @@ export async function serveCommand(args: string[]): Promise<number> {
           if (options.peers !== 0 && results.length >= options.peers) finish(exitCode());
         });
       },
-      onRefused: (error, pid) => {
+      onRefused: (error, pid, killed) => {
         // A refused handshake does not count as a peer: the server waits on for a valid one.
-        process.stderr.write(`userfaultfd serve: refused a connection from pid ${pid || '?'}: ${error.message}\n`);
-        line(`refused pid ${pid || '?'}: ${error.code}`, { event: 'refused', pid, code: error.code, error: error.message });
+        process.stderr.write(`userfaultfd serve: refused a connection from pid ${pid || '?'}${killed ? ' and killed it' : ''}: ${error.message}\n`);
+        line(`refused pid ${pid || '?'}${killed ? ' (killed)' : ''}: ${error.code}`, { event: 'refused', pid, killed, code: error.code, error: error.message });
       },
     });
   } catch (error) {

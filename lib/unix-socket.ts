@@ -53,6 +53,21 @@ export class UnixConnection {
     return native.socketPeer(this.fd);
   }
 
+  /**
+   * A pidfd for the peer process, which the caller closes: SO_PEERPIDFD
+   * (Linux 6.5; it names the process itself, so it works when the peer is in
+   * a pid namespace this process cannot see), else pidfd_open() of the pid
+   * SO_PEERCRED gives. Throws when the peer is gone or cannot be named.
+   */
+  openPeerPidfd(): number {
+    try {
+      return native.socketPeerPidfd(this.fd);
+    } catch (error) {
+      if ((error as { code?: string }).code !== 'ENOPROTOOPT') throw error;
+    }
+    return native.pidfdOpen(this.peer.pid);
+  }
+
   get ended(): boolean {
     return this.#ended;
   }

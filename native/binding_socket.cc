@@ -158,6 +158,13 @@ Napi::Value SocketPeer(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// socketPeerPidfd(fd) -> a pidfd for the peer process
+Napi::Value SocketPeerPidfd(const Napi::CallbackInfo& info) {
+  int r = unix_socket::PeerPidfd(Int(info, 0));
+  if (r < 0) ThrowErrno(info.Env(), r, "getsockopt(SO_PEERPIDFD)");
+  return Napi::Number::New(info.Env(), r);
+}
+
 // pidfdOpen(pid) -> fd
 Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
   int fd = pidfd::Open(Int(info, 0));
@@ -186,6 +193,7 @@ void ExportSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("socketSend", Napi::Function::New<SocketSend>(env));
   exports.Set("socketReceive", Napi::Function::New<SocketReceive>(env));
   exports.Set("socketPeer", Napi::Function::New<SocketPeer>(env));
+  exports.Set("socketPeerPidfd", Napi::Function::New<SocketPeerPidfd>(env));
   exports.Set("descriptorKind", Napi::Function::New<DescriptorKind>(env));
   exports.Set("pidfdOpen", Napi::Function::New<PidfdOpen>(env));
   exports.Set("pidfdSignal", Napi::Function::New<PidfdSignal>(env));

@@ -126,6 +126,16 @@ int PeerCredentials(int fd, Credentials* out) {
   return 0;
 }
 
+int PeerPidfd(int fd) {
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77  // Linux 6.5; the system headers are older
+#endif
+  int pidfd = -1;
+  socklen_t len = sizeof(pidfd);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0) return Errno();
+  return pidfd;
+}
+
 std::string DescriptorKind(int fd) {
   char link[64];
   char target[PATH_MAX];

@@ -38,6 +38,11 @@ struct Credentials {
   gid_t gid;
 };
 int PeerCredentials(int fd, Credentials* out);
+// A pidfd (O_CLOEXEC) for the process at the other end: SO_PEERPIDFD, which
+// names the process itself rather than a pid number, so it works where the
+// peer is in a pid namespace this process cannot see into. -ENOPROTOOPT
+// before Linux 6.5.
+int PeerPidfd(int fd);
 
 // What kind of object a descriptor is, from /proc/self/fd: "userfaultfd" for a
 // uffd, "memfd" for a memfd, "file", "socket", or another anon_inode name.

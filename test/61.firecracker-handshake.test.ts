@@ -103,9 +103,10 @@ describe('parseHandshake', () => {
     expect(refusal(one({ size: '0n' }))).toMatch(/empty/);
     expect(refusal(one({ page_size: `${HUGE}n`, base_host_virt_addr: `${base + 4096n}n` }))).toMatch(/not aligned to its page size \(2097152\)/);
   });
-  it('refuses page sizes the host does not have, and page_size / page_size_kib that disagree', () => {
+  it('refuses page sizes the host does not have; where page_size and page_size_kib disagree, page_size wins', () => {
     expect(refusal(one({ page_size: '8192n' }))).toMatch(/page size 8192 is neither 4096/);
-    expect(refusal(one({ page_size: '4096n', page_size_kib: '4n' }))).toMatch(/disagree/);
+    expect(parse(one({ page_size: '4096n', page_size_kib: '4n' })).regions[0]!.pageSize).toBe(systemPageSize());
+    expect(refusal(one({ page_size: '8192n', page_size_kib: '4096n' }))).toMatch(/page size 8192 is neither 4096/);
   });
   it('refuses a region beyond the end of the memory file', () => {
     expect(refusal(one({ offset: `${64 * MiB - 4096}n` }))).toMatch(/beyond the end of the 67108864-byte memory file/);
@@ -220,9 +221,13 @@ describe('receiveHandshake', () => {
 
   it('gives up on a peer that connects and sends nothing, or hangs up first', async () => {
     const { client, accepted, server } = await pair();
-    await expect(receiveHandshake(accepted, { sourceSize: 4 * MiB, timeoutMs: 50 })).rejects.toThrow(/nothing arrived within 50 ms/);
+    await expect(receiveHandshake(accepted, { sourceSize: 4 * MiB, timeoutMs: 50 })).rejects.toMatchObject({
+      code: 'ERR_UFFD_TIMEOUT', message: expect.stringMatching(/nothing arrived within 50 ms/),
+    });
     client.close();
-    await expect(receiveHandshake(accepted, { sourceSize: 4 * MiB })).rejects.toThrow(/closed the connection without sending anything/);
+    await expect(receiveHandshake(accepted, { sourceSize: 4 * MiB })).rejects.toMatchObject({
+      code: 'ERR_UFFD_PEER_LOST', message: expect.stringMatching(/closed the connection without sending anything/),
+    });
     accepted.close();
     server.close();
   });
@@ -233,7 +238,7 @@ describe('FirecrackerServer refuses malformed handshakes from a peer process', (
   let s: Scratch;
   let server: FirecrackerServer;
   let source: FilePageSource;
-  const refused: { error: UffdError; pid: number }[] = [];
+  const refused: { error: UffdError; pid: number; killed: boolean }[] = [];
   const sessions: FirecrackerSession[] = [];
   let fdsBefore: number;
 
@@ -241,7 +246,7 @@ describe('FirecrackerServer refuses malformed handshakes from a peer process', (
     s = scratch(8 * MiB);
     source = new FilePageSource(s.memFile);
     fdsBefore = openFds();
-    server = FirecrackerServer.listen(s.socket, { source, onRefused: (error, pid) => refused.push({ error, pid }), onSession: (x) => sessions.push(x) });
+    server = FirecrackerServer.listen(s.socket, { source, onRefused: (error, pid, killed) => refused.push({ error, pid, killed }), onSession: (x) => sessions.push(x) });
   });
   afterAll(() => {
     server.close();
@@ -262,22 +267,29 @@ describe('FirecrackerServer refuses malformed handshakes from a peer process', (
     ['empty', /no guest memory region/],
   ];
   for (const [kind, message] of cases) {
-    it(`${kind}: a clear error, that connection closed, nothing leaked`, async () => {
+    it(`${kind}: a clear error, the peer killed (it would wait for its faults forever), that connection closed, nothing leaked`, async () => {
       const count = refused.length;
       const peer = startFcPeer(['--socket', s.socket, '--mem-file', s.memFile, '--regions', '1M,1M', '--malformed', kind]);
-      const { code, report, stderr } = await peer.exited;
+      const { signal, stderr } = await peer.exited;
       expect(stderr).toBe('');
-      expect(report).toEqual({ malformed: kind, closedByHandler: true });
-      expect(code).toBe(0);
+      expect(signal).toBe('SIGKILL');
       expect(refused).toHaveLength(count + 1);
       expect(refused.at(-1)!.error.code).toBe('ERR_UFFD_BAD_HANDSHAKE');
       expect(refused.at(-1)!.error.message).toMatch(message);
       expect(refused.at(-1)!.pid).toBe(peer.child.pid);
+      expect(refused.at(-1)!.killed).toBe(true);
       expect(sessions).toHaveLength(0);
       // The received descriptors and the connection are closed: only the listener remains.
       expect(openFds()).toBe(fdsBefore + 1);
     });
   }
+
+  it('a connection that closes without sending anything is dropped, its process left alone', async () => {
+    const count = refused.length;
+    UnixConnection.connect(s.socket).close();
+    await expect.poll(() => refused.length).toBe(count + 1);
+    expect(refused.at(-1)).toMatchObject({ error: { code: 'ERR_UFFD_PEER_LOST' }, pid: process.pid, killed: false });
+  });
 
   it('after all of them, serves a valid peer', async () => {
     const peer = startFcPeer(['--socket', s.socket, '--mem-file', s.memFile, '--regions', '1M,1M']);
