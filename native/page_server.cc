@@ -203,7 +203,7 @@ void PageServer::Run() {
       queue_->PushError(-EBADF);
       return;
     }
-    long n = uffd::ReadMessages(uffd_, buffer_, FaultStream::kCapacity);
+    long n = Read();
     if (n < 0 && n != -EAGAIN) {
       queue_->PushError(static_cast<int>(n));
       return;
@@ -217,7 +217,7 @@ void PageServer::Run() {
       uint64_t start = SpinPolicy::NowNs();
       bool hit = false;
       for (now = start; now - start < window; now = SpinPolicy::NowNs()) {
-        n = uffd::ReadMessages(uffd_, buffer_, FaultStream::kCapacity);
+        n = Read();
         if (n > 0) {
           now = SpinPolicy::NowNs();
           spin_.Hit(now - start);
@@ -252,8 +252,9 @@ bool PageServer::ReadAhead() {
       std::lock_guard<std::mutex> lock(mu_);
       if (!TakePiece(&piece)) break;
     }
-    // Demand first: whatever faulted meanwhile is served before this piece.
-    long n = uffd::ReadMessages(uffd_, buffer_, FaultStream::kCapacity);
+    // Demand first: whatever faulted meanwhile is served before this piece
+    // (which FillPiece looks at again after this read's events).
+    long n = Read();
     if (n > 0) {
       Serve(buffer_, static_cast<size_t>(n), SpinPolicy::NowNs());
     } else if (n < 0 && n != -EAGAIN) {
@@ -316,14 +317,25 @@ bool PageServer::FillPiece(const Piece& piece) {
   for (uint64_t at = piece.first; at < piece.end;) {
     // Mode 0: the ioctl wakes any thread that faulted on these pages before
     // its message was read (that message then finds them there: EEXIST).
-    uint64_t done = 0;
-    int rc = Ioctl(r, piece.kind, at, piece.end - at, 0, &done);
+    uint64_t done = 0, end = at;
+    int rc = 0;
+    {
+      // The pages are looked at again inside the gate (fill_gate.h): one
+      // removed, or resolved, since the piece was cut is left alone.
+      FillGate::Fill inside(gate_);
+      while (end < piece.end && Fillable(r, end, piece.kind)) end++;
+      if (end > at) rc = Ioctl(r, piece.kind, at, end - at, 0, &done);
+    }
+    if (end == at) {
+      at++;
+      continue;
+    }
     uint64_t got = done / ps;
     Mark(r, at, at + got, kServed);
     CountResolved(piece.kind, got, ps);
     filled.fetch_add(got, std::memory_order_relaxed);
     at += got;
-    if (rc == 0) break;
+    if (rc == 0) continue;
     if (rc == -EEXIST || (rc == -ENOENT && piece.background)) {
       // There already (a racing resolution, or the process wrote it), or
       // not registered there any more (unregistered, or unmapped without an
@@ -444,6 +456,15 @@ void PageServer::QueueAhead(uint32_t range, uint64_t first, uint64_t end, Kind k
   filler_cv_.notify_one();
 }
 
+long PageServer::Read() {
+  FillGate::Read reading(gate_);
+  long n = uffd::ReadMessages(uffd_, buffer_, FaultStream::kCapacity);
+  for (long i = 0; i < n; i++) {
+    if (buffer_[i].event != UFFD_EVENT_PAGEFAULT) ApplyEvent(buffer_[i]);
+  }
+  return n;
+}
+
 void PageServer::ApplyEvent(const uffd_msg& msg) {
   uint64_t start, end;
   if (msg.event == UFFD_EVENT_REMOVE || msg.event == UFFD_EVENT_UNMAP) {
@@ -533,15 +554,15 @@ void PageServer::Serve(const uffd_msg* msgs, size_t n, uint64_t read_at) {
   counters_.batches.fetch_add(1, std::memory_order_relaxed);
   counters_.messages.fetch_add(n, std::memory_order_relaxed);
   forward_.clear();
-  // Events first: a fault read in the same batch as a REMOVE of its page
-  // must see the removal, or the source's stale bytes land there.
+  // Events first (Read() has applied them): a fault read in the same batch
+  // as a REMOVE of its page must see the removal, or the source's stale
+  // bytes land there.
   bool faulted = false;
   for (size_t i = 0; i < n; i++) {
     if (msgs[i].event == UFFD_EVENT_PAGEFAULT) {
       faulted = true;
       continue;
     }
-    ApplyEvent(msgs[i]);
     forward_.push_back(msgs[i]);
     counters_.events.fetch_add(1, std::memory_order_relaxed);
   }

@@ -29,7 +29,9 @@
 // read-ahead has removed the wake-ups, and the faulting thread's CPU is idle
 // while it waits for it. The server thread keeps serving faults first and
 // takes pieces too. Page states are bytes accessed atomically; the streams
-// and the background cursor are guarded by one mutex.
+// and the background cursor are guarded by one mutex; a filler looks at its
+// pages and issues its ioctl only while the uffd is not being read (the
+// gate, fill_gate.h), so that a REMOVE read meanwhile is never filled over.
 // Everything else goes to JavaScript through a MessageQueue, unchanged: faults
 // on pages not present (yet), write-protect faults, faults outside the ranges,
 // faults an ioctl refused, and every non-fault event.
@@ -56,6 +58,7 @@
 #include <thread>
 #include <vector>
 
+#include "fill_gate.h"
 #include "message_queue.h"
 #include "spin_policy.h"
 #include "uffd_abi.h"
@@ -193,6 +196,9 @@ class PageServer {
     return __atomic_load_n(&r.state[page], __ATOMIC_RELAXED);
   }
   void QueueAhead(uint32_t range, uint64_t first, uint64_t end, Kind kind);
+  // Reads up to kCapacity messages into buffer_ and applies their events,
+  // with no filler inside the gate meanwhile (fill_gate.h). -errno on error.
+  long Read();
   void Serve(const uffd_msg* msgs, size_t n, uint64_t read_at);
   // REMOVE: the pages read as zeros from now on. UNMAP and REMAP's old
   // addresses: nothing is there to fill.
@@ -237,6 +243,7 @@ class PageServer {
   const uint8_t* zeros_ = nullptr;
   uint64_t zeros_size_ = 0;
   std::vector<Job> pending_;  // refused with EAGAIN: retried after the next read
+  FillGate gate_;  // between reading the uffd and the fillers' ioctls
   std::vector<Job> jobs_;
   // Guards ahead_ and background_, which the fillers share; filler_cv_ wakes
   // them when there is work or when stopping.
