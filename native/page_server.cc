@@ -457,6 +457,12 @@ void PageServer::QueueAhead(uint32_t range, uint64_t first, uint64_t end, Kind k
 }
 
 long PageServer::Read() {
+  // With fillers, a read holds them back: only read when there is something
+  // (the spin loop reads again and again, mostly finding nothing).
+  if (!fillers_.empty()) {
+    pollfd ready = {uffd_, POLLIN, 0};
+    if (poll(&ready, 1, 0) == 0) return -EAGAIN;
+  }
   FillGate::Read reading(gate_);
   long n = uffd::ReadMessages(uffd_, buffer_, FaultStream::kCapacity);
   for (long i = 0; i < n; i++) {
