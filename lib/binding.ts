@@ -31,6 +31,8 @@ export interface UffdHandle {
   /** Fills out with the counters (COUNTERS_LENGTH numbers), or the counters and the histogram (STATS_LENGTH), in the order lib/stats.ts reads them. */
   stats(out: Float64Array): void;
   setSpin(enabled: boolean): void;
+  /** The uffd has EVENT_UNMAP: an unmap() of its ranges on the serving thread is refused. */
+  setUnmapWaits(): void;
   /** Blocks until messages are in the messages buffer: their count, 0 after timeoutMs, -1 once closed. */
   wait(timeoutMs: number, spin: boolean): number;
   /** An id another thread can share this uffd by (new UffdHandle(-1, ..., id)). */

@@ -56,8 +56,10 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
     case 'EAGAIN':
       return 'the address space is changing (a fork, mremap, madvise or munmap event is pending): read the pending events, then retry the rest';
     case 'ENOENT':
-      return ioctl === 'UFFDIO_UNREGISTER' ? 'no such range is registered'
-        : 'the destination is not inside a range registered with this userfaultfd (or that mode is not registered there, or it was unregistered or unmapped since the fault): register it first';
+      if (!ioctl.startsWith('UFFDIO_')) return '';
+      if (ioctl === 'UFFDIO_UNREGISTER') return 'no such range is registered';
+      return (ioctl === 'UFFDIO_MOVE' ? 'the source has a page that is not there (pass { allowSrcHoles: true } to skip such pages), or ' : '') +
+        'the destination is not inside a range registered with this userfaultfd (or that mode is not registered there, or it was unregistered or unmapped since the fault): register it first';
     case 'EBUSY':
       return 'part of this range is already registered with another userfaultfd: unregister it there first';
     case 'EPERM':
@@ -70,9 +72,16 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
         : 'the source or destination is not accessible memory';
     case 'EINVAL':
       if (ioctl === 'UFFDIO_REGISTER') {
-        return 'the range must be page-aligned and lie within mappings that support this mode (MINOR needs shmem or hugetlbfs, WP needs the WP feature, guest_memfd needs a kernel with uffd support for it)';
+        return 'the range must be page-aligned and lie within mappings that support this mode (MINOR needs shmem or hugetlbfs, WP needs the WP feature, RWP Linux 7.3, guest_memfd a kernel with uffd support for it)';
       }
       if (ioctl === 'UFFDIO_API') return 'the kernel refused the requested features';
+      if (ioctl === 'UFFDIO_RWPROTECT' || ioctl === 'UFFDIO_SET_MODE') {
+        return 'read-write protection (UFFDIO_RWPROTECT, RWP_ASYNC) needs Linux 7.3 and a range registered with { rwp: true } (probe() says what this kernel has); ' +
+          'otherwise the address and length must be aligned to the page size of the range';
+      }
+      if (ioctl === 'PAGEMAP_SCAN') {
+        return 'PAGEMAP_SCAN needs Linux 6.7, and a range registered WP on a uffd with WP_ASYNC (written pages) or, Linux 7.3, registered with { rwp: true } (accessed pages); the range must be page-aligned';
+      }
       return 'the address and length must be aligned to the page size of the range, and the mode must be one this ioctl supports there';
     default:
       return '';
@@ -94,11 +103,16 @@ const LIBRARY: Record<string, string> = {
   ERR_UFFD_NOT_MAPPED: 'no live mapping made by this library holds this range (unmapped already, or never made by Memfd.map / Mapping.anonymous)',
 };
 
+// ERR_UFFD_WOULD_DEADLOCK for madvise and munmap, which do not fault but wait.
+const WAITS_FOR_READER =
+  'with EVENT_REMOVE (madvise) or EVENT_UNMAP (munmap) this call waits until the thread that serves this userfaultfd has read its event, and this is that thread: it would block forever. Call it from a worker thread or another process, or serve the uffd off this thread (serveSync in a worker, or serveFrom)';
+
 /** Builds the error for -errno (or a library code in extra.code) from syscall. */
 export function systemError(errno: number, syscall: string, extra: Record<string, unknown> = {}): UffdError {
   const bytesDone = typeof extra.bytesDone === 'number' ? extra.bytesDone : undefined;
   if (typeof extra.code === 'string') {
-    return new UffdError(extra.code, `${extra.code}: ${LIBRARY[extra.code] ?? 'failed'}, ${syscall}`, { syscall });
+    const text = extra.code === 'ERR_UFFD_WOULD_DEADLOCK' && (syscall === 'madvise' || syscall === 'munmap') ? WAITS_FOR_READER : LIBRARY[extra.code];
+    return new UffdError(extra.code, `${extra.code}: ${text ?? 'failed'}, ${syscall}`, { syscall });
   }
   const code = util.getSystemErrorName(errno);
   const why = hint(code, syscall, extra);

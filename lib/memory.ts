@@ -152,12 +152,17 @@ export class Mapping {
     native.discard(start, bytes, this.kind === 'shared');
   }
 
-  /** Unmaps now. A view another thread still holds reads zeros from then on, until it is collected. */
+  /**
+   * Unmaps now. A view another thread still holds reads zeros from then on,
+   * until it is collected. With UFFD_FEATURE_EVENT_UNMAP the uffd's reader
+   * gets an 'unmap' event and this call waits until it has read it, so it is
+   * refused (ERR_UFFD_WOULD_DEADLOCK) on the thread that serves this memory.
+   */
   unmap(): void {
     if (!this.#mapped) return;
+    native.unmap(this.address, this.length, true);
     this.#mapped = false;
     unmapOnCollect.unregister(this);
-    native.unmap(this.address, this.length, true);
   }
 
   #slice(offset: unknown, length: unknown): [bigint, number] {

@@ -91,6 +91,7 @@ export class Userfaultfd implements FaultResolver {
     // Userfaultfd nobody holds is collected and its handle closes the fd.
     this.#callback = (count: number) => this.#stream.receive(count);
     this.#handle = new native.UffdHandle(fd, this.#callback, this.#messages, lentId);
+    if (this.#enabled.has('EVENT_UNMAP')) this.#handle.setUnmapWaits();
   }
 
   /**
@@ -176,10 +177,13 @@ export class Userfaultfd implements FaultResolver {
     this.#checkOpen('ioctl(UFFDIO_REGISTER)');
     const { start, length, pageSize } = targetRange(target);
     const m = validate.options<RegisterModes>(modes, 'modes');
+    for (const mode of ['missing', 'minor', 'wp', 'rwp'] as const) {
+      if (m[mode] !== undefined && typeof m[mode] !== 'boolean') throw argTypeError(`modes.${mode}`, 'of type boolean', m[mode]);
+    }
     const bits = (m.missing ? REGISTER_MODE.MISSING : 0n) | (m.minor ? REGISTER_MODE.MINOR : 0n) | (m.wp ? REGISTER_MODE.WP : 0n) |
       (m.rwp ? REGISTER_MODE.RWP : 0n);
-    if (bits === 0n) throw invalid('ioctl(UFFDIO_REGISTER)', 'no mode given: set missing, minor, wp or rwp');
-    if (m.wp && m.rwp) throw invalid('ioctl(UFFDIO_REGISTER)', 'wp and rwp cannot be combined on one range (the kernel tracks both with the same PTE bit); register one of them');
+    if (bits === 0n) throw argValueError('modes', 'must set at least one of missing, minor, wp, rwp. Received none');
+    if (m.wp && m.rwp) throw argValueError('modes', 'cannot combine wp and rwp on one range (the kernel tracks both with the same PTE bit): register one of them. Received both');
     validate.range('ioctl(UFFDIO_REGISTER)', start, length, pageSize);
     let mask: bigint;
     try {

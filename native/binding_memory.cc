@@ -74,7 +74,14 @@ Napi::Value MapAnonymous(const Napi::CallbackInfo& info) {
 // out zeros at once; otherwise (garbage collection) they keep the memory.
 Napi::Value Unmap(const Napi::CallbackInfo& info) {
   uint64_t address = U64(info, 0), length = U64(info, 1);
-  int r = MappingTable::Get().Remove(address, info[2].ToBoolean());
+  bool detach = info[2].ToBoolean();
+  // With EVENT_UNMAP, munmap waits until the serving thread reads the event:
+  // refused there; collected memory stays mapped rather than hang the thread.
+  if (MappingTable::Get().ServedHere(address, length, true)) {
+    if (detach) ThrowCode(info.Env(), "ERR_UFFD_WOULD_DEADLOCK", "munmap");
+    return info.Env().Undefined();
+  }
+  int r = MappingTable::Get().Remove(address, detach);
   if (r == 1) r = memory::Unmap(address, length);
   if (r < 0) ThrowErrno(info.Env(), r, "munmap");
   return info.Env().Undefined();

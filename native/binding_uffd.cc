@@ -47,6 +47,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
                            InstanceMethod<&UffdHandle::JsServeNative>("serveNative"),
                            InstanceMethod<&UffdHandle::JsStats>("stats"),
                            InstanceMethod<&UffdHandle::JsSetSpin>("setSpin"),
+                           InstanceMethod<&UffdHandle::JsSetUnmapWaits>("setUnmapWaits"),
                            InstanceMethod<&UffdHandle::JsWait>("wait"),
                            InstanceMethod<&UffdHandle::JsLend>("lend"),
                            InstanceAccessor<&UffdHandle::JsFd>("fd"),
@@ -418,6 +419,12 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     }
     out[19] = server_ != nullptr || has_final_stats_ ? 1 : 0;
     return env.Undefined();
+  }
+
+  // setUnmapWaits(): the uffd has EVENT_UNMAP (see MappingTable::SetUnmapWaits).
+  Napi::Value JsSetUnmapWaits(const Napi::CallbackInfo& info) {
+    MappingTable::Get().SetUnmapWaits(this);
+    return info.Env().Undefined();
   }
 
   Napi::Value JsSetSpin(const Napi::CallbackInfo& info) {

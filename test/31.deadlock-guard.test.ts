@@ -44,6 +44,26 @@ describe('deadlock guard', () => {
     expect(target.read()[0]).toBe(6);
   });
 
+  it('refuses discard() and, with EVENT_UNMAP, unmap() of registered memory on the serving thread (each waits for its event to be read), changing nothing', () => {
+    const mapping = Mapping.anonymous(2 * PAGE);
+    const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE', 'EVENT_UNMAP'] });
+    cleanup.push(() => mapping.unmap(), () => uffd.close());
+    uffd.register(mapping);
+    const waits = expect.stringMatching(/waits until the thread that serves this userfaultfd has read its event/);
+    expect(() => mapping.discard()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_WOULD_DEADLOCK', syscall: 'madvise', message: waits }));
+    expect(() => mapping.unmap()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_WOULD_DEADLOCK', syscall: 'munmap', message: waits }));
+    expect(mapping.mapped).toBe(true);
+    uffd.copy(mapping.address, new Uint8Array(PAGE).fill(7));
+    expect(mapping.read(0, PAGE)[0]).toBe(7);
+    // Without EVENT_UNMAP nothing waits: unmapping served memory here is fine.
+    const plain = Mapping.anonymous(PAGE);
+    const other = Userfaultfd.open();
+    other.register(plain);
+    plain.unmap();
+    expect(plain.mapped).toBe(false);
+    other.close();
+  });
+
   it('allows views again once the range is unregistered, and a worker may always attach', async () => {
     const { mapping, uffd } = setup(1);
     void uffd.serve((fault) => void fault.copy(new Uint8Array(PAGE).fill(2)));

@@ -155,7 +155,7 @@ describe('RWP argument checks (no kernel needed)', () => {
     const mapping = Mapping.anonymous(PAGE);
     const uffd = Userfaultfd.open();
     cleanup.push(() => mapping.unmap(), () => uffd.close());
-    expect(() => uffd.register(mapping, { wp: true, rwp: true })).toThrow(expect.objectContaining({ code: 'EINVAL', message: expect.stringContaining('cannot be combined') }));
+    expect(() => uffd.register(mapping, { wp: true, rwp: true })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE', message: expect.stringContaining('cannot combine wp and rwp') }));
     expect(uffd.registrations).toHaveLength(0);
     expect(() => uffd.rwProtect(mapping.address, PAGE, true, { dontWake: true })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
     expect(() => uffd.setMode({ enable: ['MOVE'] })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
