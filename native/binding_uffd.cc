@@ -182,7 +182,8 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     // registered memory served here, that read would never be resolved.
     GuardServingThread(info.Env(), src.address, src.length, "ioctl(UFFDIO_COPY)");
     uint64_t done = 0;
-    int r = uffd::Copy(fd, dst, src.address, src.length, mode, &done);
+    int r = server_ != nullptr ? server_->CopyForJs(dst, src.address, src.length, mode, &done)
+                               : uffd::Copy(fd, dst, src.address, src.length, mode, &done);
     return Done(info.Env(), r, done, "ioctl(UFFDIO_COPY)");
   }
 

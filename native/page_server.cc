@@ -502,6 +502,42 @@ void PageServer::Forwarded(const uffd_msg& msg) {
   if (Locate(msg.arg.pagefault.address, &range, &page)) Mark(ranges_[range], page, page + 1, kForwarded);
 }
 
+int PageServer::CopyForJs(uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, uint64_t* done) {
+  FillGate::Fill inside(gate_);
+  // The page at address: its size, and whether a REMOVE has taken it.
+  auto look = [&](uint64_t address, uint64_t* size) {
+    uint32_t range;
+    uint64_t page;
+    if (!Locate(address, &range, &page)) {
+      *size = SystemPage();
+      return false;
+    }
+    *size = ranges_[range].range.page_size;
+    return (State(ranges_[range], page) & kRemoved) != 0;
+  };
+  bool any = false;
+  for (uint64_t at = dst, size; at < dst + len && !any; at += size) any = look(at, &size);
+  if (!any) return uffd::Copy(uffd_, dst, src, len, mode, done);
+  // A page at a time only where some page was removed (rare: the peer
+  // removed memory a fault of its own was waiting on).
+  *done = 0;
+  while (*done < len) {
+    uint64_t at = dst + *done, size = 0, one = 0;
+    int rc;
+    if (look(at, &size)) {
+      uint32_t range = 0;
+      uint64_t page = 0;
+      Locate(at, &range, &page);
+      rc = Ioctl(ranges_[range], Kind::kZero, page, 1, mode & UFFDIO_COPY_MODE_DONTWAKE, &one);
+    } else {
+      rc = uffd::Copy(uffd_, at, src + *done, std::min(size, len - *done), mode, &one);
+    }
+    *done += one;
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
 bool PageServer::Locate(uint64_t address, uint32_t* range, uint64_t* page) const {
   for (uint32_t i = 0; i < ranges_.size(); i++) {
     const Range& r = ranges_[i].range;

@@ -123,6 +123,11 @@ class PageServer {
   Stats stats() const;
   void Ref() { queue_->Ref(); }
   void Unref() { queue_->Unref(); }
+  // UFFDIO_COPY of [src, src + len) to dst for JavaScript (a miss it has
+  // fetched) while this server runs: inside the fill gate, and pages a
+  // REMOVE has taken since get zero pages instead, as their faults must
+  // (fill_gate.h). Thread: the loop's; returns like uffd::Copy.
+  int CopyForJs(uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, uint64_t* done);
   // Stops the thread and waits for it (idempotent); stats() stay readable.
   void Stop();
   // Stops, then frees the server; the uffd may be closed right after.

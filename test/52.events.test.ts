@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { Mapping, UnixServer, Userfaultfd, descriptorKind, type Event, type Fault } from '../dist/index.js';
+import { Mapping, UnixServer, Userfaultfd, descriptorKind, type Event, type Fault, type PageSource } from '../dist/index.js';
 import { PAGE, touch } from './helpers';
 import { fixture } from './native-fixtures';
 import { startPeer, type Peer } from './peer';
@@ -55,6 +55,38 @@ describe('non-cooperative events', () => {
     const page = (i: number): bigint => p.address + BigInt(i * p.pageSize);
     expect(events).toEqual([{ type: 'remove', start: page(1), end: page(2) }, { type: 'remove', start: page(2), end: page(3) }]);
     expect(report?.sums).toEqual([4, 1 + 2 + 2 + 1]);
+  });
+
+  it('REMOVE of a page whose fault JavaScript is still fetching (serveFrom): the late copy puts zeros there, never the source\'s bytes', async () => {
+    // A worker of the peer faults on page 0, which the source does not hold
+    // yet: the miss comes to JavaScript. Meanwhile the peer removes page 0
+    // (madvise returns once the native thread has read the event) and only
+    // then does JavaScript copy the page in. The page must read as zeros
+    // afterwards, as it would without userfaultfd: the copy finds it removed.
+    const p = await peer({
+      pages: 2, features: ['EVENT_REMOVE'],
+      script: [{ readInWorker: 0 }, { hear: true }, { discard: [0] }, { say: 'discarded' }, { hear: true }, { read: [0] }],
+    });
+    const bytes = new Uint8Array(p.length).fill(9);
+    const present = new Uint8Array(2);
+    const source: PageSource = { bytes, size: p.length, present, pageSize: p.pageSize, fetch: async () => {} };
+    let missed!: () => void;
+    const miss = new Promise<void>((resolve) => (missed = resolve));
+    void p.uffd.serveFrom(source, {
+      onMiss: async (fault) => {
+        missed();
+        await p.connection.receive();          // 'discarded': madvise has returned in the peer
+        Atomics.store(present, 0, 1);
+        expect(fault.copy(bytes.subarray(0, p.pageSize))).toBe('done');
+        p.connection.send('read it');
+      },
+    });
+    const going = p.go();
+    await miss;
+    p.connection.send('discard it');
+    const { code, report } = await going;
+    expect(code).toBe(0);
+    expect(report?.sums).toEqual([0]);
   });
 
   it('UNMAP: munmap of registered memory', async () => {
