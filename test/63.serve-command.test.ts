@@ -3,6 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { systemPageSize } from '../dist/index.js';
 import { scratch, startFcPeer, type Scratch } from './fc-helpers';
 import { findCommand } from './support/commands.mjs';
 
@@ -164,7 +165,7 @@ describe('userfaultfd serve', () => {
     expect((await peer.exited).report).toMatchObject({ ok: true, mismatches: 0 });
     expect(await serve.exited).toBe(0);
     // 'served' when every page was in before the hangup was seen; never 'hangup' (the session ended, the peer left frozen).
-    expect(serve.stdout()).toMatch(/^peer 0 (exited|served): faults \d+, pages on demand 512,/m);
+    expect(serve.stdout()).toMatch(new RegExp(`^peer 0 (exited|served): faults \\d+, pages on demand ${(2 * MiB) / systemPageSize()},`, 'm'));
   });
 
 });
