@@ -149,11 +149,11 @@ export interface ReceiveHandshakeOptions extends HandshakeLimits {
   timeoutMs?: number;
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-
-function decodeUtf8(chunks: Buffer[]): string {
+// complete: false while more reads may follow, when a character split
+// between two reads is not an error (its first bytes are left out).
+function decodeUtf8(chunks: Buffer[], complete: boolean): string {
   try {
-    return utf8.decode(Buffer.concat(chunks));
+    return new TextDecoder('utf-8', { fatal: true }).decode(Buffer.concat(chunks), { stream: !complete });
   } catch {
     throw badHandshake('the message is not UTF-8 text');
   }
@@ -181,7 +181,7 @@ export async function receiveHandshake(connection: UnixConnection, options: Rece
     fds.push(...first.fds);
     if (first.fdsTruncated) throw badHandshake('more descriptors came than the one Firecracker sends (the kernel dropped those beyond 16)');
     const chunks = [first.data];
-    let text = decodeUtf8(chunks);
+    let text = decodeUtf8(chunks, false);
     for (;;) {
       try {
         parseJsonU64(text);
@@ -196,10 +196,10 @@ export async function receiveHandshake(connection: UnixConnection, options: Rece
         fds.push(...more.fds);
         if (more.fds.length > 0) throw badHandshake(`${fds.length} descriptors came with the message; Firecracker sends exactly one, the userfaultfd`);
         chunks.push(more.data);
-        text = decodeUtf8(chunks);
+        text = decodeUtf8(chunks, false);
       }
     }
-    return parseHandshake(text, fds, options);
+    return parseHandshake(decodeUtf8(chunks, true), fds, options);
   } catch (error) {
     for (const fd of fds) native.closeFd(fd);
     throw error;

@@ -184,6 +184,23 @@ describe('receiveHandshake', () => {
     server.close();
   });
 
+  it('waits for the rest of a character that two reads split (a UTF-8 field name is valid JSON)', async () => {
+    const { client, accepted, server } = await pair();
+    const own = Userfaultfd.open();
+    const bytes = Buffer.from(`[{"base_host_virt_addr":${0x7f0000000000},"size":${MiB},"offset":0,"note_\u00e9\u20ac":1}]`);
+    const split = bytes.indexOf(0xe2) + 1; // inside the three bytes of the euro sign
+    client.send(bytes.subarray(0, split), [own.fd]);
+    const received = receiveHandshake(accepted, { sourceSize: 4 * MiB });
+    setImmediate(() => client.send(bytes.subarray(split)));
+    const handshake = await received;
+    expect(handshake.regions).toHaveLength(1);
+    fs.closeSync(handshake.uffdFd);
+    own.close();
+    client.close();
+    accepted.close();
+    server.close();
+  });
+
   it('refuses a message that is not UTF-8, closing the descriptor that came with it', async () => {
     const { client, accepted, server } = await pair();
     const own = Userfaultfd.open();
