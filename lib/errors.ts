@@ -72,7 +72,8 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
         : 'the source or destination is not accessible memory';
     case 'EINVAL':
       if (ioctl === 'UFFDIO_REGISTER') {
-        return 'the range must be page-aligned and lie within mappings that support this mode (MINOR needs shmem or hugetlbfs, WP needs the WP feature, RWP Linux 7.3, guest_memfd a kernel with uffd support for it)';
+        return 'the range must be page-aligned and lie within mappings that support this mode (MINOR needs shmem or hugetlbfs, WP needs the WP feature, RWP Linux 7.3, guest_memfd a kernel with uffd support for it), ' +
+          'and the uffd enabled (a descriptor adopted with fromFd needs its UFFDIO_API done by whoever opened it)';
       }
       if (ioctl === 'UFFDIO_API') return 'the kernel refused the requested features';
       if (ioctl === 'UFFDIO_RWPROTECT' || ioctl === 'UFFDIO_SET_MODE') {
@@ -82,7 +83,8 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
       if (ioctl === 'PAGEMAP_SCAN') {
         return 'PAGEMAP_SCAN needs Linux 6.7, and a range registered WP on a uffd with WP_ASYNC (written pages) or, Linux 7.3, registered with { rwp: true } (accessed pages); the range must be page-aligned';
       }
-      return 'the address and length must be aligned to the page size of the range, and the mode must be one this ioctl supports there';
+      return 'the address and length must be aligned to the page size of the range, and the mode must be one this ioctl supports there ' +
+        '(or this uffd was never enabled: a descriptor adopted with fromFd needs its UFFDIO_API done by whoever opened it)';
     default:
       return '';
   }

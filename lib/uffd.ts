@@ -86,6 +86,8 @@ export class Userfaultfd implements FaultResolver {
     this.openedWith = openedWith;
     this.offeredFeatures = featureNames(offered);
     this.#enabled = featureNames(enabled);
+    // The kernel turns WP_UNPOPULATED on with WP_ASYNC, which relies on it.
+    if (this.#enabled.has('WP_ASYNC')) this.#enabled.add('WP_UNPOPULATED');
     this.enabledFeatures = this.#enabled;
     // The handle holds this callback weakly until the stream starts; a
     // Userfaultfd nobody holds is collected and its handle closes the fd.

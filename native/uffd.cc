@@ -5,6 +5,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <vector>
+
 namespace uffd {
 namespace {
 
@@ -201,13 +203,17 @@ long ReadMessages(int fd, uffd_msg* msgs, size_t max) {
 
 void DrainMessages(int fd) {
   uffd_msg msgs[16];
-  for (;;) {
-    long n = ReadMessages(fd, msgs, 16);
-    if (n <= 0) return;
+  std::vector<uint64_t> faulted;
+  for (long n; (n = ReadMessages(fd, msgs, 16)) > 0;) {
     for (long i = 0; i < n; i++) {
       if (msgs[i].event == UFFD_EVENT_FORK) close(static_cast<int>(msgs[i].arg.fork.ufd));
+      if (msgs[i].event == UFFD_EVENT_PAGEFAULT) faulted.push_back(msgs[i].arg.pagefault.address);
     }
   }
+  // Woken only now: woken at once, a thread could fault again before the
+  // events behind it were read, and keep this loop going.
+  uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  for (uint64_t address : faulted) (void)Wake(fd, address & ~(page - 1), page);
 }
 
 int Close(int fd) { return close(fd) < 0 ? Errno() : 0; }

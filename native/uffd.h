@@ -64,8 +64,11 @@ long ReadMessages(int fd, uffd_msg* msgs, size_t max);
 // Reads every message queued, without blocking, and drops it: an event
 // completes when it is read, so the thread that queued it (a madvise that
 // raised REMOVE, in a process that keeps its own copy of the uffd) stops
-// waiting. A FORK event's new uffd is closed. Fault messages are dropped too:
-// reading one does not wake its thread (unregistering or closing does).
+// waiting. A FORK event's new uffd is closed. The events come only after
+// every pending fault has been read, and a fault read is gone from the queue
+// for any other holder of the uffd; so once the queue is empty each fault
+// read is woken (UFFDIO_WAKE): its thread faults again, and that message
+// goes to whoever else reads this uffd (or waits, as it would have).
 void DrainMessages(int fd);
 
 int Close(int fd);

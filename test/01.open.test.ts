@@ -17,6 +17,16 @@ describe('Userfaultfd.open()', () => {
     }
   });
 
+  const probe = Userfaultfd.open();
+  const wpAsync = probe.offeredFeatures.has('WP_ASYNC');
+  probe.close();
+  if (!wpAsync) console.warn('skipping the WP_ASYNC feature report test: this kernel does not offer WP_ASYNC (Linux 6.7)');
+  it.skipIf(!wpAsync)('reports WP_UNPOPULATED as enabled with WP_ASYNC, as the kernel turns it on', () => {
+    const uffd = Userfaultfd.open({ features: ['WP_ASYNC'] });
+    expect([...uffd.enabledFeatures].sort()).toEqual(['WP_ASYNC', 'WP_UNPOPULATED']);
+    uffd.close();
+  });
+
   it('enables no feature unless asked (SIGBUS in particular)', () => {
     const uffd = Userfaultfd.open();
     expect(uffd.enabledFeatures.size).toBe(0);

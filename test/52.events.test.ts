@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { Mapping, UnixServer, Userfaultfd, descriptorKind, type Event, type Fault, type PageSource } from '../dist/index.js';
+import { Mapping, UnixConnection, UnixServer, Userfaultfd, descriptorKind, type Event, type Fault, type PageSource } from '../dist/index.js';
 import { PAGE, touch } from './helpers';
 import { fixture } from './native-fixtures';
 import { startPeer, type Peer } from './peer';
@@ -95,6 +95,37 @@ describe('non-cooperative events', () => {
     void p.uffd.serve(() => {}, { onEvent: (event) => events.push(event) });
     expect((await p.go()).code).toBe(0);
     expect(events).toEqual([{ type: 'unmap', start: p.address, end: p.address + BigInt(3 * p.pageSize) }]);
+  });
+
+  it('closing one adopted copy of a uffd leaves its faults to another copy: the fault its close read is woken and faults again', async () => {
+    const p = await peer({ pages: 2, script: [{ read: [0] }] });
+    // A second copy of the same uffd, adopted through a socket as another process would.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-copy-'));
+    const server = UnixServer.listen(path.join(dir, 's'));
+    const client = UnixConnection.connect(path.join(dir, 's'));
+    const accepted = (await server.accept())!;
+    cleanup.push(() => accepted.close(), () => client.close(), () => server.close(), () => fs.rmSync(dir, { recursive: true, force: true }));
+    client.send('uffd', [p.uffd.fd]);
+    const second = Userfaultfd.fromFd((await accepted.receive())!.fds[0]!, { ranges: [{ address: p.address, length: p.length, pageSize: p.pageSize }] });
+    cleanup.push(() => second.close());
+    const going = p.go();
+    // The peer's thread sleeps on its fault, whose message is queued: this
+    // copy's close reads it (to reach any event behind it) and must not keep it.
+    await vi.waitFor(() => {
+      const asleep = fs.readdirSync(`/proc/${p.child.pid}/task`).some((t) => {
+        try {
+          return fs.readFileSync(`/proc/${p.child.pid}/task/${t}/wchan`, 'utf8') === 'handle_userfault';
+        } catch {
+          return false;
+        }
+      });
+      expect(asleep).toBe(true);
+    }, { timeout: 10_000, interval: 5 });
+    p.uffd.close();
+    void second.serve((fault) => void fault.copy(Buffer.alloc(fault.pageSize, 5)));
+    const { code, report } = await going;
+    expect(code).toBe(0);
+    expect(report?.sums).toEqual([5]);
   });
 
   it('REMAP: mremap of registered memory, then a fault at the new address', async () => {
