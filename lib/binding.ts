@@ -63,6 +63,8 @@ export interface Native {
   api(fd: number, features: bigint): { offered: bigint; ioctls: bigint };
   queryFeatures(userModeOnly: boolean): bigint;
   closeFd(fd: number): void;
+  /** Closes every uffd this thread holds (at its exit). */
+  closeAll(): void;
   memfdCreate(name: string, size: number, hugePageLog2: number): [number, number];
   filePageSize(fd: number): number;
   createGuestMemfd(size: number, wantedFlags: bigint): [number, number, bigint];

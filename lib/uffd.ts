@@ -32,6 +32,10 @@ import { COUNTERS_LENGTH, STATS_LENGTH, readStats, type ServeStats } from './sta
 import * as validate from './validate';
 
 native.setErrorFactory(systemError);
+// At this thread's exit (process.exit, an uncaught exception, a worker's
+// end), before Node joins its workers: a worker blocked on a fault of a uffd
+// this thread serves would otherwise never return, and the exit hang.
+process.once('exit', () => native.closeAll());
 
 const MESSAGE_CAPACITY = Number(native.constants.messageCapacity);
 
@@ -130,6 +134,9 @@ export class Userfaultfd implements FaultResolver {
    */
   static fromFd(fd: number, options?: { features?: Feature[]; ranges?: AdoptedRange[] }): Userfaultfd {
     validate.fd(fd, 'fd');
+    // Anything else would be adopted (and closed with this object) or refused late, by an ioctl.
+    const kind = native.descriptorKind(fd);
+    if (kind !== 'userfaultfd') throw argValueError('fd', `must be a userfaultfd. Received a descriptor of kind '${kind}', left open`);
     const opts = validate.options<{ features: Feature[]; ranges: AdoptedRange[] }>(options, 'options');
     const uffd = new Userfaultfd(fd, 'adopted', 0n, featureBits(opts.features ?? []));
     uffd.#registrations.adopt(opts.ranges ?? []);

@@ -115,6 +115,10 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       stream_ = nullptr;
     }
     if (drain && owner_) uffd::DrainMessages(fd_);
+    // A borrower (a worker) going away may have read faults it never
+    // resolved, and the owner's descriptor stays open, so the kernel wakes
+    // nobody: wake them all here, and each faults again for the owner.
+    if (!owner_) uffd::WakeAll(fd_);
     if (owner_) share_->Shutdown();
     share_.reset();
     fd_ = -1;
@@ -485,6 +489,14 @@ void CleanupEnv(AddonData* data) {
 
 namespace {
 
+// closeAll(): every uffd this thread holds, at its exit: a worker blocked on
+// a fault of one would otherwise never be joined (environment cleanup, which
+// closes them too, comes after the join).
+Napi::Value CloseAll(const Napi::CallbackInfo& info) {
+  CleanupEnv(Data(info.Env()));
+  return info.Env().Undefined();
+}
+
 // open(userModeOnly) -> { fd, method }
 Napi::Value Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -536,6 +548,7 @@ void ExportUffd(Napi::Env env, Napi::Object exports) {
   exports.Set("api", Napi::Function::New<Api>(env));
   exports.Set("queryFeatures", Napi::Function::New<QueryFeatures>(env));
   exports.Set("closeFd", Napi::Function::New<CloseFd>(env));
+  exports.Set("closeAll", Napi::Function::New<CloseAll>(env));
 }
 
 }  // namespace binding

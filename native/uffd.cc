@@ -201,6 +201,19 @@ long ReadMessages(int fd, uffd_msg* msgs, size_t max) {
   return static_cast<long>(n / static_cast<ssize_t>(sizeof(uffd_msg)));
 }
 
+int WakeAll(int fd) {
+  // The range must start at or above vm.mmap_min_addr and end within the
+  // process's address space, whose size the kernel does not tell: the
+  // largest that it accepts (57-bit, 52, 48, then x86-64's 47-bit).
+  uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE)), start = 1 << 20;
+  for (int bits : {56, 52, 48, 47}) {
+    uint64_t end = (uint64_t{1} << bits) - page;
+    int r = Wake(fd, start, end - start);
+    if (r != -EINVAL) return r;
+  }
+  return -EINVAL;
+}
+
 void DrainMessages(int fd) {
   uffd_msg msgs[16];
   std::vector<uint64_t> faulted;

@@ -38,6 +38,10 @@ int QueryFeatures(bool user_mode_only, uint64_t* offered);
 int Register(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t* ioctls);
 int Unregister(int fd, uint64_t start, uint64_t len);
 int Wake(int fd, uint64_t start, uint64_t len);
+// UFFDIO_WAKE of the whole user address space: every thread waiting on a
+// fault of this uffd wakes and faults again (what closing its last
+// descriptor does, without closing it).
+int WakeAll(int fd);
 int WriteProtect(int fd, uint64_t start, uint64_t len, uint64_t mode);
 // UFFDIO_RWPROTECT (Linux 7.3): mode UFFDIO_RWPROTECT_MODE_RWP installs
 // read-write protection on the present pages, no RWP bit removes it (and

@@ -1,4 +1,5 @@
 // Bad input gets a clear error, shaped like Node's, and changes nothing.
+import fs from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Userfaultfd, type Fault } from '../dist/index.js';
 import { PAGE, touch, registeredAnonymous } from './helpers';
@@ -70,6 +71,16 @@ describe('bad input', () => {
 
     expect(() => uffd.register(null as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
     expect(() => uffd.serve('handler' as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+  });
+
+  it('fromFd of a descriptor that is not a userfaultfd: a clear error, and the descriptor left open', () => {
+    const fd = fs.openSync('/dev/null', 'r');
+    try {
+      expect(() => Userfaultfd.fromFd(fd)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE', message: expect.stringContaining('must be a userfaultfd') }));
+      expect(fs.fstatSync(fd).isCharacterDevice()).toBe(true);
+    } finally {
+      fs.closeSync(fd);
+    }
   });
 
   it('a detached buffer', () => {

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FilePageSource, Mapping, PageServer, PostcopyClient, PostcopyDestination, Userfaultfd } from '../dist/index.js';
+import { BufferPageSource, FilePageSource, Mapping, PageServer, PostcopyClient, PostcopyDestination, Userfaultfd } from '../dist/index.js';
 import { PAGE, pattern, shuffled, touch } from './helpers';
 
 const cleanup: (() => unknown)[] = [];
@@ -150,6 +150,22 @@ describe('post-copy migration', () => {
     await dest.complete;
     expect(dest.stats.faultsFetched).toBe(0);
     expect(dest.stats.pagesByFault + dest.stats.pagesInstalled).toBe(pages);
+  });
+
+  it('complete settles when the destination or its uffd is closed before every page is in', async () => {
+    for (const closing of ['uffd', 'destination'] as const) {
+      const pages = 8;
+      const mapping = Mapping.anonymous(pages * PAGE);
+      const uffd = Userfaultfd.open();
+      uffd.register(mapping);
+      // A source that never gets its pages: nothing completes by itself.
+      const source = new BufferPageSource(new Uint8Array(pages * PAGE), { present: new Uint8Array(pages), fetch: () => new Promise<void>(() => {}) });
+      const dest = new PostcopyDestination(uffd, mapping, source);
+      cleanup.push(() => mapping.unmap(), () => uffd.close(), () => dest.close());
+      if (closing === 'uffd') uffd.close();
+      else dest.close();
+      await expect(dest.complete).rejects.toMatchObject({ code: 'ERR_UFFD_CLOSED', message: expect.stringContaining(`closed with 0 of ${pages} pages in`) });
+    }
   });
 
   it('gives up on a source that stops answering, after stallTimeoutMs', async () => {

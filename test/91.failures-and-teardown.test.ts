@@ -3,6 +3,7 @@
 // while faults are pending. In every case the faulting threads go on, and
 // nothing hangs.
 import { execFileSync, spawn } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -182,6 +183,63 @@ describe('a faulting peer that dies mid-fault', () => {
 });
 
 describe('teardown while faults are pending', () => {
+  // A worker blocked on a fault cannot be joined until its uffd is closed,
+  // and Node joins workers before the addon's environment cleanup runs.
+  for (const [how, end, code] of [['process.exit(3)', 'process.exit(3)', 3], ['an uncaught exception', 'throw new Error("bye")', 1]] as const) {
+    it(`exits at ${how} while a worker is blocked on a fault of a uffd this thread serves`, () => {
+      const lib = JSON.stringify(path.join(__dirname, '..', 'dist', 'index.js'));
+      const script = `
+        const fs = require('node:fs');
+        const { Worker } = require('node:worker_threads');
+        const { Userfaultfd, Mapping } = require(${lib});
+        const mapping = Mapping.anonymous(4096);
+        const uffd = Userfaultfd.open();
+        uffd.register(mapping);
+        new Worker('const { workerData } = require("node:worker_threads"); require(workerData.lib).attachView(workerData.address, 1)[0];',
+          { eval: true, workerData: { lib: ${lib}, address: mapping.address } });
+        const poll = setInterval(() => {
+          const asleep = fs.readdirSync('/proc/self/task').some((t) => {
+            try { return fs.readFileSync('/proc/self/task/' + t + '/wchan', 'utf8') === 'handle_userfault'; } catch { return false; }
+          });
+          if (!asleep) return;
+          clearInterval(poll);
+          ${end};
+        }, 5);
+      `;
+      const started = Date.now();
+      let status: number | null = null;
+      try {
+        execFileSync(process.execPath, ['-e', script], { stdio: 'ignore', timeout: 30_000 * SLOWDOWN, killSignal: 'SIGKILL' });
+        status = 0;
+      } catch (error) {
+        status = (error as { status: number | null }).status;
+      }
+      expect(status).toBe(code);
+      expect(Date.now() - started).toBeLessThan(30_000 * SLOWDOWN);
+    });
+  }
+
+  it('a worker terminated while its serveSync handler holds a fault: the fault goes back to the owner', async () => {
+    const { mapping, uffd } = setup(1);
+    const holding = new SharedArrayBuffer(4);
+    const worker = new Worker(`
+      const { workerData } = require('node:worker_threads');
+      const flag = new Int32Array(workerData.holding);
+      require(workerData.lib).Userfaultfd.borrow(workerData.loan).serveSync(() => {
+        Atomics.store(flag, 0, 1);
+        Atomics.wait(flag, 0, 1); // holds the fault until terminated
+      });
+    `, { eval: true, workerData: { lib: path.join(__dirname, '..', 'dist', 'index.js'), loan: uffd.lend(), holding } });
+    const touched = touch({ address: mapping.address, length: PAGE });
+    const flag = new Int32Array(holding);
+    while (Atomics.load(flag, 0) === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    await worker.terminate();
+    // The worker read the fault and is gone without resolving it: its
+    // thread was woken, faulted again, and this thread now serves it.
+    void uffd.serve((fault) => void fault.copy(Buffer.alloc(PAGE, 6)));
+    expect((await touched.result).sum).toBe(6);
+  });
+
   it('close() with many threads waiting wakes them all', async () => {
     const threads = 8;
     const { mapping, uffd } = setup(threads);

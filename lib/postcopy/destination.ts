@@ -146,6 +146,11 @@ export class PostcopyDestination {
       failure: opts.failure ?? source.failure ?? 'fill',
       onError: (error) => this.#fail(error as UffdError),
     });
+    // The uffd closed before every page was in: complete must not wait on.
+    this.served.then(() => {
+      this.#checkComplete();
+      this.close();
+    }, (error: unknown) => this.#fail(error as UffdError));
     this.#timer = setInterval(() => this.#checkComplete(), COMPLETE_POLL_MS);
     this.#timer.unref();
     this.#checkComplete();
@@ -164,10 +169,13 @@ export class PostcopyDestination {
     return this.#error;
   }
 
-  /** Stops watching for completion; faults are served, and pages installed, until the uffd is closed. */
+  /**
+   * Stops watching for completion (complete rejects with ERR_UFFD_CLOSED if
+   * some page is not in yet); faults are served, and pages installed, until
+   * the uffd is closed.
+   */
   close(): void {
-    this.#ended = true;
-    this.#clearTimer();
+    this.#settle(new UffdError('ERR_UFFD_CLOSED', `ERR_UFFD_CLOSED: the destination was closed with ${this.installedCount} of ${this.#pages} pages in`));
   }
 
   #onFault(fault: Fault): void | Promise<void> {
@@ -201,10 +209,16 @@ export class PostcopyDestination {
   }
 
   #checkComplete(): void {
-    if (this.#ended || this.installedCount < this.#pages) return;
+    if (!this.#ended && this.installedCount >= this.#pages) this.#settle();
+  }
+
+  // complete resolves (no error) or rejects, once; the watch ends.
+  #settle(error?: UffdError): void {
+    if (this.#ended) return;
     this.#ended = true;
     this.#clearTimer();
-    this.#resolveComplete();
+    if (error) this.#rejectComplete(error);
+    else this.#resolveComplete();
   }
 
   #clearTimer(): void {
@@ -216,8 +230,7 @@ export class PostcopyDestination {
   #fail(error: UffdError): void {
     if (this.#error) return;
     this.#error = error;
-    this.close();
-    this.#rejectComplete(error);
+    this.#settle(error);
     this.#onError?.(error);
   }
 }
