@@ -102,9 +102,12 @@ export class FaultBatch {
   }
 
   /** @internal What serve()'s 'fill' policy does, for every fault the handler left unresolved. */
-  fillUnresolved(): void {
+  /** Resolves what the handler left unresolved (the 'fill' policy); returns how many there were. */
+  fillUnresolved(): number {
+    let left = 0;
     for (let i = 0; i < this.#length; i++) {
       if (this.#resolved[i]) continue;
+      left++;
       const kind = this.kind(i);
       try {
         if (kind === 'minor') this.continue(i);
@@ -121,6 +124,7 @@ export class FaultBatch {
         this.#handle.wake(this.pageAddress(i), this.pageSize(i));
       }
     }
+    return left;
   }
 
   #check(i: number): number {

@@ -126,12 +126,20 @@ export function serveBatch(host: ServeHost, handler: (batch: FaultBatch) => void
     }
     if (batch.length === 0) return;
     host.countJsFaults(batch.length);
+    let threw = false;
     try {
       handler(batch);
     } catch (error) {
+      threw = true;
       guarded(() => report(error));
     }
-    if (!host.uffd.closed) batch.fillUnresolved();
+    if (host.uffd.closed) return;
+    const left = batch.fillUnresolved();
+    // As serve() reports a fault its handler returned from without resolving.
+    if (left > 0 && !threw) {
+      guarded(() => report(new UffdError('ERR_UFFD_UNRESOLVED',
+        `ERR_UFFD_UNRESOLVED: the batch handler finished with ${left} of ${batch.length} faults unresolved; the failure policy resolved them (a zero page, the page cache's page, or the protection removed)`)));
+    }
   });
   handle.setSpin(opts.spin === true);
   handle.start();

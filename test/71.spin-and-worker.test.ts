@@ -125,6 +125,17 @@ describe('serveBatch: a JavaScript handler with nothing allocated per fault', ()
     expect(errors.length).toBeGreaterThan(0);
     expect(() => uffd.serve(() => {})).toThrow(expect.objectContaining({ code: 'ERR_UFFD_BUSY' }));
   });
+
+  it('reports a batch its handler returned from with faults unresolved (ERR_UFFD_UNRESOLVED), as serve() does', async () => {
+    const pages = 4;
+    const { uffd, memory } = setup(pages);
+    const errors: { code?: string; message?: string }[] = [];
+    void uffd.serveBatch(() => {}, { onError: (error) => errors.push(error as { code?: string }) });
+    const { result } = touch({ address: memory.address, length: memory.length, expected: new SharedArrayBuffer(pages * PAGE) });
+    expect(await result).toMatchObject({ ok: true });
+    expect(errors.length).toBeGreaterThan(0);
+    expect(errors[0]).toMatchObject({ code: 'ERR_UFFD_UNRESOLVED', message: expect.stringMatching(/finished with \d+ of \d+ faults unresolved/) });
+  });
 });
 
 describe('the worker-thread handler (lend, borrow, serveSync)', () => {
