@@ -86,6 +86,18 @@ export function serveFrom(host: ServeHost, source: PageSource | null, options?: 
   const opts = validate.options<ServeFromOptions>(options, 'options');
   host.checkOpen('serveFrom');
   const ranges = planRanges(opts.ranges ?? defaultRanges(host.uffd.registrations), src, (address) => host.pageSizeAt(address));
+  // A range the registrations do not cover would never fault there, and its fill would only be refused.
+  const known = host.uffd.registrations;
+  if (known.length > 0) {
+    for (const r of ranges) {
+      const end = r.address + BigInt(r.length);
+      let at = r.address;
+      for (let k; at < end && (k = known.find((x) => x.start <= at && at < x.end)); ) at = k.end;
+      if (at < end) {
+        throw invalid('serveFrom', `the range [${validate.hex(r.address)}, ${validate.hex(end)}) is not registered with this userfaultfd from ${validate.hex(at)}: register it first (or give fromFd its ranges)`);
+      }
+    }
+  }
   const pages = readAhead(opts.readAhead);
   const piece = backgroundPiece(opts);
   const fillers = fillThreads(opts.fillThreads, pages > 1 || piece > 0);

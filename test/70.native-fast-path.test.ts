@@ -202,10 +202,13 @@ describe('serveFrom: the native fast path', () => {
     expect(uffd.stats()).toMatchObject({ nativeFaults: pages, zeroPages: pages });
   });
 
-  it('refuses ranges the source cannot cover, and a second consumer', () => {
+  it('refuses ranges the source cannot cover, ranges not registered, and a second consumer', () => {
     const { uffd, memory } = setup(4);
     const small = new BufferPageSource(new Uint8Array(2 * PAGE));
     expect(() => uffd.serveFrom(small)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    const whole = new BufferPageSource(new Uint8Array(memory.length + PAGE));
+    expect(() => uffd.serveFrom(whole, { ranges: [{ address: memory.address, length: memory.length + PAGE }] }))
+      .toThrow(expect.objectContaining({ code: 'EINVAL', message: expect.stringContaining(`not registered with this userfaultfd from ${'0x' + (memory.address + BigInt(memory.length)).toString(16)}`) }));
     expect(() => uffd.serveFrom(new BufferPageSource(new Uint8Array(memory.length)), { readAhead: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
     expect(() => uffd.serveFrom({} as never)).toThrow(TypeError);
     void uffd.serveFrom(new BufferPageSource(new Uint8Array(memory.length)));
