@@ -304,7 +304,7 @@ describe('FirecrackerServer refuses malformed handshakes from a peer process', (
   it('a connection that closes without sending anything is dropped, its process left alone', async () => {
     const count = refused.length;
     UnixConnection.connect(s.socket).close();
-    await expect.poll(() => refused.length).toBe(count + 1);
+    await expect.poll(() => refused.length, { timeout: 10_000 }).toBe(count + 1);
     expect(refused.at(-1)).toMatchObject({ error: { code: 'ERR_UFFD_PEER_LOST' }, pid: process.pid, killed: false });
   });
 
