@@ -504,34 +504,29 @@ void PageServer::Forwarded(const uffd_msg& msg) {
 
 int PageServer::CopyForJs(uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, uint64_t* done) {
   FillGate::Fill inside(gate_);
-  // The page at address: its size, and whether a REMOVE has taken it.
-  auto look = [&](uint64_t address, uint64_t* size) {
-    uint32_t range;
-    uint64_t page;
-    if (!Locate(address, &range, &page)) {
+  // The page at address: its size, and whether a REMOVE has taken it (then
+  // *range and *page say which it is).
+  auto removed = [&](uint64_t address, uint64_t* size, uint32_t* range, uint64_t* page) {
+    if (!Locate(address, range, page)) {
       *size = SystemPage();
       return false;
     }
-    *size = ranges_[range].range.page_size;
-    return (State(ranges_[range], page) & kRemoved) != 0;
+    *size = ranges_[*range].range.page_size;
+    return (State(ranges_[*range], *page) & kRemoved) != 0;
   };
+  uint32_t range = 0;
+  uint64_t page = 0;
   bool any = false;
-  for (uint64_t at = dst, size; at < dst + len && !any; at += size) any = look(at, &size);
+  for (uint64_t at = dst, size; at < dst + len && !any; at += size) any = removed(at, &size, &range, &page);
   if (!any) return uffd::Copy(uffd_, dst, src, len, mode, done);
   // A page at a time only where some page was removed (rare: the peer
   // removed memory a fault of its own was waiting on).
   *done = 0;
   while (*done < len) {
     uint64_t at = dst + *done, size = 0, one = 0;
-    int rc;
-    if (look(at, &size)) {
-      uint32_t range = 0;
-      uint64_t page = 0;
-      Locate(at, &range, &page);
-      rc = Ioctl(ranges_[range], Kind::kZero, page, 1, mode & UFFDIO_COPY_MODE_DONTWAKE, &one);
-    } else {
-      rc = uffd::Copy(uffd_, at, src + *done, std::min(size, len - *done), mode, &one);
-    }
+    int rc = removed(at, &size, &range, &page)
+                 ? Ioctl(ranges_[range], Kind::kZero, page, 1, mode & UFFDIO_COPY_MODE_DONTWAKE, &one)
+                 : uffd::Copy(uffd_, at, src + *done, std::min(size, len - *done), mode, &one);
     *done += one;
     if (rc < 0) return rc;
   }
