@@ -67,6 +67,8 @@ export interface ServeFromOptions {
   onError?: (error: unknown, fault: Fault) => void;
   /** serve()'s failure policy; default: the source's own (source.failure: 'poison' for a remote source), else 'fill'. */
   failure?: 'fill' | 'poison';
+  /** serve()'s timeoutMs, for onMiss: a miss still unresolved this long after it was read is resolved by the failure policy (default none). */
+  timeoutMs?: number;
 }
 
 export const FILL = { source: 0n, zero: 1n, none: 2n } as const;

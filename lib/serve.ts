@@ -25,6 +25,13 @@ export interface ServeOptions {
    */
   failure?: 'fill' | 'poison';
   /**
+   * How long an asynchronous handler may hold its fault (milliseconds, default
+   * none): a fault still unresolved this long after it was read is resolved by
+   * the failure policy and reported to onError as ERR_UFFD_TIMEOUT. The
+   * handler's own resolution, if it comes later, then returns 'exists'.
+   */
+  timeoutMs?: number;
+  /**
    * Adaptive spinning on this thread after each batch (default false): faster
    * when faults come back to back, but the loop runs nothing else for up to
    * 1 ms at a time (see docs/performance.md).
@@ -32,7 +39,8 @@ export interface ServeOptions {
   spin?: boolean;
 }
 
-export interface ServeSyncOptions extends Omit<ServeOptions, 'spin'> {
+// serveSync's handlers cannot hold a fault past their return: no timeout.
+export interface ServeSyncOptions extends Omit<ServeOptions, 'spin' | 'timeoutMs'> {
   /** Adaptive spinning in wait (default true: this thread does nothing else). */
   spin?: boolean;
 }
@@ -156,6 +164,7 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
   const { uffd } = host;
   const report = opts.onError ?? warnHandlerFailure;
   const failure = opts.failure ?? 'fill';
+  const { timeoutMs } = opts;
   const fail = (error: unknown, fault: Fault): void => {
     if (uffd.closed) return;
     if (!fault.resolved) resolveAfterFailure(fault, failure);
@@ -186,7 +195,16 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
     if (fault.resolved) return;
     // Closures only for handlers that are still working on their fault.
     if (!sync && result && typeof (result as Promise<void>).then === 'function') {
-      (result as Promise<void>).then(() => { if (!fault.resolved) fail(unresolved(fault), fault); }, (error) => failed(error, fault));
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
+        if (!fault.resolved) fail(timedOut(fault, timeoutMs), fault);
+      }, Math.max(0, timeoutMs - (performance.now() - fault.receivedAt))).unref();
+      (result as Promise<void>).then(() => {
+        clearTimeout(timer);
+        if (!fault.resolved) fail(unresolved(fault), fault);
+      }, (error) => {
+        clearTimeout(timer);
+        failed(error, fault);
+      });
     } else {
       fail(unresolved(fault), fault);
     }
@@ -233,15 +251,21 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
   return { served: host.stream.ended(), retryNow };
 }
 
-// The options every serving method shares.
-function checkServeOptions(opts: Partial<Pick<ServeOptions, 'onError' | 'onEvent' | 'failure'>>): void {
+// The options every serving method shares (timeoutMs: those serve() has).
+function checkServeOptions(opts: Partial<Pick<ServeOptions, 'onError' | 'onEvent' | 'failure' | 'timeoutMs'>>): void {
   for (const name of ['onError', 'onEvent'] as const) {
     if (opts[name] !== undefined && typeof opts[name] !== 'function') throw argTypeError(`options.${name}`, 'a function', opts[name]);
   }
   if (opts.failure !== undefined && opts.failure !== 'fill' && opts.failure !== 'poison') {
     throw argValueError('options.failure', `must be 'fill' or 'poison'. Received ${String(opts.failure)}`);
   }
+  if (opts.timeoutMs !== undefined && (typeof opts.timeoutMs !== 'number' || !(opts.timeoutMs >= 0) || opts.timeoutMs > MAX_TIMEOUT_MS)) {
+    throw argValueError('options.timeoutMs', `must be a number of milliseconds from 0 to ${MAX_TIMEOUT_MS}. Received ${String(opts.timeoutMs)}`);
+  }
 }
+
+// setTimeout's own limit (2^31 - 1 ms, about 24.8 days): beyond it Node fires at once.
+const MAX_TIMEOUT_MS = 0x7fffffff;
 
 // Runs a user callback of serve(); what it throws becomes an uncaught
 // exception once the current batch has been handled, as from any callback.
@@ -268,6 +292,11 @@ function warnHandlerFailure(error: unknown, fault: Fault): void {
 function unresolved(fault: Fault): UffdError {
   return new UffdError('ERR_UFFD_UNRESOLVED',
     `ERR_UFFD_UNRESOLVED: the handler finished without resolving the ${fault.kind} fault at 0x${fault.address.toString(16)}; call fault.copy(), fault.zero(), fault.continue() or another resolving method`);
+}
+
+function timedOut(fault: Fault, timeoutMs: number): UffdError {
+  return new UffdError('ERR_UFFD_TIMEOUT',
+    `ERR_UFFD_TIMEOUT: the handler held the ${fault.kind} fault at 0x${fault.address.toString(16)} for ${timeoutMs} ms (options.timeoutMs); the failure policy resolved it. Resolve faults sooner, or raise timeoutMs`);
 }
 
 // The failure policy. It must not throw: the handler's error is what gets reported.

@@ -87,6 +87,42 @@ describe('failure policy', () => {
     ]);
   });
 
+  it('timeoutMs: a fault an async handler holds too long is filled and reported; faults resolved in time are not', async () => {
+    const { mapping, uffd } = setup(2);
+    const errors: unknown[] = [];
+    const late: Promise<string>[] = [];
+    const start = performance.now();
+    void uffd.serve(
+      async (fault) => {
+        if (fault.pageAddress === mapping.address) {
+          fault.copy(new Uint8Array(PAGE).fill(3)); // in time
+          return;
+        }
+        // Page 1: never settles by itself; its late copy comes after the policy's fill.
+        let copied!: (outcome: string) => void;
+        late.push(new Promise((resolve) => (copied = resolve)));
+        setTimeout(() => copied(fault.copy(new Uint8Array(PAGE).fill(9))), 600);
+        await new Promise(() => {});
+      },
+      { timeoutMs: 150, onError: (error, fault) => errors.push([error, fault.resolved]) },
+    );
+    const report = await touch({ address: mapping.address, length: mapping.length }).result;
+    expect(performance.now() - start).toBeGreaterThanOrEqual(150);
+    expect(report.sum).toBe(3); // page 1 reads as zeros
+    expect(errors).toEqual([[expect.objectContaining({ code: 'ERR_UFFD_TIMEOUT', message: expect.stringContaining('150 ms') }), true]]);
+    expect(await late[0]).toBe('exists');
+    expect((await touch({ address: mapping.address + BigInt(PAGE), length: PAGE }).result).sum).toBe(0);
+  });
+
+  it('timeoutMs is checked: a number of milliseconds', () => {
+    const { uffd } = setup(1);
+    for (const timeoutMs of [-1, Number.NaN, '100', 2 ** 31]) {
+      expect(() => uffd.serve(async () => {}, { timeoutMs: timeoutMs as number })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
+    }
+    // Nothing was claimed by the refusals.
+    void uffd.serve(async () => {}, { timeoutMs: 0 });
+  });
+
   it('maps the page cache page for a failed MINOR fault', async () => {
     const memfd = Memfd.create(PAGE);
     const filler = memfd.map();

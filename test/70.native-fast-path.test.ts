@@ -174,6 +174,22 @@ describe('serveFrom: the native fast path', () => {
     expect(uffd.stats()).toMatchObject({ nativeFaults: pages / 2, jsFaults: pages / 2 });
   });
 
+  it('timeoutMs: a miss whose fetch never settles is resolved by the failure policy; the present pages stay native', async () => {
+    const pages = 4;
+    const { uffd, memory, image } = setup(pages);
+    const bytes = new Uint8Array(image.slice(0));
+    const present = new Uint8Array([1, 0, 1, 1]);
+    const errors: unknown[] = [];
+    void uffd.serveFrom(new BufferPageSource(bytes, { present, fetch: () => new Promise(() => {}) }), {
+      timeoutMs: 100, onError: (error) => errors.push(error),
+    });
+    const expected = image.slice(0);
+    new Uint8Array(expected).fill(0, PAGE, 2 * PAGE);
+    const { result } = touch({ address: memory.address, length: memory.length, expected });
+    expect(await result).toMatchObject({ ok: true });
+    expect(errors).toEqual([expect.objectContaining({ code: 'ERR_UFFD_TIMEOUT' })]);
+  });
+
   it('gives misses to onMiss with the page\'s offset in the source', async () => {
     const pages = 8;
     const { uffd, memory } = setup(pages);
