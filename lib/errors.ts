@@ -71,6 +71,8 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
         ? 'the page cache has no page there: fill it through another mapping of the file first'
         : 'the source or destination is not accessible memory';
     case 'EINVAL':
+      // Other calls' EINVAL has no one reason to give.
+      if (!ioctl.startsWith('UFFDIO_') && ioctl !== 'PAGEMAP_SCAN') return '';
       if (ioctl === 'UFFDIO_REGISTER') {
         return 'the range must be page-aligned and lie within mappings that support this mode (MINOR needs shmem or hugetlbfs, WP needs the WP feature, RWP Linux 7.3, guest_memfd a kernel with uffd support for it), ' +
           'and the uffd enabled (a descriptor adopted with fromFd needs its UFFDIO_API done by whoever opened it)';

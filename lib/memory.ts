@@ -43,6 +43,19 @@ function hugePageLog2(hugePages: unknown): number {
   throw argValueError('hugePages', `must be a boolean or a power-of-two huge page size in bytes, larger than the ${systemPageSize()}-byte base page. Received ${String(hugePages)}`);
 }
 
+// The page size hugePageLog2's encoding stands for.
+function pageSizeOf(log2: number): number {
+  return log2 === 0 ? systemPageSize() : log2 === 1 ? defaultHugePageSize() : 2 ** log2;
+}
+
+// Memory of this library is mapped whole: its length a non-zero multiple of its page size.
+function checkLength(bytes: number, pageSize: number, syscall: string, what: string): void {
+  // pageSize 0: the kernel has no huge pages, and says so itself.
+  if (bytes === 0 || (pageSize > 0 && !validate.isAligned(bytes, pageSize))) {
+    throw invalid(syscall, `${what} ${bytes} must be a non-zero multiple of the page size (${pageSize} bytes)`);
+  }
+}
+
 const unmapOnCollect = new FinalizationRegistry<{ address: bigint; length: number }>(({ address, length }) => {
   native.unmap(address, length, false);
 });
@@ -77,10 +90,8 @@ export class Mapping {
   static anonymous(length: number | bigint, options?: { hugePages?: HugePages }): Mapping {
     const bytes = validate.size(length, 'length');
     const log2 = hugePageLog2(validate.options<{ hugePages: HugePages }>(options, 'options').hugePages);
-    const pageSize = log2 === 0 ? systemPageSize() : log2 === 1 ? defaultHugePageSize() : 2 ** log2;
-    if (bytes === 0 || !validate.isAligned(bytes, pageSize)) {
-      throw invalid('mmap', `length ${bytes} must be a non-zero multiple of the page size (${pageSize} bytes)`);
-    }
+    const pageSize = pageSizeOf(log2);
+    checkLength(bytes, pageSize, 'mmap', 'length');
     return new Mapping(native.mapAnonymous(bytes, log2), bytes, pageSize, 'anonymous');
   }
 
@@ -245,13 +256,17 @@ export class Memfd {
     closeOnCollect.register(this, fd, this);
   }
 
-  /** memfd_create + ftruncate. With hugePages, the memfd lives on hugetlbfs and size must be a multiple of the huge page size. */
+  /**
+   * memfd_create + ftruncate. size is a non-zero multiple of the page size:
+   * the huge page size with hugePages, where the memfd lives on hugetlbfs.
+   */
   static create(size: number | bigint, options?: { name?: string; hugePages?: HugePages }): Memfd {
     const bytes = validate.size(size, 'size');
     const opts = validate.options<{ name: string; hugePages: HugePages }>(options, 'options');
     const name = opts.name ?? 'userfaultfd';
     if (typeof name !== 'string' || name.length > 249) throw argValueError('options.name', 'must be a string of at most 249 bytes');
     const log2 = hugePageLog2(opts.hugePages);
+    checkLength(bytes, pageSizeOf(log2), 'memfd_create', 'size');
     const [fd, pageSize] = native.memfdCreate(name, bytes, log2);
     return new Memfd(fd, bytes, pageSize, name, log2 === 0 ? 'memfd' : 'hugetlbfs');
   }
@@ -266,9 +281,7 @@ export class Memfd {
   static createGuestMemfd(size: number | bigint): Memfd {
     const bytes = validate.size(size, 'size');
     const pageSize = systemPageSize();
-    if (bytes === 0 || !validate.isAligned(bytes, pageSize)) {
-      throw invalid('ioctl(KVM_CREATE_GUEST_MEMFD)', `size ${bytes} must be a non-zero multiple of the page size (${pageSize} bytes)`);
-    }
+    checkLength(bytes, pageSize, 'ioctl(KVM_CREATE_GUEST_MEMFD)', 'size');
     const [fd, , flags] = native.createGuestMemfd(bytes, GUEST_MEMFD_FLAG.MMAP | GUEST_MEMFD_FLAG.INIT_SHARED);
     const memfd = new Memfd(fd, bytes, pageSize, 'guest_memfd', 'guest_memfd');
     memfd.guestMemfdFlags = flags;

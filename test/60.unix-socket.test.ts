@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Memfd, UnixConnection, UnixServer, Userfaultfd, descriptorKind } from '../dist/index.js';
+import { Memfd, UnixConnection, UnixServer, Userfaultfd, descriptorKind, systemPageSize } from '../dist/index.js';
 import { openFds } from './fc-helpers';
 
 let dir: string;
@@ -61,7 +61,7 @@ describe('Unix sockets with descriptors', () => {
     const client = UnixConnection.connect(server.path);
     const accepted = (await server.accept())!;
     const uffd = Userfaultfd.open();
-    const memfd = Memfd.create(4096);
+    const memfd = Memfd.create(systemPageSize());
     client.send('two descriptors', [uffd.fd, memfd.fd]);
     const message = (await accepted.receive({ timeoutMs: 5000 }))!;
     expect(message.data.toString()).toBe('two descriptors');
@@ -106,7 +106,7 @@ describe('Unix sockets with descriptors', () => {
     // A message left unread, with its descriptor, is freed by close().
     const second = UnixConnection.connect(server.path);
     const secondAccepted = (await server.accept())!;
-    const memfd = Memfd.create(4096);
+    const memfd = Memfd.create(systemPageSize());
     second.send('unread', [memfd.fd]);
     memfd.close();
     second.close();

@@ -139,7 +139,7 @@ describe('bad arguments to every public function', () => {
     const file = path.join(dir, 'file');
     fs.writeFileSync(file, Buffer.alloc(2 * PAGE, 1));
     await expectClearErrors([
-      ...each('Memfd.create', NOT_A_SIZE, (v) => Memfd.create(v)),
+      ...each('Memfd.create', [...NOT_A_SIZE, 0, 1, PAGE + 1], (v) => Memfd.create(v)),
       ...each('Memfd.create options', NOT_OPTIONS, (v) => Memfd.create(PAGE, v)),
       ...each('Memfd.create name', [5, {}, 'x'.repeat(300)], (v) => Memfd.create(PAGE, { name: v })),
       ...each('Memfd.create hugePages', ['x', -1, 1.5, 3, 1, 2, PAGE, 2 ** 40, Number.NaN], (v) => Memfd.create(PAGE, { hugePages: v })),
