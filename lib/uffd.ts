@@ -183,7 +183,6 @@ export class Userfaultfd implements FaultResolver {
 
   /** UFFDIO_REGISTER. Returns the ioctls the kernel allows on the range. */
   register(target: Target, modes: RegisterModes = { missing: true }): ReadonlySet<Ioctl> {
-    this.#checkOpen('ioctl(UFFDIO_REGISTER)');
     const { start, length, pageSize } = targetRange(target);
     const m = validate.options<RegisterModes>(modes, 'modes');
     for (const mode of ['missing', 'minor', 'wp', 'rwp'] as const) {
@@ -193,6 +192,7 @@ export class Userfaultfd implements FaultResolver {
       (m.rwp ? REGISTER_MODE.RWP : 0n);
     if (bits === 0n) throw argValueError('modes', 'must set at least one of missing, minor, wp, rwp. Received none');
     if (m.wp && m.rwp) throw argValueError('modes', 'cannot combine wp and rwp on one range (the kernel tracks both with the same PTE bit): register one of them. Received both');
+    this.#checkOpen('ioctl(UFFDIO_REGISTER)');
     validate.range('ioctl(UFFDIO_REGISTER)', start, length, pageSize);
     let mask: bigint;
     try {
@@ -210,8 +210,8 @@ export class Userfaultfd implements FaultResolver {
 
   /** UFFDIO_UNREGISTER. Threads waiting on faults in the range are woken. */
   unregister(target: Target): void {
-    this.#checkOpen('ioctl(UFFDIO_UNREGISTER)');
     const { start, length, pageSize } = targetRange(target);
+    this.#checkOpen('ioctl(UFFDIO_UNREGISTER)');
     validate.range('ioctl(UFFDIO_UNREGISTER)', start, length, pageSize);
     this.#handle.unregister(start, BigInt(length));
     this.#registrations.forget(start, start + BigInt(length));
@@ -224,14 +224,14 @@ export class Userfaultfd implements FaultResolver {
    */
   copy(address: bigint, data: ArrayBufferView | ArrayBuffer, options?: { dontWake?: boolean; writeProtect?: boolean }): number {
     const syscall = 'ioctl(UFFDIO_COPY)';
-    this.#checkOpen(syscall);
     validate.address(address, 'address');
     if (!ArrayBuffer.isView(data) && !(data instanceof ArrayBuffer)) {
       throw argTypeError('data', 'an ArrayBuffer, a TypedArray, a DataView or a Buffer', data);
     }
     if (data.byteLength === 0 && isDetached(data)) throw argValueError('data', 'is detached (transferred or destroyed); pass a live buffer');
-    validate.range(syscall, address, data.byteLength, this.#registrations.pageSizeAt(address));
     const opts = validate.options<{ dontWake: boolean; writeProtect: boolean }>(options, 'options');
+    this.#checkOpen(syscall);
+    validate.range(syscall, address, data.byteLength, this.#registrations.pageSizeAt(address));
     const mode = (opts.dontWake ? MODE_DONTWAKE : 0n) | (opts.writeProtect ? COPY_MODE_WP : 0n);
     return this.#handle.copy(address, data, mode);
   }
@@ -289,7 +289,6 @@ export class Userfaultfd implements FaultResolver {
    */
   setMode(changes: { enable?: Feature[]; disable?: Feature[] }): void {
     const syscall = 'ioctl(UFFDIO_SET_MODE)';
-    this.#checkOpen(syscall);
     const c = validate.options<{ enable: Feature[]; disable: Feature[] }>(changes, 'changes');
     const list = (names: unknown, what: string): Feature[] => {
       if (names === undefined) return [];
@@ -303,6 +302,7 @@ export class Userfaultfd implements FaultResolver {
     };
     const enable = list(c.enable, 'enable');
     const disable = list(c.disable, 'disable');
+    this.#checkOpen(syscall);
     if (enable.some((name) => disable.includes(name))) throw invalid(syscall, 'a feature is both enabled and disabled; name each once');
     this.#handle.setMode(featureBits(enable), featureBits(disable));
     for (const name of enable) this.#enabled.add(name);
@@ -489,10 +489,12 @@ export class Userfaultfd implements FaultResolver {
     if (this.#closed) throw libraryError('ERR_UFFD_CLOSED', syscall);
   }
 
+  // Node's order: the arguments' types and values, then whether the uffd is
+  // open, then what the kernel would refuse (alignment, EINVAL).
   #range(syscall: string, address: unknown, length: unknown): [bigint, number] {
-    this.#checkOpen(syscall);
     const start = validate.address(address, 'address');
     const bytes = validate.size(length, 'length');
+    this.#checkOpen(syscall);
     validate.range(syscall, start, bytes, this.#registrations.pageSizeAt(start));
     return [start, bytes];
   }

@@ -55,5 +55,12 @@ describe('Userfaultfd.open()', () => {
     expect(() => uffd.register({ address: 0n, length: PAGE })).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
     expect(() => uffd.copy(0n, new Uint8Array(PAGE))).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
     expect(() => uffd.events()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
+    // As Node orders them: argument errors first, then the closed uffd, then what the kernel would refuse.
+    expect(() => uffd.copy('x' as never, new Uint8Array(PAGE))).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => uffd.copy(0n, 'x' as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => uffd.zeroPage(0n, -1)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
+    expect(() => uffd.register({ address: 0n, length: PAGE }, { missing: 'yes' as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => uffd.setMode({ enable: ['NOPE' as never] })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }));
+    expect(() => uffd.zeroPage(1n, PAGE)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED', syscall: 'ioctl(UFFDIO_ZEROPAGE)' }));
   });
 });
