@@ -100,3 +100,10 @@ export class Registrations {
     return systemPageSize();
   }
 }
+
+/** The first address of [start, end) no registration in list covers, or undefined when they cover it all. */
+export function firstUncovered(list: readonly Registration[], start: bigint, end: bigint): bigint | undefined {
+  let at = start;
+  for (let r; at < end && (r = list.find((x) => x.start <= at && at < x.end)); ) at = r.end;
+  return at < end ? at : undefined;
+}

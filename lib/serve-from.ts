@@ -8,7 +8,7 @@ import { UffdError, argTypeError, argValueError, invalid } from './errors';
 import type { Fault } from './events';
 import { checkSourceFile, isPresent, type PageSource } from './page-source';
 import { serveWith, type ServeHost } from './serve';
-import type { Registration } from './registrations';
+import { firstUncovered, type Registration } from './registrations';
 import type { NonFaultEvent } from './uffd';
 import * as validate from './validate';
 
@@ -93,9 +93,8 @@ export function serveFrom(host: ServeHost, source: PageSource | null, options?: 
   if (known.length > 0) {
     for (const r of ranges) {
       const end = r.address + BigInt(r.length);
-      let at = r.address;
-      for (let k; at < end && (k = known.find((x) => x.start <= at && at < x.end)); ) at = k.end;
-      if (at < end) {
+      const at = firstUncovered(known, r.address, end);
+      if (at !== undefined) {
         throw invalid('serveFrom', `the range [${validate.hex(r.address)}, ${validate.hex(end)}) is not registered with this userfaultfd from ${validate.hex(at)}: register it first (or give fromFd its ranges)`);
       }
     }
