@@ -28,6 +28,13 @@ function codeOf(error: unknown): string | undefined {
   return (error as UffdError | null | undefined)?.code;
 }
 
+let expireFault: (fault: Fault) => void;
+
+/** @internal serve()'s timeoutMs: after the failure policy resolved the fault, its resolving methods do nothing and return 'exists'. */
+export function expire(fault: Fault): void {
+  expireFault(fault);
+}
+
 export class Fault {
   readonly type = 'pagefault' as const;
   readonly kind: FaultKind;
@@ -43,6 +50,16 @@ export class Fault {
   readonly receivedAt: number;
   #resolver: FaultResolver;
   #resolved = false;
+  // Resolved by the failure policy once its handler's time ran out: the
+  // handler's late resolutions must not act (a copy would overwrite a poison
+  // marker, which the kernel allows, and undo the policy).
+  #expired = false;
+
+  static {
+    expireFault = (fault) => {
+      fault.#expired = true;
+    };
+  }
 
   constructor(resolver: FaultResolver, kind: FaultKind, write: boolean, address: bigint, pageSize: number, tid: number | undefined, receivedAt: number) {
     this.#resolver = resolver;
@@ -111,6 +128,7 @@ export class Fault {
   }
 
   #resolve(operation: () => unknown): Outcome {
+    if (this.#expired) return 'exists';
     try {
       operation();
       this.#resolved = true;

@@ -8,7 +8,7 @@ import type { UffdHandle } from './binding';
 import { EVENT, MSG_SIZE } from './constants';
 import { UffdError, argTypeError, argValueError } from './errors';
 import type { EventStream } from './event-stream';
-import { decode, type DecodeContext, type Fault } from './events';
+import { decode, expire, type DecodeContext, type Fault } from './events';
 import { FaultBatch } from './fault-batch';
 import type { NonFaultEvent, Userfaultfd } from './uffd';
 import * as validate from './validate';
@@ -28,7 +28,7 @@ export interface ServeOptions {
    * How long an asynchronous handler may hold its fault (milliseconds, default
    * none): a fault still unresolved this long after it was read is resolved by
    * the failure policy and reported to onError as ERR_UFFD_TIMEOUT. The
-   * handler's own resolution, if it comes later, then returns 'exists'.
+   * handler's own resolution, if it comes later, does nothing and returns 'exists'.
    */
   timeoutMs?: number;
   /**
@@ -196,7 +196,9 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
     // Closures only for handlers that are still working on their fault.
     if (!sync && result && typeof (result as Promise<void>).then === 'function') {
       const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
-        if (!fault.resolved) fail(timedOut(fault, timeoutMs), fault);
+        if (fault.resolved) return;
+        fail(timedOut(fault, timeoutMs), fault);
+        expire(fault);
       }, Math.max(0, timeoutMs - (performance.now() - fault.receivedAt))).unref();
       (result as Promise<void>).then(() => {
         clearTimeout(timer);

@@ -30,6 +30,26 @@ describe('UFFDIO_POISON', () => {
     }, { failure: 'poison', onError: () => {} });
     expect((await p.go()).signal).toBe('SIGBUS');
   });
+  it.skipIf(needPoison !== undefined)(`poisons a fault its handler held past timeoutMs; the handler's late copy does nothing${needPoison ? ` — skipped: ${needPoison}` : ''}`, async () => {
+    const p = await peer({ pages: 2, features: ['POISON'], script: [{ read: [0] }] });
+    const errors: unknown[] = [];
+    let late!: Promise<unknown>;
+    void p.uffd.serve(async (fault) => {
+      // Copies long after the policy poisoned the page (and the peer died of it): an ioctl
+      // would fail (ESRCH) or, were the peer alive, overwrite the poison marker.
+      late = new Promise((resolve) => setTimeout(() => {
+        try {
+          resolve(fault.copy(new Uint8Array(fault.pageSize).fill(1)));
+        } catch (error) {
+          resolve(error);
+        }
+      }, 400));
+      await new Promise(() => {});
+    }, { failure: 'poison', timeoutMs: 100, onError: (error) => errors.push(error) });
+    expect((await p.go()).signal).toBe('SIGBUS');
+    expect(await late).toBe('exists');
+    expect(errors).toEqual([expect.objectContaining({ code: 'ERR_UFFD_TIMEOUT' })]);
+  });
 });
 
 describe('SIGBUS feature', () => {
