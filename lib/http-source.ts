@@ -68,7 +68,7 @@ export interface HttpSourceOptions {
   /** The first retry's delay; each further one doubles, up to retryDelayMaxMs. */
   retryDelayMs?: number;
   retryDelayMaxMs?: number;
-  /** A request that receives nothing for this long (connect, headers, or between body bytes) is retried. */
+  /** A request that receives nothing for this long (connect, headers, or between body bytes), or less than a page, is retried; also the longest Retry-After honoured. */
   stallTimeoutMs?: number;
   /** Progress lines: retries, the failure, completion. */
   log?: (line: string) => void;
@@ -132,6 +132,19 @@ class Fatal extends Error {
     super(error.message);
   }
 }
+
+// A status worth retrying (5xx, 408, 429), with the wait the server asked for (Retry-After).
+class Transient extends Error {
+  constructor(status: number, readonly retryAfterMs: number | undefined) {
+    super(`HTTP ${status}${retryAfterMs !== undefined ? ` (Retry-After ${Math.round(retryAfterMs)} ms)` : ''}`);
+  }
+}
+
+// Redirects open() follows before it pins the object.
+const MAX_REDIRECTS = 5;
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+// Headers a redirect to another origin must not carry (as fetch drops them): they were meant for the first server.
+const ORIGIN_BOUND_HEADERS = ['authorization', 'proxy-authorization', 'cookie'];
 
 function header(headers: Response['headers'], name: string): string | undefined {
   const value = headers[name];
@@ -305,43 +318,58 @@ export class HttpPageSource implements PageSource {
     if (opts.log !== undefined && typeof opts.log !== 'function') throw argTypeError('options.log', 'a function', opts.log);
     if (opts.onRequest !== undefined && typeof opts.onRequest !== 'function') throw argTypeError('options.onRequest', 'a function', opts.onRequest);
     const log = opts.log ?? (() => {});
-    const pool = new Pool(target.origin, {
-      connections: resolved.connections,
-      pipelining: 1,
-      connectTimeout: resolved.stallTimeoutMs,
-      keepAliveTimeout: 60_000,
-    });
-    const shown = redactUrl(target);
     const firstEnd = Math.max(systemPageSize(), resolved.readAheadMin);
-    try {
-      const sentAt = performance.now();
-      const { response, size, pin } = await HttpPageSource.#probe(pool, target, headers, firstEnd, resolved, log, shown);
+    // Redirects are followed here, and the final URL is the object's for
+    // the rest of the restore (its pin is that server's validators).
+    for (let redirects = 0; ; redirects++) {
+      const pool = new Pool(target.origin, {
+        connections: resolved.connections,
+        pipelining: 1,
+        connectTimeout: resolved.stallTimeoutMs,
+        keepAliveTimeout: 60_000,
+      });
+      const shown = redactUrl(target);
       try {
-        return new HttpPageSource({
-          target, headers, pool, size, pin, options: resolved, log, onRequest: opts.onRequest,
-          first: { response, end: Math.min(size, firstEnd), sentAt },
-        });
+        const sentAt = performance.now();
+        const probed = await HttpPageSource.#probe(pool, target, headers, firstEnd, resolved, log, shown);
+        if ('location' in probed) {
+          void pool.destroy().catch(() => {});
+          if (redirects >= MAX_REDIRECTS) throw httpError(shown, `redirected more than ${MAX_REDIRECTS} times`);
+          const next = redirectTarget(probed.location, target, shown);
+          if (next.origin !== target.origin) for (const name of ORIGIN_BOUND_HEADERS) delete headers[name];
+          log(`${shown}: redirected (${probed.status}) to ${redactUrl(next)}`);
+          target = next;
+          continue;
+        }
+        const { response, size, pin, end } = probed;
+        try {
+          return new HttpPageSource({
+            target, headers, pool, size, pin, options: resolved, log, onRequest: opts.onRequest,
+            first: { response, end, sentAt },
+          });
+        } catch (error) {
+          discard(response);
+          throw error;
+        }
       } catch (error) {
-        discard(response);
-        throw error;
+        void pool.destroy().catch(() => {});
+        throw error instanceof Fatal ? error.error : error;
       }
-    } catch (error) {
-      void pool.destroy().catch(() => {});
-      throw error instanceof Fatal ? error.error : error;
     }
   }
 
-  // The opening GET of bytes [0, firstEnd), with the same retries as any other.
+  // The opening GET of bytes [0, firstEnd), with the same retries as any
+  // other: the object's size, pin and first bytes (up to `end`), or where it redirects.
   static async #probe(
     pool: Pool, target: URL, headers: Record<string, string>, firstEnd: number,
     options: ResolvedOptions, log: (line: string) => void, shown: string,
-  ): Promise<{ response: Response; size: number; pin: Pin }> {
+  ): Promise<{ response: Response; size: number; pin: Pin; end: number } | { location: string | undefined; status: number }> {
     for (let attempt = 0; ; attempt++) {
       let response: Response | undefined;
       try {
         response = await pool.request({
           path: target.pathname + target.search, method: 'GET',
-          headers: { ...headers, range: `bytes=0-${firstEnd - 1}` },
+          headers: { ...headers, range: `bytes=0-${firstEnd - 1}`, ...IDENTITY },
           headersTimeout: options.stallTimeoutMs, bodyTimeout: options.stallTimeoutMs,
         }) as Response;
         const status = response.statusCode;
@@ -351,24 +379,35 @@ export class HttpPageSource implements PageSource {
             throw new Fatal(httpError(shown, `answered 206 with an unusable Content-Range (${header(response.headers, 'content-range') ?? 'none'})`));
           }
           const size = range.total;
-          if (range.end !== Math.min(size, firstEnd) - 1) {
+          // A server may send less than the range (RFC 9110 §15.3.7): the rest is asked for later.
+          if (range.end > Math.min(size, firstEnd) - 1 || range.end < range.start) {
             throw new Fatal(httpError(shown, `answered bytes ${range.start}-${range.end} when asked for 0-${Math.min(size, firstEnd) - 1}`));
           }
-          return { response, size, pin: pinOf(response, shown) };
+          checkCoding(response.headers, shown);
+          return { response, size, pin: pinOf(response, shown), end: range.end + 1 };
+        }
+        if (REDIRECTS.has(status)) {
+          discard(response);
+          return { location: header(response.headers, 'location'), status };
         }
         if (status === 200) {
           throw new Fatal(new UffdError('ERR_UFFD_SOURCE_NO_RANGES',
             `ERR_UFFD_SOURCE_NO_RANGES: ${shown} answered a Range request with the whole object (200): the server does not serve byte ranges, so pages cannot be fetched on demand; serve it from a server that does (any object store, nginx, a CDN), or download it and use --mem-file`,
             { syscall: 'HTTP GET' }));
         }
-        if (status === 416) throw new Fatal(httpError(shown, 'answered 416: the object is empty, and an empty memory image has no pages to serve'));
-        if (isTransientStatus(status)) throw new Error(`HTTP ${status}`);
+        if (status === 416) {
+          const total = unsatisfiedTotal(header(response.headers, 'content-range'));
+          throw new Fatal(httpError(shown, total === undefined || total === 0
+            ? 'answered 416: the object is empty, and an empty memory image has no pages to serve'
+            : `answered 416 to bytes=0-${firstEnd - 1} although it says the object holds ${total} bytes`));
+        }
+        if (isTransientStatus(status)) throw new Transient(status, retryAfterMs(response.headers));
         throw new Fatal(httpError(shown, `answered ${status}${statusHint(status)}`));
       } catch (error) {
         if (response) discard(response);
         if (error instanceof Fatal) throw error;
         if (attempt >= options.retries) throw unavailable(shown, 'bytes=0-', attempt + 1, error);
-        const delay = backoff(attempt, options);
+        const delay = backoff(attempt, options, error);
         log(`${shown}: opening GET failed (${describeError(error)}); retry ${attempt + 1}/${options.retries} in ${delay} ms`);
         await sleep(delay);
       }
@@ -445,7 +484,7 @@ export class HttpPageSource implements PageSource {
     const end = (): number => Math.min(this.size, transfer.end * this.pageSize);
     const timing: Timing = { pos: transfer.start * this.pageSize, sentAt: performance.now(), firstByteAt: undefined, firstBytePos: 0, info: undefined };
     this.#timings.set(transfer, timing);
-    const first = this.#first && timing.pos === 0 ? this.#first : undefined;
+    let first = this.#first && timing.pos === 0 ? this.#first : undefined;
     if (first) {
       this.#first = undefined;
       timing.sentAt = first.sentAt;
@@ -464,15 +503,28 @@ export class HttpPageSource implements PageSource {
             timing.info = info;
             this.#onRequest(info);
           }
-          if (first && attempt === 0) {
+          let sent: number;
+          if (first) {
+            const { response, end: firstEnd } = first;
+            first = undefined;
             this.#noteRoundTrip(performance.now() - timing.sentAt);
-            await this.#consume(first.response, transfer, timing, asked, end);
+            sent = firstEnd;
+            await this.#consume(response, transfer, timing, firstEnd, end);
           } else {
             timing.sentAt = performance.now();
             timing.firstByteAt = undefined;
-            await this.#get(range, transfer, timing, from, asked, end);
+            sent = await this.#get(range, transfer, timing, from, asked, end);
           }
-          if (timing.pos < end()) throw new Error(`the response ended at byte ${timing.pos} of ${range}`);
+          if (timing.pos < end()) {
+            // A whole 206 of less than the range (RFC 9110 §15.3.7; servers that
+            // cap a response's length): the rest is the next request, no retry.
+            if (timing.pos === sent && sent > from && sent < asked) {
+              if (info) info.end = sent;
+              attempt--;
+              continue;
+            }
+            throw new Error(`the response ended at byte ${timing.pos} of ${range}`);
+          }
           if (info) info.end = end();
         } catch (error) {
           if (info) info.end = Math.min(info.end, timing.pos);
@@ -481,7 +533,7 @@ export class HttpPageSource implements PageSource {
           if (error instanceof Fatal) throw this.#fail(error.error);
           if (attempt >= this.#options.retries) throw this.#fail(unavailable(this.url, range, attempt + 1, error));
           this.#retries++;
-          const delay = backoff(attempt, this.#options);
+          const delay = backoff(attempt, this.#options, error);
           this.#log(`${this.url}: GET ${range} (${priority}) failed: ${describeError(error)}; retry ${attempt + 1}/${this.#options.retries} in ${delay} ms from byte ${timing.pos}`);
           try {
             await sleep(delay, undefined, { signal: this.#abort.signal });
@@ -499,31 +551,51 @@ export class HttpPageSource implements PageSource {
   // The opening request's body (a stream: open() returned before it
   // arrived), into the cache like any other.
   async #consume(response: Response, transfer: Transfer, timing: Timing, asked: number, end: () => number): Promise<void> {
+    const unwatch = this.#watch(timing, asked, (error) => response.body.destroy(error));
     try {
       for await (const chunk of response.body as AsyncIterable<Buffer>) {
         if (this.#closed || !this.#take(chunk, transfer, timing, asked, end)) return;
       }
     } finally {
+      unwatch();
       discard(response);
     }
+  }
+
+  // undici's timeouts see only silence; a server that trickles a few bytes
+  // a second would hold a fault for hours. Less than a page (or the rest of
+  // the response) per stallTimeoutMs is a stall too, and is retried.
+  #watch(timing: Timing, asked: number, abort: (error: Error) => void): () => void {
+    const every = this.#options.stallTimeoutMs;
+    let mark = timing.pos;
+    const timer = setInterval(() => {
+      const needed = Math.min(this.pageSize, asked - mark);
+      if (timing.pos - mark < needed) abort(new Error(`${timing.pos - mark} bytes arrived in ${every} ms (stallTimeoutMs), under a page: too slow`));
+      mark = timing.pos;
+    }, every).unref();
+    return () => clearInterval(timer);
   }
 
   // One ranged GET through undici's dispatch API: each chunk of the body is
   // written to the cache as the socket delivers it, with no stream, async
   // iterator or promise per chunk (request()'s Readable body costs a few
   // times the CPU per byte, which at a few hundred MB/s is the bottleneck).
-  // Resolves when the body ended or was cut short for a fault; rejects on a
-  // failure (a Fatal one when retrying cannot help).
-  #get(range: string, transfer: Transfer, timing: Timing, from: number, asked: number, end: () => number): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
+  // Resolves, with the end of what the server said it sends, when the body
+  // ended or was cut short for a fault; rejects on a failure (a Fatal one
+  // when retrying cannot help).
+  #get(range: string, transfer: Transfer, timing: Timing, from: number, asked: number, end: () => number): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
       let settled = false;
       let cut = false;
+      let sent = asked;
       let stop: (() => void) | undefined;
+      let unwatch: (() => void) | undefined;
       const settle = (error?: unknown): void => {
         if (settled) return;
         settled = true;
         if (stop) this.#abort.signal.removeEventListener('abort', stop);
-        if (error === undefined || cut) resolve();
+        unwatch?.();
+        if (error === undefined || cut) resolve(sent);
         else reject(error);
       };
       const handler: Dispatcher.DispatchHandler = {
@@ -531,10 +603,13 @@ export class HttpPageSource implements PageSource {
           stop = () => controller.abort(new Error('the page source was closed or failed'));
           if (this.#abort.signal.aborted) stop();
           else this.#abort.signal.addEventListener('abort', stop, { once: true });
+          unwatch = this.#watch(timing, asked, (error) => controller.abort(error));
         },
         onResponseStart: (controller, statusCode, headers) => {
+          // Interim answers (103 Early Hints) come before the real one (RFC 9110 §15.2).
+          if (statusCode < 200) return;
           try {
-            this.#check({ statusCode, headers }, from, asked);
+            sent = this.#check({ statusCode, headers }, from, asked);
             this.#noteRoundTrip(performance.now() - timing.sentAt);
           } catch (error) {
             controller.abort(error as Error);
@@ -543,7 +618,7 @@ export class HttpPageSource implements PageSource {
         onResponseData: (controller, chunk) => {
           try {
             if (this.#closed) controller.abort(new Error('the page source was closed'));
-            else if (!this.#take(chunk, transfer, timing, asked, end)) {
+            else if (!this.#take(chunk, transfer, timing, sent, end)) {
               // Cut short for a fault: closing a response before its end
               // costs its connection (HTTP/1.1 cannot cancel one), so only now.
               cut = true;
@@ -558,7 +633,7 @@ export class HttpPageSource implements PageSource {
       };
       this.#pool.dispatch({
         path: this.#target.pathname + this.#target.search, method: 'GET',
-        headers: { ...this.#headers, ...this.#pin.condition, range },
+        headers: { ...this.#headers, ...this.#pin.condition, range, ...IDENTITY },
         headersTimeout: this.#options.stallTimeoutMs, bodyTimeout: this.#options.stallTimeoutMs,
       }, handler);
     });
@@ -627,16 +702,26 @@ export class HttpPageSource implements PageSource {
     this.#rate = this.#rate === undefined ? rate : 0.7 * this.#rate + 0.3 * rate;
   }
 
-  // Every answer after the first must be the pinned object's exact range.
-  #check(response: Pick<Response, 'statusCode' | 'headers'>, from: number, end: number): void {
+  // Every answer after the first must be the pinned object's bytes from
+  // `from`, up to `end` or fewer. Returns where the answer's bytes end.
+  #check(response: Pick<Response, 'statusCode' | 'headers'>, from: number, end: number): number {
     const status = response.statusCode;
     if (status === 412 || status === 200) {
       throw new Fatal(changed(this.url, status === 412
         ? 'the server answered 412 Precondition Failed to a request conditional on the identity pinned at open'
         : 'the server answered 200 with a whole object instead of 206 with the range (the object changed, or the server stopped honouring Range)'));
     }
+    if (status === 416) {
+      const total = unsatisfiedTotal(header(response.headers, 'content-range'));
+      if (total !== undefined && total !== this.size) throw new Fatal(changed(this.url, `its size changed from ${this.size} to ${total} bytes (416)`));
+      throw new Fatal(httpError(this.url, `answered 416 (Range Not Satisfiable) to bytes ${from}-${end - 1} of the ${this.size}-byte object pinned at open`));
+    }
+    if (REDIRECTS.has(status)) {
+      const location = header(response.headers, 'location');
+      throw new Fatal(httpError(this.url, `answered ${status} redirecting to ${location ? redactUrl(redirectTarget(location, this.#target, this.url)) : 'nowhere'} after open: the object's URL is fixed once it is pinned; open the final URL`));
+    }
     if (status !== 206) {
-      if (isTransientStatus(status)) throw new Error(`HTTP ${status}`);
+      if (isTransientStatus(status)) throw new Transient(status, retryAfterMs(response.headers));
       throw new Fatal(httpError(this.url, `answered ${status}${statusHint(status)}`));
     }
     const etag = header(response.headers, 'etag');
@@ -648,9 +733,11 @@ export class HttpPageSource implements PageSource {
     if (range?.total !== undefined && range.total !== this.size) {
       throw new Fatal(changed(this.url, `its size changed from ${this.size} to ${range.total} bytes`));
     }
-    if (!range || range.start !== from || range.end !== end - 1) {
+    if (!range || range.start !== from || range.end > end - 1 || range.end < range.start) {
       throw new Fatal(httpError(this.url, `answered ${header(response.headers, 'content-range') ?? 'no Content-Range'} when asked for bytes ${from}-${end - 1}`));
     }
+    checkCoding(response.headers, this.url);
+    return range.end + 1;
   }
 
   #fail(error: UffdError): UffdError {
@@ -676,10 +763,58 @@ function discard(response: Response): void {
   response.body.destroy();
 }
 
+// Range units are case-insensitive (RFC 9110 §14.1).
 function parseContentRange(value: string | undefined): { start: number; end: number; total: number | undefined } | undefined {
-  const match = value === undefined ? null : /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(value.trim());
+  const match = value === undefined ? null : /^bytes\s+(\d+)-(\d+)\/(\d+|\*)$/i.exec(value.trim());
   if (!match) return undefined;
   return { start: Number(match[1]), end: Number(match[2]), total: match[3] === '*' ? undefined : Number(match[3]) };
+}
+
+// A 416's Content-Range: "bytes */size" (RFC 9110 §14.4).
+function unsatisfiedTotal(value: string | undefined): number | undefined {
+  const match = value === undefined ? null : /^bytes\s+\*\/(\d+)$/i.exec(value.trim());
+  return match ? Number(match[1]) : undefined;
+}
+
+// Every request asks for the object's own bytes (RFC 9110 §12.5.3): no
+// request without Accept-Encoding, which allows any coding.
+const IDENTITY = { 'accept-encoding': 'identity' } as const;
+
+// A coded answer's bytes are not the object's, and a range of a compressed
+// representation cannot be decoded: refused before a byte lands. S3 sends
+// the Content-Encoding an object was stored with whatever was asked for.
+function checkCoding(headers: Response['headers'], shown: string): void {
+  const codings = (name: string, allowed: string[]): string | undefined => {
+    const value = header(headers, name);
+    if (value === undefined) return undefined;
+    return value.split(',').map((token) => token.trim().toLowerCase()).some((token) => token !== '' && !allowed.includes(token)) ? value : undefined;
+  };
+  const content = codings('content-encoding', ['identity']);
+  const transfer = codings('transfer-encoding', ['chunked', 'identity']);
+  if (content === undefined && transfer === undefined) return;
+  throw new Fatal(httpError(shown, `answered with ${content !== undefined ? `Content-Encoding: ${content}` : `Transfer-Encoding: ${transfer}`}, so its bytes are not the image's and a range of them cannot be decoded; ` +
+    'store the object without a content coding (S3: no Content-Encoding metadata), or serve it from a server that honours Accept-Encoding: identity'));
+}
+
+// Retry-After (RFC 9110 §10.2.3): seconds, or an HTTP date.
+function retryAfterMs(headers: Response['headers']): number | undefined {
+  const value = header(headers, 'retry-after')?.trim();
+  if (value === undefined || value === '') return undefined;
+  if (/^\d+$/.test(value)) return Number(value) * 1000;
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
+}
+
+function redirectTarget(location: string | undefined, from: URL, shown: string): URL {
+  let next: URL;
+  try {
+    if (location === undefined) throw new Error('no Location');
+    next = new URL(location, from);
+  } catch {
+    throw new Fatal(httpError(shown, 'redirected without a usable Location'));
+  }
+  if (next.protocol !== 'http:' && next.protocol !== 'https:') throw new Fatal(httpError(shown, `redirected to a ${next.protocol} URL`));
+  return next;
 }
 
 function pinOf(response: Pick<Response, 'headers'>, shown: string): Pin {
@@ -703,8 +838,12 @@ function statusHint(status: number): string {
   return '';
 }
 
-function backoff(attempt: number, options: { retryDelayMs: number; retryDelayMaxMs: number }): number {
-  return Math.min(options.retryDelayMaxMs, options.retryDelayMs * 2 ** attempt);
+// The delay before retry attempt + 1: doubling, or what the server asked for
+// in Retry-After, up to stallTimeoutMs (a fault waits through it).
+function backoff(attempt: number, options: { retryDelayMs: number; retryDelayMaxMs: number; stallTimeoutMs: number }, error: unknown): number {
+  const doubling = Math.min(options.retryDelayMaxMs, options.retryDelayMs * 2 ** attempt);
+  const asked = error instanceof Transient ? error.retryAfterMs : undefined;
+  return asked === undefined ? doubling : Math.round(Math.max(doubling, Math.min(asked, options.stallTimeoutMs)));
 }
 
 function changed(shown: string, reason: string): UffdError {
