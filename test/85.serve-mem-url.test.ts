@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { scratch, startFcPeer, type Scratch } from './fc-helpers';
+import { PAGE } from './helpers';
 import { nginxMissing, startNginx } from './support/nginx.mjs';
 import { DelayProxy } from './support/delay-proxy.mjs';
 
@@ -90,7 +91,7 @@ describe.skipIf(missing !== undefined)(`userfaultfd serve --mem-url${missing ? `
     const end = JSON.parse(await serve.line(/"event":"end"/)) as Record<string, number | string>;
     expect(end).toMatchObject({ end: 'served', pagesMissing: 0 });
     expect(end.pagesPushed as number).toBeGreaterThan(0);
-    expect((end.pagesPushed as number) + (end.pagesOnDemand as number)).toBe((4 * MiB) / 4096);
+    expect((end.pagesPushed as number) + (end.pagesOnDemand as number)).toBe((4 * MiB) / PAGE);
     expect(end.bytes).toBe(4 * MiB);
     expect(await serve.exited).toBe(0);
     expect(peer.child.exitCode).toBeNull(); // Served: it runs on without a handler.

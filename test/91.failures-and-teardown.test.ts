@@ -191,8 +191,8 @@ describe('teardown while faults are pending', () => {
       const script = `
         const fs = require('node:fs');
         const { Worker } = require('node:worker_threads');
-        const { Userfaultfd, Mapping } = require(${lib});
-        const mapping = Mapping.anonymous(4096);
+        const { Userfaultfd, Mapping, systemPageSize } = require(${lib});
+        const mapping = Mapping.anonymous(systemPageSize());
         const uffd = Userfaultfd.open();
         uffd.register(mapping);
         new Worker('const { workerData } = require("node:worker_threads"); require(workerData.lib).attachView(workerData.address, 1)[0];',
