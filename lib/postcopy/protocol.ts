@@ -229,10 +229,13 @@ export function decode(type: number, body: Buffer, accept: ReadonlySet<number>, 
       expectLength('REQUEST', body, 20);
       const flags = body.readUInt32LE(4);
       if ((flags & ~REQUEST_URGENT) !== 0) throw protocolError(`REQUEST carries unknown flags 0x${flags.toString(16)}`);
+      // DATA id 0 marks a push: an answer to request 0 could not be told from one.
+      const id = body.readUInt32LE(0);
+      if (id === 0) throw protocolError('REQUEST id 0: request ids are non-zero (DATA id 0 is a push)');
       const offset = readU64(body, 8, 'a request offset');
       const length = body.readUInt32LE(16);
       checkRange('REQUEST', offset, length, geometry!);
-      return { type, id: body.readUInt32LE(0), urgent: (flags & REQUEST_URGENT) !== 0, offset, length };
+      return { type, id, urgent: (flags & REQUEST_URGENT) !== 0, offset, length };
     }
     case FRAME.DATA: {
       if (body.length < 12) throw protocolError(`a DATA frame has ${body.length} body bytes, fewer than its 12-byte header`);

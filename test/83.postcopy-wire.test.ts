@@ -1,0 +1,159 @@
+// The post-copy wire protocol at its edges (docs/postcopy.md, "Wire
+// protocol"): a PageServer or a PostcopyClient facing a peer written here
+// with raw TCP frames, that breaks one rule at a time or checks what the
+// library sends.
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PageServer, type PageSession } from '../dist/index.js';
+import { PAGE, SLOWDOWN, pattern } from './helpers';
+
+const cleanup: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const fn of cleanup.splice(0).reverse()) await fn();
+});
+
+const HELLO = 1, START = 2, REQUEST = 3, DATA = 4, ERROR = 6;
+const WAIT_MS = 3000 * SLOWDOWN;
+
+function frame(type: number, body: Buffer = Buffer.alloc(0)): Buffer {
+  const head = Buffer.alloc(5);
+  head.writeUInt32LE(body.length, 0);
+  head.writeUInt8(type, 4);
+  return Buffer.concat([head, body]);
+}
+
+function startFrame(prefetch: boolean): Buffer {
+  const body = Buffer.alloc(4);
+  body.writeUInt16LE(1, 0);
+  body.writeUInt16LE(prefetch ? 1 : 0, 2);
+  return frame(START, body);
+}
+
+function requestFrame(id: number, offset: number, length: number, urgent: boolean): Buffer {
+  const body = Buffer.alloc(20);
+  body.writeUInt32LE(id, 0);
+  body.writeUInt32LE(urgent ? 1 : 0, 4);
+  body.writeBigUInt64LE(BigInt(offset), 8);
+  body.writeUInt32LE(length, 16);
+  return frame(REQUEST, body);
+}
+
+function within<T>(promise: Promise<T>, what: string, ms = WAIT_MS): Promise<T> {
+  let timer: NodeJS.Timeout;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** One raw TCP connection: the frames it received, in order, and whether it has closed. */
+class Wire {
+  readonly frames: { type: number; body: Buffer }[] = [];
+  readonly closed: Promise<void>;
+  #buffer = Buffer.alloc(0);
+  #changed: (() => void)[] = [];
+  #isClosed = false;
+
+  constructor(readonly socket: net.Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      this.#buffer = Buffer.concat([this.#buffer, chunk]);
+      while (this.#buffer.length >= 5 && this.#buffer.length >= 5 + this.#buffer.readUInt32LE(0)) {
+        const length = this.#buffer.readUInt32LE(0);
+        this.frames.push({ type: this.#buffer.readUInt8(4), body: this.#buffer.subarray(5, 5 + length) });
+        this.#buffer = this.#buffer.subarray(5 + length);
+      }
+      this.#notify();
+    });
+    // A peer that resets the connection is one of the outcomes the tests look at.
+    socket.on('error', () => {});
+    this.closed = new Promise((resolve) => socket.once('close', () => {
+      this.#isClosed = true;
+      this.#notify();
+      resolve();
+    }));
+    cleanup.push(() => socket.destroy());
+  }
+
+  static connect(port: number): Wire {
+    return new Wire(net.connect({ port, host: '127.0.0.1' }));
+  }
+
+  send(...buffers: Buffer[]): void {
+    this.socket.write(Buffer.concat(buffers));
+  }
+
+  /** The index-th frame received; rejects if the connection closes first. */
+  async frame(index: number): Promise<{ type: number; body: Buffer }> {
+    await within(this.#until(() => this.frames.length > index || this.#isClosed), `frame ${index}`);
+    const received = this.frames[index];
+    if (!received) throw new Error(`the connection closed after ${this.frames.length} frames, before frame ${index}`);
+    return received;
+  }
+
+  /** The token of the HELLO a PageServer sends first. */
+  async token(): Promise<Buffer> {
+    const hello = await this.frame(0);
+    expect(hello.type).toBe(HELLO);
+    return hello.body.subarray(52, 60);
+  }
+
+  /** Waits for the connection to close (it must), and returns the texts of the ERROR frames it received. */
+  async errors(): Promise<string[]> {
+    await within(this.closed, 'the connection to close');
+    return this.frames.filter((f) => f.type === ERROR).map((f) => f.body.toString());
+  }
+
+  #until(condition: () => boolean): Promise<void> {
+    if (condition()) return Promise.resolve();
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (condition()) resolve();
+        else this.#changed.push(check);
+      };
+      this.#changed.push(check);
+    });
+  }
+
+  #notify(): void {
+    for (const check of this.#changed.splice(0)) check();
+  }
+}
+
+interface Session {
+  session: PageSession;
+  /** Resolves when the session ends, with its error (undefined if it ended normally). */
+  end: Promise<{ code: string; message: string } | undefined>;
+}
+
+async function server(pages: number, options: Parameters<typeof PageServer.listen>[1] = {}) {
+  const sessions: Session[] = [];
+  const listening = await PageServer.listen(new Uint8Array(pattern(pages * PAGE, 7)), {
+    ...options,
+    onSession: (session) => sessions.push({ session, end: new Promise((resolve) => session.once('end', (_stats, error) => resolve(error))) }),
+  });
+  cleanup.push(() => listening.close());
+  return { server: listening, sessions };
+}
+
+/** A main connection of a session started with START, without prefetch: nothing flows unless asked for. */
+async function started(port: number, sessions: Session[]) {
+  const before = sessions.length;
+  const wire = Wire.connect(port);
+  const token = await wire.token();
+  wire.send(startFrame(false));
+  await within((async () => {
+    while (sessions.length === before) await new Promise((resolve) => setTimeout(resolve, 1));
+  })(), 'the session to start');
+  return { wire, token, ...sessions[sessions.length - 1]! };
+}
+
+describe('post-copy wire protocol: the source', () => {
+  it('refuses REQUEST id 0 (ids are non-zero; DATA id 0 is a push)', async () => {
+    const { server: source, sessions } = await server(16);
+    const { wire, end } = await started(source.port, sessions);
+    wire.send(requestFrame(0, 3 * PAGE, PAGE, false));
+    expect(await wire.errors()).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n.*REQUEST id 0/)]);
+    expect(wire.frames.filter((f) => f.type === DATA)).toEqual([]);
+    expect(await within(end, 'the session to end')).toMatchObject({ code: 'ERR_UFFD_PROTOCOL' });
+  });
+});
