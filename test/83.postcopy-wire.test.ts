@@ -2,9 +2,10 @@
 // protocol"): a PageServer or a PostcopyClient facing a peer written here
 // with raw TCP frames, that breaks one rule at a time or checks what the
 // library sends.
+import { createHash } from 'node:crypto';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PageServer, type PageSession } from '../dist/index.js';
+import { PageServer, PostcopyClient, type PageSession } from '../dist/index.js';
 import { PAGE, SLOWDOWN, pattern } from './helpers';
 
 const cleanup: (() => unknown)[] = [];
@@ -12,7 +13,7 @@ afterEach(async () => {
   for (const fn of cleanup.splice(0).reverse()) await fn();
 });
 
-const HELLO = 1, START = 2, REQUEST = 3, DATA = 4, ERROR = 6;
+const HELLO = 1, START = 2, REQUEST = 3, DATA = 4, ERROR = 6, ATTACH = 8;
 const WAIT_MS = 3000 * SLOWDOWN;
 
 function frame(type: number, body: Buffer = Buffer.alloc(0)): Buffer {
@@ -22,11 +23,31 @@ function frame(type: number, body: Buffer = Buffer.alloc(0)): Buffer {
   return Buffer.concat([head, body]);
 }
 
+function helloFrame(geometry: { pageSize: number; imageSize: number; checksum: Buffer }, token: Buffer, fields: { magic?: number; reserved?: number } = {}): Buffer {
+  const body = Buffer.alloc(60);
+  body.writeUInt32LE(fields.magic ?? 0x43504655, 0);
+  body.writeUInt16LE(1, 4);
+  body.writeUInt16LE(fields.reserved ?? 0, 6);
+  body.writeUInt32LE(geometry.pageSize, 8);
+  body.writeBigUInt64LE(BigInt(geometry.imageSize), 12);
+  geometry.checksum.copy(body, 20);
+  token.copy(body, 52);
+  return frame(HELLO, body);
+}
+
 function startFrame(prefetch: boolean): Buffer {
   const body = Buffer.alloc(4);
   body.writeUInt16LE(1, 0);
   body.writeUInt16LE(prefetch ? 1 : 0, 2);
   return frame(START, body);
+}
+
+function attachFrame(token: Buffer, reserved = 0): Buffer {
+  const body = Buffer.alloc(12);
+  body.writeUInt16LE(1, 0);
+  body.writeUInt16LE(reserved, 2);
+  token.copy(body, 4);
+  return frame(ATTACH, body);
 }
 
 function requestFrame(id: number, offset: number, length: number, urgent: boolean): Buffer {
@@ -119,6 +140,23 @@ class Wire {
   }
 }
 
+/** A source written here: each connection made to it is handed to serve(wire, index). */
+async function rawSource(serve: (wire: Wire, index: number) => void): Promise<number> {
+  let connections = 0;
+  const listening = net.createServer((socket) => serve(new Wire(socket), connections++));
+  await new Promise<void>((resolve) => listening.listen(0, '127.0.0.1', resolve));
+  cleanup.push(() => new Promise((resolve) => listening.close(resolve)));
+  return (listening.address() as net.AddressInfo).port;
+}
+
+/** An image of `pages` pages, as a source written here announces it. */
+function image(pages: number, seed = 3) {
+  const bytes = Buffer.from(pattern(pages * PAGE, seed));
+  return { bytes, pageSize: PAGE, imageSize: bytes.length, checksum: createHash('sha256').update(bytes).digest() };
+}
+
+const TOKEN = Buffer.from('rawtoken');
+
 interface Session {
   session: PageSession;
   /** Resolves when the session ends, with its error (undefined if it ended normally). */
@@ -155,5 +193,24 @@ describe('post-copy wire protocol: the source', () => {
     expect(await wire.errors()).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n.*REQUEST id 0/)]);
     expect(wire.frames.filter((f) => f.type === DATA)).toEqual([]);
     expect(await within(end, 'the session to end')).toMatchObject({ code: 'ERR_UFFD_PROTOCOL' });
+  });
+
+  it('refuses an ATTACH whose reserved field is not 0', async () => {
+    const { server: source, sessions } = await server(16);
+    const { token, session } = await started(source.port, sessions);
+    const urgent = Wire.connect(source.port);
+    await urgent.token();
+    urgent.send(attachFrame(token, 1));
+    expect(await urgent.errors()).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n.*ATTACH frame's reserved u16 .* is 1, not 0/)]);
+    expect(session.hasUrgentChannel).toBe(false);
+  });
+});
+
+describe('post-copy wire protocol: the destination', () => {
+  it('refuses a HELLO whose reserved field is not 0', async () => {
+    const geometry = image(4);
+    const port = await rawSource((wire) => wire.send(helloFrame(geometry, TOKEN, { reserved: 0xbeef })));
+    await expect(PostcopyClient.connect({ port, urgentChannel: false, connectTimeoutMs: WAIT_MS }))
+      .rejects.toMatchObject({ code: 'ERR_UFFD_PROTOCOL', message: expect.stringMatching(/HELLO frame's reserved u16 .* is 48879, not 0/) });
   });
 });

@@ -189,6 +189,13 @@ function expectLength(type: string, body: Buffer, length: number): void {
   if (body.length !== length) throw protocolError(`a ${type} frame has ${body.length} body bytes, not ${length}`);
 }
 
+// A reserved field must be 0, so that a later version can give it a meaning
+// without an older peer silently misreading it.
+function expectReserved(type: string, body: Buffer, at: number): void {
+  const value = body.readUInt16LE(at);
+  if (value !== 0) throw protocolError(`a ${type} frame's reserved u16 at body offset ${at} is ${value}, not 0`);
+}
+
 /**
  * Decodes one frame's body. `accept` lists the types this side may receive;
  * `geometry` (null before the hello) bounds every offset and length.
@@ -201,6 +208,7 @@ export function decode(type: number, body: Buffer, accept: ReadonlySet<number>, 
       if (body.readUInt32LE(0) !== MAGIC) throw protocolError('the peer is not a post-copy page server (bad magic)');
       const version = body.readUInt16LE(4);
       if (version !== VERSION) throw protocolError(`the page server speaks protocol version ${version}; this client speaks ${VERSION}`);
+      expectReserved('HELLO', body, 6);
       const pageSize = body.readUInt32LE(8);
       if (pageSize < MIN_PAGE || pageSize > MAX_PAGE || (pageSize & (pageSize - 1)) !== 0) {
         throw protocolError(`the hello announces a page size of ${pageSize} bytes: not a power of two between 4 KiB and 1 GiB`);
@@ -215,6 +223,7 @@ export function decode(type: number, body: Buffer, accept: ReadonlySet<number>, 
       expectLength('ATTACH', body, 4 + TOKEN_SIZE);
       const version = body.readUInt16LE(0);
       if (version !== VERSION) throw protocolError(`the client speaks protocol version ${version}; this server speaks ${VERSION}`);
+      expectReserved('ATTACH', body, 2);
       return { type, token: Buffer.from(body.subarray(4)) };
     }
     case FRAME.START: {
