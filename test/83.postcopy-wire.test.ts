@@ -59,6 +59,10 @@ function requestFrame(id: number, offset: number, length: number, urgent: boolea
   return frame(REQUEST, body);
 }
 
+function errorFrame(code: string, message: string): Buffer {
+  return frame(ERROR, Buffer.from(`${code}\n${message}`));
+}
+
 function within<T>(promise: Promise<T>, what: string, ms = WAIT_MS): Promise<T> {
   let timer: NodeJS.Timeout;
   const timeout = new Promise<never>((_, reject) => {
@@ -204,6 +208,14 @@ describe('post-copy wire protocol: the source', () => {
     expect(await urgent.errors()).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n.*ATTACH frame's reserved u16 .* is 1, not 0/)]);
     expect(session.hasUrgentChannel).toBe(false);
   });
+
+  it('refuses an ERROR frame longer than 1 KiB', async () => {
+    const { server: source, sessions } = await server(16);
+    const { wire, end } = await started(source.port, sessions);
+    wire.send(errorFrame('ERR_DEST', 'x'.repeat(1024 - 'ERR_DEST\n'.length + 1)));
+    expect(await wire.errors()).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n.*ERROR frame of 1025 body bytes/)]);
+    expect(await within(end, 'the session to end')).toMatchObject({ code: 'ERR_UFFD_PROTOCOL' });
+  });
 });
 
 describe('post-copy wire protocol: the destination', () => {
@@ -212,5 +224,36 @@ describe('post-copy wire protocol: the destination', () => {
     const port = await rawSource((wire) => wire.send(helloFrame(geometry, TOKEN, { reserved: 0xbeef })));
     await expect(PostcopyClient.connect({ port, urgentChannel: false, connectTimeoutMs: WAIT_MS }))
       .rejects.toMatchObject({ code: 'ERR_UFFD_PROTOCOL', message: expect.stringMatching(/HELLO frame's reserved u16 .* is 48879, not 0/) });
+  });
+
+  it('sends an ERROR of at most 1 KiB, cut between UTF-8 characters', async () => {
+    const geometry = image(4);
+    let source!: Wire;
+    const port = await rawSource((wire) => {
+      source = wire;
+      wire.send(helloFrame(geometry, TOKEN));
+    });
+    const client = await PostcopyClient.connect({ port, urgentChannel: false, prefetch: false });
+    await source.frame(0);
+    // 17 bytes before the first 'é': the 1024th byte is the first half of one.
+    client.close('x' + 'é'.repeat(1000));
+    const [text] = await source.errors();
+    const body = source.frames.find((f) => f.type === ERROR)!.body;
+    expect(body.length).toBe(1023);
+    expect(new TextDecoder('utf-8', { fatal: true }).decode(body)).toBe(text);
+    expect(text).toBe(`ERR_UFFD_CLOSED\nx${'é'.repeat(503)}`);
+  });
+
+  it('takes an ERROR of up to 1 KiB as the source giving up, and refuses a longer one', async () => {
+    const geometry = image(4);
+    for (const [length, code] of [[1024, 'ERR_UFFD_SOURCE_LOST'], [1025, 'ERR_UFFD_PROTOCOL']] as const) {
+      const port = await rawSource((wire) => {
+        wire.send(helloFrame(geometry, TOKEN));
+        void wire.frame(0).then(() => wire.send(errorFrame('ERR_SRC', 'y'.repeat(length - 'ERR_SRC\n'.length))));
+      });
+      const client = await PostcopyClient.connect({ port, urgentChannel: false });
+      cleanup.push(() => client.close());
+      await expect(within(client.complete, 'complete to settle')).rejects.toMatchObject({ code });
+    }
   });
 });

@@ -160,10 +160,14 @@ export function encodeDone(): Buffer {
   return frame(FRAME.DONE, 0);
 }
 
+/** An ERROR frame: `code '\n' message`, cut to MAX_MESSAGE bytes without splitting a UTF-8 character. */
 export function encodeError(code: string, message: string): Buffer {
-  const text = Buffer.from(`${code}\n${message}`.slice(0, MAX_MESSAGE), 'utf8');
-  const buf = frame(FRAME.ERROR, text.length);
-  text.copy(buf, HEADER_SIZE);
+  const text = Buffer.from(`${code}\n${message}`, 'utf8');
+  let length = Math.min(text.length, MAX_MESSAGE);
+  // A continuation byte (10xxxxxx) cannot start a character: cut before the one it belongs to.
+  if (length < text.length) while (length > 0 && (text[length]! & 0xc0) === 0x80) length--;
+  const buf = frame(FRAME.ERROR, length);
+  text.copy(buf, HEADER_SIZE, 0, length);
   return buf;
 }
 
@@ -260,7 +264,7 @@ export function decode(type: number, body: Buffer, accept: ReadonlySet<number>, 
       expectLength('DONE', body, 0);
       return { type };
     case FRAME.ERROR: {
-      if (body.length > MAX_MESSAGE * 4) throw protocolError(`an ERROR frame of ${body.length} bytes is too long`);
+      if (body.length > MAX_MESSAGE) throw protocolError(`an ERROR frame of ${body.length} body bytes is longer than the ${MAX_MESSAGE} allowed`);
       const text = body.toString('utf8');
       const newline = text.indexOf('\n');
       const code = newline < 0 ? 'ERR_UFFD_PEER' : text.slice(0, newline);
