@@ -216,6 +216,20 @@ describe('post-copy wire protocol: the source', () => {
     expect(await wire.errors()).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n.*ERROR frame of 1025 body bytes/)]);
     expect(await within(end, 'the session to end')).toMatchObject({ code: 'ERR_UFFD_PROTOCOL' });
   });
+
+  it("ends a session whose destination sent ERROR with ERR_UFFD_PEER_LOST, whatever code the destination chose, and does not answer it", async () => {
+    const { server: source, sessions } = await server(16);
+    for (const code of ['ERR_UFFD_TIMEOUT', 'ERR_UFFD_PROTOCOL']) {
+      const { wire, end } = await started(source.port, sessions);
+      wire.send(errorFrame(code, 'not really'));
+      expect(await wire.errors()).toEqual([]);
+      expect(await within(end, 'the session to end')).toMatchObject({ code: 'ERR_UFFD_PEER_LOST', message: expect.stringContaining(`(${code}: not really)`) });
+    }
+    const client = await PostcopyClient.connect({ port: source.port, prefetch: false });
+    const { end } = sessions[sessions.length - 1]!;
+    client.close('operator cancelled');
+    expect(await within(end, 'the session to end')).toMatchObject({ code: 'ERR_UFFD_PEER_LOST', message: expect.stringContaining('(ERR_UFFD_CLOSED: operator cancelled)') });
+  });
 });
 
 describe('post-copy wire protocol: the destination', () => {
@@ -255,5 +269,11 @@ describe('post-copy wire protocol: the destination', () => {
       cleanup.push(() => client.close());
       await expect(within(client.complete, 'complete to settle')).rejects.toMatchObject({ code });
     }
+  });
+
+  it("rejects connect with ERR_UFFD_SOURCE_LOST when the source sends ERROR instead of its hello, whatever code it chose", async () => {
+    const port = await rawSource((wire) => wire.send(errorFrame('ERR_UFFD_TIMEOUT', 'not really a timeout')));
+    await expect(PostcopyClient.connect({ port, connectTimeoutMs: WAIT_MS }))
+      .rejects.toMatchObject({ code: 'ERR_UFFD_SOURCE_LOST', message: expect.stringContaining('refused the connection before its hello (ERR_UFFD_TIMEOUT: not really a timeout)') });
   });
 });

@@ -395,7 +395,10 @@ function openConnection(host: string, port: number, timeoutMs: number): Promise<
         if (frames.length === 0) return;
         const [type, body] = frames.shift()!;
         const frame = decode(type, body, HELLO_ONLY, null);
-        if (frame.type === FRAME.ERROR) throw new UffdError(frame.code, `${frame.code}: the source refused: ${frame.message}`);
+        // The peer's code is its own word, not ours (it could say ERR_UFFD_TIMEOUT).
+        if (frame.type === FRAME.ERROR) {
+          throw new UffdError('ERR_UFFD_SOURCE_LOST', `ERR_UFFD_SOURCE_LOST: the page server at ${host}:${port} refused the connection before its hello (${frame.code}: ${frame.message})`, { syscall: 'connect' });
+        }
         hello = frame as Hello;
         reader.unshift(frames);
       } catch (error) {

@@ -242,7 +242,8 @@ export class PageSession extends EventEmitter {
           }
           this.#acked = frame.received;
         } else if (frame.type === FRAME.ERROR) {
-          throw new UffdError(frame.code, `${frame.code}: the destination gave up: ${frame.message}`);
+          // The peer's code is its own word, not ours: a session that ends early is ERR_UFFD_PEER_LOST.
+          throw new UffdError('ERR_UFFD_PEER_LOST', `ERR_UFFD_PEER_LOST: the destination gave up (${frame.code}: ${frame.message})`);
         }
       }
     } catch (error) {
