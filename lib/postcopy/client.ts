@@ -288,7 +288,18 @@ export class PostcopyClient implements PageSource {
     const pageSize = this.pageSize;
     const first = offset / pageSize;
     const count = payload.length / pageSize;
-    this.bytes.set(payload, offset);
+    // Only pages not present yet are written: a present page keeps its first
+    // copy (a page can come twice, pushed and demanded), which the native
+    // thread may be copying into the registered memory right now.
+    let run = -1;
+    for (let page = first; page <= first + count; page++) {
+      const absent = page < first + count && this.present[page] === 0;
+      if (absent && run < 0) run = page;
+      if (!absent && run >= 0) {
+        this.bytes.set(payload.subarray((run - first) * pageSize, (page - first) * pageSize), run * pageSize);
+        run = -1;
+      }
+    }
     let fresh = 0;
     for (let page = first; page < first + count; page++) {
       if (this.present[page] !== 0) continue;
