@@ -180,7 +180,8 @@ describe('post-copy migration', () => {
   });
 
   it('refuses a peer that is not a page server', async () => {
-    const impostor = net.createServer((socket) => socket.end(Buffer.from('HTTP/1.1 400 Bad Request\r\n\r\n')));
+    // It reads what it is sent (the client's ERROR), or the client's close would never reach it.
+    const impostor = net.createServer((socket) => socket.resume().end(Buffer.from('HTTP/1.1 400 Bad Request\r\n\r\n')));
     await new Promise<void>((resolve) => impostor.listen(0, '127.0.0.1', resolve));
     cleanup.push(() => new Promise((resolve) => impostor.close(resolve)));
     const port = (impostor.address() as net.AddressInfo).port;

@@ -16,11 +16,15 @@ afterEach(async () => {
 const HELLO = 1, START = 2, REQUEST = 3, DATA = 4, ERROR = 6, ATTACH = 8;
 const WAIT_MS = 3000 * SLOWDOWN;
 
-function frame(type: number, body: Buffer = Buffer.alloc(0)): Buffer {
+function header(type: number, bodyLength: number): Buffer {
   const head = Buffer.alloc(5);
-  head.writeUInt32LE(body.length, 0);
+  head.writeUInt32LE(bodyLength, 0);
   head.writeUInt8(type, 4);
-  return Buffer.concat([head, body]);
+  return head;
+}
+
+function frame(type: number, body: Buffer = Buffer.alloc(0)): Buffer {
+  return Buffer.concat([header(type, body.length), body]);
 }
 
 function helloFrame(geometry: { pageSize: number; imageSize: number; checksum: Buffer }, token: Buffer, fields: { magic?: number; reserved?: number } = {}): Buffer {
@@ -300,5 +304,40 @@ describe('post-copy wire protocol: the destination', () => {
     await within(client.complete, 'complete');
     expect(Buffer.compare(Buffer.from(client.bytes), geometry.bytes)).toBe(0);
     expect(client.stats.pagesPushed).toBe(3);
+  });
+
+  const geometry = image(4);
+  it.each([
+    ['a bad magic', helloFrame(geometry, TOKEN, { magic: 0x43504656 }), /bad magic/],
+    ['a page size that is not a power of two', helloFrame({ ...geometry, pageSize: 3000, imageSize: 3000 * 4 }, TOKEN), /page size of 3000 bytes/],
+    ['an image size that is not a multiple of the page size', helloFrame({ ...geometry, imageSize: geometry.imageSize + 1 }, TOKEN), /image of \d+ bytes: not a non-zero multiple/],
+    ['DATA as the first frame', dataFrame(0, 0, geometry.bytes.subarray(0, PAGE)), /unexpected frame type 4/],
+    ['bytes that are not frames', Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), /a frame announces \d+ body bytes, more than/],
+    ['a frame over 1 MiB + 16 bytes', header(HELLO, 2 << 20), /a frame announces 2097152 body bytes/],
+  ])('answers a main connection that starts with %s with ERROR, and closes it', async (_, first, reason) => {
+    let source!: Wire;
+    const port = await rawSource((wire) => {
+      source = wire;
+      wire.send(first);
+    });
+    await expect(PostcopyClient.connect({ port, connectTimeoutMs: WAIT_MS })).rejects.toMatchObject({ code: 'ERR_UFFD_PROTOCOL', message: expect.stringMatching(reason) });
+    const errors = await source.errors();
+    expect(errors).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n/)]);
+    expect(errors[0]).toMatch(reason);
+  });
+
+  it.each([
+    ['a HELLO describing another image', helloFrame({ ...geometry, checksum: Buffer.alloc(32, 0x22) }, TOKEN), /another image/],
+    ['bytes that are not frames', Buffer.from('\x00\x01\x02garbage'.repeat(8), 'latin1'), /a frame announces \d+ body bytes/],
+  ])('answers an urgent channel that starts with %s with ERROR on that connection, and closes both', async (_, first, reason) => {
+    const wires: Wire[] = [];
+    const port = await rawSource((wire, index) => {
+      wires.push(wire);
+      wire.send(index === 0 ? helloFrame(geometry, TOKEN) : first);
+    });
+    await expect(PostcopyClient.connect({ port, connectTimeoutMs: WAIT_MS })).rejects.toMatchObject({ code: 'ERR_UFFD_PROTOCOL', message: expect.stringMatching(reason) });
+    expect(wires).toHaveLength(2);
+    expect(await wires[1]!.errors()).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n/)]);
+    expect(await wires[0]!.errors()).toEqual([]);
   });
 });

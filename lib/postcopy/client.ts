@@ -14,7 +14,7 @@ import { Memfd, type Mapping } from '../memory';
 import type { FetchOptions, PageSource, SourceFile } from '../page-source';
 import * as validate from '../validate';
 import {
-  FRAME, FrameReader, decode, encodeAck, encodeAttach, encodeError, encodeRequest, encodeStart, protocolError, type Geometry, type Hello,
+  FRAME, FrameReader, decode, encodeAck, encodeAttach, encodeError, encodeRequest, encodeStart, endWithError, protocolError, type Geometry, type Hello,
 } from './protocol';
 
 export interface ClientOptions {
@@ -169,8 +169,9 @@ export class PostcopyClient implements PageSource {
       const urgent = await openConnection(host, port, timeoutMs);
       const same = urgent.hello.pageSize === main.hello.pageSize && urgent.hello.imageSize === main.hello.imageSize && urgent.hello.checksum.equals(main.hello.checksum);
       if (!same) {
-        urgent.socket.destroy();
-        throw protocolError('the second connection reached a page server with another image');
+        const error = protocolError('the second connection reached a page server with another image');
+        endWithError(urgent.socket, error);
+        throw error;
       }
       client.#attachUrgent(urgent.socket, urgent.reader, main.hello.token);
     } catch (error) {
@@ -393,7 +394,9 @@ function openConnection(host: string, port: number, timeoutMs: number): Promise<
       `ERR_UFFD_TIMEOUT: no hello from the page server at ${host}:${port} within ${timeoutMs} ms`, { syscall: 'connect' })), timeoutMs);
     const fail = (error: UffdError): void => {
       clearTimeout(timer);
-      socket.destroy();
+      socket.off('data', onData).off('error', onError).off('close', onClose);
+      if (error.code === 'ERR_UFFD_PROTOCOL') endWithError(socket, error);
+      else socket.destroy();
       reject(error);
     };
     const onError = (error: Error): void => fail(new UffdError('ERR_UFFD_SOURCE_LOST',

@@ -14,7 +14,7 @@ import { argRangeError, argTypeError, UffdError } from '../errors';
 import { systemPageSize } from '../memory';
 import * as validate from '../validate';
 import {
-  FRAME, FrameReader, HEADER_SIZE, MAX_DATA, TOKEN_SIZE, decode, encodeDataHeader, encodeDone, encodeError, encodeHello,
+  FRAME, FrameReader, HEADER_SIZE, MAX_DATA, TOKEN_SIZE, decode, encodeDataHeader, encodeDone, encodeHello, endWithError,
   protocolError, type Geometry,
 } from './protocol';
 
@@ -410,12 +410,6 @@ export class PageSession extends EventEmitter {
     while (p.next < p.end && p.next - first < max && needs(p.next)) p.next++;
     return { first, end: p.next };
   }
-}
-
-// Sends ERROR and closes; a peer that does not close its side within a second is cut off.
-function endWithError(socket: net.Socket, error: UffdError): void {
-  socket.end(encodeError(error.code, error.message));
-  setTimeout(() => socket.destroy(), 1000).unref();
 }
 
 const FIRST: ReadonlySet<number> = new Set([FRAME.START, FRAME.ATTACH, FRAME.ERROR]);

@@ -6,6 +6,7 @@
 // and every field received is checked here before anyone acts on it: a peer
 // that sends anything malformed gets an ERROR frame and the connection closes.
 // docs/postcopy.md describes the exchange.
+import type net from 'node:net';
 import { UffdError } from '../errors';
 
 export const MAGIC = 0x43504655; // 'UFPC' read as a little-endian u32
@@ -169,6 +170,22 @@ export function encodeError(code: string, message: string): Buffer {
   const buf = frame(FRAME.ERROR, length);
   text.copy(buf, HEADER_SIZE, 0, length);
   return buf;
+}
+
+/**
+ * Sends ERROR and closes the connection: what either side does on a
+ * violation (docs/postcopy.md). A peer that does not close its side within
+ * a second is cut off.
+ */
+export function endWithError(socket: net.Socket, error: { code: string; message: string }): void {
+  if (socket.destroyed || socket.writableEnded) return;
+  // The connection is being closed for cause: a write that fails now (the peer is gone) changes nothing.
+  socket.on('error', () => {});
+  // What the peer still sends is read and dropped, so that its close is seen
+  // and ours is a FIN, not a reset that could discard the ERROR.
+  socket.resume();
+  socket.end(encodeError(error.code, error.message));
+  setTimeout(() => socket.destroy(), 1000).unref();
 }
 
 /** What the receiving side knows, to check frames against. */
