@@ -13,7 +13,7 @@ afterEach(async () => {
   for (const fn of cleanup.splice(0).reverse()) await fn();
 });
 
-const HELLO = 1, START = 2, REQUEST = 3, DATA = 4, ERROR = 6, ATTACH = 8;
+const HELLO = 1, START = 2, REQUEST = 3, DATA = 4, DONE = 5, ERROR = 6, ACK = 7, ATTACH = 8;
 const WAIT_MS = 3000 * SLOWDOWN;
 
 function header(type: number, bodyLength: number): Buffer {
@@ -241,6 +241,27 @@ describe('post-copy wire protocol: the source', () => {
     client.close('operator cancelled');
     expect(await within(end, 'the session to end')).toMatchObject({ code: 'ERR_UFFD_PEER_LOST', message: expect.stringContaining('(ERR_UFFD_CLOSED: operator cancelled)') });
   });
+
+  it.each([
+    ['an ACK (main connection only)', () => frame(ACK, Buffer.alloc(8)), /unexpected frame type 7/],
+    ['an unaligned REQUEST', () => requestFrame(1, 100, PAGE, true), /not aligned/],
+    ['a frame over 1 MiB + 16 bytes', () => header(REQUEST, 2 << 20), /a frame announces 2097152 body bytes/],
+  ])('answers %s on the urgent channel with ERROR on that connection, and closes both', async (_, violation, reason) => {
+    const { server: source, sessions } = await server(16);
+    const { wire: main, token, session, end } = await started(source.port, sessions);
+    const urgent = Wire.connect(source.port);
+    await urgent.token();
+    urgent.send(attachFrame(token));
+    await within((async () => {
+      while (!session.hasUrgentChannel) await new Promise((resolve) => setTimeout(resolve, 1));
+    })(), 'the urgent channel to attach');
+    urgent.send(violation());
+    const errors = await urgent.errors();
+    expect(errors).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n/)]);
+    expect(errors[0]).toMatch(reason);
+    expect(await main.errors()).toEqual([]);
+    expect(await within(end, 'the session to end')).toMatchObject({ code: 'ERR_UFFD_PROTOCOL', message: expect.stringMatching(reason) });
+  });
 });
 
 describe('post-copy wire protocol: the destination', () => {
@@ -338,6 +359,27 @@ describe('post-copy wire protocol: the destination', () => {
     await expect(PostcopyClient.connect({ port, connectTimeoutMs: WAIT_MS })).rejects.toMatchObject({ code: 'ERR_UFFD_PROTOCOL', message: expect.stringMatching(reason) });
     expect(wires).toHaveLength(2);
     expect(await wires[1]!.errors()).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n/)]);
+    expect(await wires[0]!.errors()).toEqual([]);
+  });
+
+  it.each([
+    ['a DONE (main connection only)', () => frame(DONE), /unexpected frame type 5/],
+    ['DATA answering a request never made', () => dataFrame(77, 0, geometry.bytes.subarray(0, PAGE)), /request 77, which was never made/],
+    ['a frame over 1 MiB + 16 bytes', () => header(DATA, 2 << 20), /a frame announces 2097152 body bytes/],
+  ])('answers %s on the urgent channel with ERROR on that connection, and closes both', async (_, violation, reason) => {
+    const wires: Wire[] = [];
+    const port = await rawSource((wire, index) => {
+      wires.push(wire);
+      wire.send(helloFrame(geometry, TOKEN));
+      // After the ATTACH.
+      if (index === 1) void wire.frame(0).then(() => wire.send(violation()));
+    });
+    const client = await PostcopyClient.connect({ port, prefetch: false });
+    cleanup.push(() => client.close());
+    await expect(within(client.complete, 'complete to settle')).rejects.toMatchObject({ code: 'ERR_UFFD_PROTOCOL', message: expect.stringMatching(reason) });
+    const errors = await wires[1]!.errors();
+    expect(errors).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n/)]);
+    expect(errors[0]).toMatch(reason);
     expect(await wires[0]!.errors()).toEqual([]);
   });
 });

@@ -14,7 +14,7 @@ import { Memfd, type Mapping } from '../memory';
 import type { FetchOptions, PageSource, SourceFile } from '../page-source';
 import * as validate from '../validate';
 import {
-  FRAME, FrameReader, decode, encodeAck, encodeAttach, encodeError, encodeRequest, encodeStart, endWithError, protocolError, type Geometry, type Hello,
+  FRAME, FrameReader, decode, encodeAck, encodeAttach, encodeRequest, encodeStart, endWithError, protocolError, type Geometry, type Hello,
 } from './protocol';
 
 export interface ClientOptions {
@@ -138,12 +138,12 @@ export class PostcopyClient implements PageSource {
   }
 
   #listen(socket: net.Socket, reader: FrameReader, accept: ReadonlySet<number>): void {
-    socket.on('data', (chunk: Buffer) => this.#onData(reader, accept, chunk));
+    socket.on('data', (chunk: Buffer) => this.#onData(socket, reader, accept, chunk));
     socket.on('error', (error) => this.#fail(lost(`the connection failed (${error.message})`)));
     socket.on('close', () => this.#fail(lost('the source closed the connection')));
     socket.resume();
     // Frames that arrived with the hello.
-    this.#onData(reader, accept, Buffer.alloc(0));
+    this.#onData(socket, reader, accept, Buffer.alloc(0));
   }
 
   /**
@@ -238,7 +238,7 @@ export class PostcopyClient implements PageSource {
   /** Closes the connection (telling the source why, if given) and releases the cache. */
   close(reason?: string): void {
     if (this.#closed) return;
-    if (reason && !this.#socket.destroyed) this.#socket.end(encodeError('ERR_UFFD_CLOSED', reason));
+    if (reason) endWithError(this.#socket, { code: 'ERR_UFFD_CLOSED', message: reason });
     this.#fail(new UffdError('ERR_UFFD_CLOSED', 'ERR_UFFD_CLOSED: the post-copy client was closed'));
     this.#closed = true;
     this.mapping.unmap();
@@ -255,7 +255,9 @@ export class PostcopyClient implements PageSource {
     (urgent && this.#urgent ? this.#urgent : this.#socket).write(encodeRequest(id, first * this.pageSize, (end - first) * this.pageSize, urgent));
   }
 
-  #onData(reader: FrameReader, accept: ReadonlySet<number>, chunk: Buffer): void {
+  #onData(socket: net.Socket, reader: FrameReader, accept: ReadonlySet<number>, chunk: Buffer): void {
+    // What still arrives on a connection ending with ERROR is dropped.
+    if (this.#error) return;
     this.#lastArrival = performance.now();
     try {
       for (const [type, body] of reader.push(chunk)) this.#onFrame(type, body, accept);
@@ -265,7 +267,8 @@ export class PostcopyClient implements PageSource {
       }
     } catch (error) {
       const e = error as UffdError;
-      if (e.code === 'ERR_UFFD_PROTOCOL' && !this.#socket.destroyed) this.#socket.end(encodeError(e.code, e.message));
+      // The ERROR for a violation goes on the connection it came on; both close.
+      if (e.code === 'ERR_UFFD_PROTOCOL') endWithError(socket, e);
       this.#fail(e);
     }
   }
@@ -359,8 +362,8 @@ export class PostcopyClient implements PageSource {
     clearInterval(this.#stallTimer);
     if (this.#error) return;
     this.#error = error;
-    this.#socket.destroy();
-    this.#urgent?.destroy();
+    // A connection ending with an ERROR is left to finish writing it (endWithError closes it).
+    for (const socket of [this.#socket, this.#urgent]) if (socket && !socket.writableEnded) socket.destroy();
     for (const waiters of this.#waiters.values()) for (const waiter of waiters) waiter.reject(error);
     this.#waiters.clear();
     this.#rejectComplete(error);

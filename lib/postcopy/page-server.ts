@@ -98,11 +98,22 @@ class Channel {
     if (!this.#flushTimer) this.#arm();
   }
 
+  /** Closes the connection at once, unless it is ending with an ERROR (endWithError closes it once that is written). */
   close(): void {
+    this.#drop();
+    if (!this.socket.writableEnded) this.socket.destroy();
+  }
+
+  /** Sends ERROR and closes; frames still in the delay line are dropped. */
+  refuse(error: UffdError): void {
+    this.#drop();
+    endWithError(this.socket, error);
+  }
+
+  #drop(): void {
     if (this.#flushTimer) clearTimeout(this.#flushTimer);
     this.#flushTimer = null;
     this.#inFlight.length = 0;
-    this.socket.destroy();
   }
 
   #arm(): void {
@@ -179,7 +190,7 @@ export class PageSession extends EventEmitter {
     this.#priority = options.priority.map((r) => ({
       id: 0, next: Math.floor(r.offset / pageSize), end: Math.ceil((r.offset + r.length) / pageSize), readyAt: 0,
     }));
-    this.#listen(socket, reader, 'main');
+    this.#listen(this.#main, reader, 'main');
     this.#kick();
   }
 
@@ -209,22 +220,25 @@ export class PageSession extends EventEmitter {
       return;
     }
     this.#urgentChannel = new Channel(socket, this.#options.latencyMs);
-    this.#listen(socket, reader, 'urgent');
+    this.#listen(this.#urgentChannel, reader, 'urgent');
   }
 
-  #listen(socket: net.Socket, reader: FrameReader, which: 'main' | 'urgent'): void {
+  #listen(channel: Channel, reader: FrameReader, which: 'main' | 'urgent'): void {
+    const { socket } = channel;
     const accept = which === 'main' ? REQUESTS : URGENT_REQUESTS;
-    socket.on('data', (chunk: Buffer) => this.#onData(reader, accept, chunk));
+    socket.on('data', (chunk: Buffer) => this.#onData(channel, reader, accept, chunk));
     socket.resume();
     socket.on('drain', () => this.#kick());
     socket.on('error', (error) => this.#end(new UffdError('ERR_UFFD_PEER_LOST', `ERR_UFFD_PEER_LOST: the destination's ${which} connection failed (${error.message})`)));
     socket.on('close', () => this.#end(this.#doneSent || this.#sentCount === this.#pages ? undefined
       : new UffdError('ERR_UFFD_PEER_LOST', `ERR_UFFD_PEER_LOST: the destination closed its ${which} connection with ${this.#pages - this.#sentCount} of ${this.#pages} pages unsent`)));
     // Frames that came with the one that made this connection what it is.
-    this.#onData(reader, accept, Buffer.alloc(0));
+    this.#onData(channel, reader, accept, Buffer.alloc(0));
   }
 
-  #onData(reader: FrameReader, accept: ReadonlySet<number>, chunk: Buffer): void {
+  #onData(channel: Channel, reader: FrameReader, accept: ReadonlySet<number>, chunk: Buffer): void {
+    // What still arrives on a connection ending with ERROR is dropped.
+    if (this.#ended) return;
     try {
       for (const [type, body] of reader.push(chunk)) {
         const frame = decode(type, body, accept, this.#geometry);
@@ -247,15 +261,16 @@ export class PageSession extends EventEmitter {
         }
       }
     } catch (error) {
-      this.#abort(error as UffdError);
+      this.#abort(error as UffdError, channel);
       return;
     }
     this.#kick();
   }
 
-  #abort(error: UffdError): void {
+  // The ERROR for a violation goes on the connection it came on; both close.
+  #abort(error: UffdError, from: Channel): void {
     if (this.#ended) return;
-    if (error.code === 'ERR_UFFD_PROTOCOL') endWithError(this.#main.socket, error);
+    if (error.code === 'ERR_UFFD_PROTOCOL') from.refuse(error);
     this.#end(error);
   }
 
@@ -265,8 +280,7 @@ export class PageSession extends EventEmitter {
     this.error = error;
     if (this.#timer) clearTimeout(this.#timer);
     if (this.#immediate) clearImmediate(this.#immediate);
-    // A socket ended with an ERROR frame is left to finish writing it.
-    if (!this.#main.socket.writableEnded) this.#main.close();
+    this.#main.close();
     this.#urgentChannel?.close();
     this.emit('end', this.stats, error);
   }
