@@ -262,6 +262,41 @@ describe('post-copy wire protocol: the source', () => {
     expect(await main.errors()).toEqual([]);
     expect(await within(end, 'the session to end')).toMatchObject({ code: 'ERR_UFFD_PROTOCOL', message: expect.stringMatching(reason) });
   });
+
+  it('attaches an urgent channel whose ATTACH came before the START of the connection it names', async () => {
+    const { server: source, sessions } = await server(16);
+    const main = Wire.connect(source.port);
+    const token = await main.token();
+    const urgent = Wire.connect(source.port);
+    await urgent.token();
+    urgent.send(attachFrame(token));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    main.send(startFrame(false));
+    urgent.send(requestFrame(9, 5 * PAGE, PAGE, true));
+    const answer = await urgent.frame(1);
+    expect(answer.type).toBe(DATA);
+    expect(answer.body.readUInt32LE(0)).toBe(9);
+    expect(sessions.map((s) => s.session.hasUrgentChannel)).toEqual([true]);
+  });
+
+  it.each([
+    ['closes', (wire: Wire) => wire.socket.end()],
+    ['breaks the protocol', (wire: Wire) => wire.send(frame(99))],
+    ['sends ERROR', (wire: Wire) => wire.send(errorFrame('ERR_DEST', 'going away'))],
+    ['sends an ATTACH itself', (wire: Wire) => wire.send(attachFrame(Buffer.from('notatokn')))],
+  ])('refuses an ATTACH waiting for the START of a connection that %s instead', async (_, instead) => {
+    const { server: source, sessions } = await server(16);
+    const named = Wire.connect(source.port);
+    const token = await named.token();
+    const urgent = Wire.connect(source.port);
+    await urgent.token();
+    urgent.send(attachFrame(token));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    instead(named);
+    expect(await urgent.errors()).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n.*ATTACH names a connection that did not start a session/)]);
+    await within(named.closed, 'the named connection to close');
+    expect(sessions).toEqual([]);
+  });
 });
 
 describe('post-copy wire protocol: the destination', () => {

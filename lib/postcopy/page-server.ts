@@ -439,6 +439,11 @@ export class PageServer {
   readonly #sessions = new Set<PageSession>();
   /** Connections that have had their hello and not yet said what they are, by token. */
   readonly #pending = new Map<string, net.Socket>();
+  /**
+   * ATTACHed connections waiting for the START of the pending connection they
+   * name, by its token: one each at most, and none longer than that
+   * connection stays pending (its first-frame timeout bounds it).
+   */
   readonly #parked = new Map<string, { socket: net.Socket; reader: FrameReader }>();
   readonly #sessionOptions: SessionConfig;
   readonly #onSession: ((session: PageSession) => void) | undefined;
@@ -517,8 +522,20 @@ export class PageServer {
       this.#pending.delete(key);
       socket.off('data', onData).off('error', drop).off('close', drop);
     };
+    // An ATTACH naming this connection that came before its START (the two
+    // connections race) waits for it; if this connection ends first or turns
+    // out to be something else, that ATTACH is refused: nothing else would
+    // ever answer it.
+    const settle = (session: PageSession | null): void => {
+      const parked = this.#parked.get(key);
+      if (!parked) return;
+      this.#parked.delete(key);
+      if (session) session.attach(parked.socket, parked.reader);
+      else endWithError(parked.socket, protocolError('ATTACH names a connection that did not start a session (it closed, broke the protocol or sent something other than START)'));
+    };
     const drop = (): void => {
       done();
+      settle(null);
       socket.destroy();
     };
     const onData = (chunk: Buffer): void => {
@@ -536,27 +553,31 @@ export class PageServer {
           this.#sessions.add(session);
           session.once('end', () => this.#sessions.delete(session));
           this.#onSession?.(session);
-          // An urgent channel that came before this START (the two connections race).
-          const parked = this.#parked.get(key);
-          if (parked) {
-            this.#parked.delete(key);
-            session.attach(parked.socket, parked.reader);
-          }
-        } else if (frame.type === FRAME.ATTACH) {
+          settle(session);
+          return;
+        }
+        settle(null);
+        if (frame.type === FRAME.ATTACH) {
           const session = [...this.#sessions].find((s) => s.token.equals(frame.token));
           const wanted = frame.token.toString('hex');
           if (session) session.attach(socket, reader);
           else if (this.#pending.has(wanted) && !this.#parked.has(wanted)) {
-            // Held, unread, until the session's START arrives.
+            // Held, unread, until the named connection's START, or refused when it ends without one (settle).
             socket.pause();
-            this.#parked.set(wanted, { socket, reader });
-            socket.once('close', () => this.#parked.delete(wanted));
+            const parked = { socket, reader };
+            this.#parked.set(wanted, parked);
+            socket.once('close', () => {
+              if (this.#parked.get(wanted) === parked) this.#parked.delete(wanted);
+            });
+            // An error closes it (and the close unparks it); unhandled, it would end the process.
+            socket.on('error', () => {});
           } else throw protocolError('ATTACH names no session of this server');
         } else if (frame.type === FRAME.ERROR) {
           socket.destroy();
         }
       } catch (error) {
         done();
+        settle(null);
         endWithError(socket, error as UffdError);
       }
     };
