@@ -297,6 +297,36 @@ describe('post-copy wire protocol: the source', () => {
     await within(named.closed, 'the named connection to close');
     expect(sessions).toEqual([]);
   });
+
+  it.each([
+    ['unlimited bandwidth, no latency: 1 MiB', {}, 1 << 20, 2 << 20],
+    ['100 MB/s, 10 ms each way: 2 x 100 MB/s x 20 ms', { bandwidth: 100e6, latencyMs: 10 }, 4e6, 8 << 20],
+    ['1 GB/s, 10 ms each way: capped at 16 MiB', { bandwidth: 1e9, latencyMs: 10 }, 16 << 20, 20 << 20],
+  ])('holds pushes back once the window of unacknowledged page bytes is reached (%s)', async (_, link, window, size) => {
+    const { server: source } = await server(size / PAGE, link);
+    const wire = Wire.connect(source.port);
+    await wire.token();
+    wire.send(startFrame(true));
+    const pushed = (): number => wire.frames.reduce((sum, f) => sum + (f.type === DATA ? f.body.length - 12 : 0), 0);
+    // Until nothing more comes for a while.
+    let last = -1;
+    await within((async () => {
+      while (pushed() !== last || last <= 0) {
+        last = pushed();
+        await new Promise((resolve) => setTimeout(resolve, 300 * SLOWDOWN));
+      }
+    })(), 'the pushes to stop', 10_000 * SLOWDOWN);
+    const frameBytes = 16 * PAGE; // pushChunkPages' default
+    expect(last).toBeGreaterThanOrEqual(window);
+    expect(last).toBeLessThan(window + frameBytes);
+    // It is the window: acknowledged, the pushes go on.
+    const ack = Buffer.alloc(8);
+    ack.writeBigUInt64LE(BigInt(last));
+    wire.send(frame(ACK, ack));
+    await within((async () => {
+      while (pushed() === last) await new Promise((resolve) => setTimeout(resolve, 5));
+    })(), 'the pushes to resume');
+  });
 });
 
 describe('post-copy wire protocol: the destination', () => {

@@ -51,14 +51,17 @@ const PACING_CATCH_UP_MS = 20;
 const BURST_BYTES = 1 << 20;
 // User-space bytes queued on the socket before waiting for 'drain'.
 const HIGH_WATER = 1 << 20;
-// Flow control: pushed pages are sent only while fewer than this many page
-// bytes are unacknowledged (at least twice the modelled bandwidth-delay
-// product). Without it a slow reader's socket buffers fill with pushed pages
-// and a demanded page waits behind megabytes of them (head-of-line blocking).
+// Flow control: a push is sent only while fewer than the window's page bytes
+// sent on the main connection are unacknowledged. Without it a slow reader's
+// socket buffers fill with pushed pages and a demanded page waits behind
+// megabytes of them (head-of-line blocking). The window is twice the modelled
+// bandwidth-delay product (bandwidth x round trip), within these bounds: the
+// cap bounds what one destination can hold in socket buffers, at the cost of
+// pushes below the link's bandwidth where 2 x BDP exceeds the cap.
 const MIN_WINDOW = 1 << 20;
+const MAX_WINDOW = 16 << 20;
 // A connection must say what it is (START or ATTACH) within this time.
 const FIRST_FRAME_TIMEOUT_MS = 10_000;
-const MAX_WINDOW = 16 << 20;
 
 interface SessionConfig {
   bandwidth: number;
