@@ -11,9 +11,9 @@
 // page of the image (non-zero: there); a source writes it with Atomics.store
 // after the page's bytes, so a native thread that reads the flag and then the
 // bytes never sees a torn page. A source with everything local from the start
-// has `present === null`.
+// has `present === null`. docs/performance.md says when handlers call fetch.
 import fs from 'node:fs';
-import { argTypeError, argValueError, libraryError } from './errors';
+import { UffdError, argTypeError, argValueError, libraryError } from './errors';
 import { Mapping, systemPageSize } from './memory';
 
 export interface FetchOptions {
@@ -42,7 +42,8 @@ export interface PageSource {
    * serveFrom's native thread reads pages from it with pread into a buffer
    * of its own and copies from there: the kernel then never faults on a
    * source page inside UFFDIO_COPY, which on a VM halves what a copied page
-   * costs. Without it, pages are copied from `bytes`.
+   * costs. Without it, pages are copied from `bytes`. It must hold the same
+   * bytes: nothing compares the two.
    */
   readonly file?: SourceFile | null;
   /**
@@ -53,9 +54,10 @@ export interface PageSource {
    */
   readonly failure?: 'fill' | 'poison';
   /**
-   * Makes [offset, offset + length) present (offset and length page-aligned,
-   * inside the image). Resolves once every page of it is; rejects with a
-   * UffdError when the source cannot deliver (after its own retries).
+   * Makes [offset, offset + length) present (offset and length multiples of
+   * this source's pageSize, inside the image). Resolves once every page of it
+   * is; rejects with a UffdError when the source cannot deliver (after its
+   * own retries). May be called again for a range already asked for.
    */
   fetch(offset: number, length: number, options?: FetchOptions): Promise<void>;
   /** Releases the source's memory and connections. */
@@ -74,6 +76,25 @@ export function checkSourceFile(file: unknown, name: string): SourceFile | null 
     throw argValueError(`${name}.fd`, `must be a regular file (the file the source's bytes map: a memory file, a memfd). Received descriptor ${f.fd}`);
   }
   return f;
+}
+
+/**
+ * Makes [offset, offset + length) of the source present: fetch, asked for in
+ * whole source pages (a source's pages may be larger than the memory's, and
+ * a range's offset need not fall on one), then checked. A fetch that resolves
+ * with a page still absent would have its stale bytes served as if right:
+ * rejects with ERR_UFFD_UNSERVABLE instead, so the failure policy applies.
+ */
+export async function fetchPresent(source: PageSource, offset: number, length: number, options: FetchOptions): Promise<void> {
+  if (isPresent(source, offset, length)) return;
+  const size = source.pageSize;
+  const start = Math.floor(offset / size) * size;
+  const end = Math.min(Math.ceil((offset + length) / size) * size, (source.present?.length ?? 0) * size);
+  await source.fetch(start, end - start, options);
+  if (!isPresent(source, offset, length)) {
+    throw new UffdError('ERR_UFFD_UNSERVABLE',
+      `ERR_UFFD_UNSERVABLE: source.fetch(${start}, ${end - start}) resolved with the page at offset ${offset} still not present; a source's fetch must resolve only once the present flags of its pages are set (Atomics.store after the bytes), and reject when it cannot deliver`);
+  }
 }
 
 /** Whether every page of the source holding [offset, offset + length) is present (read with Atomics, as sources write it). */

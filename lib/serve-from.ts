@@ -6,7 +6,7 @@
 import os from 'node:os';
 import { UffdError, argTypeError, argValueError, invalid } from './errors';
 import type { Fault } from './events';
-import { checkSourceFile, isPresent, type PageSource } from './page-source';
+import { checkSourceFile, fetchPresent, type PageSource } from './page-source';
 import { serveWith, type ServeHost } from './serve';
 import { firstUncovered, type Registration } from './registrations';
 import type { NonFaultEvent } from './uffd';
@@ -87,9 +87,14 @@ export function serveFrom(host: ServeHost, source: PageSource | null, options?: 
   const src = checkSource(source);
   const opts = validate.options<ServeFromOptions>(options, 'options');
   host.checkOpen('serveFrom');
-  const ranges = planRanges(opts.ranges ?? defaultRanges(host.uffd.registrations), src, (address) => host.pageSizeAt(address));
-  // A range the registrations do not cover would never fault there, and its fill would only be refused.
   const known = host.uffd.registrations;
+  // An adopted or borrowed uffd may not say what is registered; one opened here knows.
+  const openedHere = host.uffd.openedWith === 'syscall' || host.uffd.openedWith === 'device';
+  if (known.length === 0 && (opts.ranges === undefined || openedHere)) {
+    throw invalid('serveFrom', 'nothing is registered with this userfaultfd: register memory first (uffd.register), or, for a uffd adopted from another process, give fromFd its ranges or serveFrom options.ranges');
+  }
+  const ranges = planRanges(opts.ranges ?? defaultRanges(known), src, (address) => host.pageSizeAt(address));
+  // A range the registrations do not cover would never fault there, and its fill would only be refused.
   if (known.length > 0) {
     for (const r of ranges) {
       const end = r.address + BigInt(r.length);
@@ -114,6 +119,9 @@ export function serveFrom(host: ServeHost, source: PageSource | null, options?: 
       opts.background === 'now', file ? file.fd : -1, file ? file.offset : 0);
   } catch (error) {
     host.stream.release();  // nothing started: bad input changes nothing
+    if (file && (error as UffdError).code === 'EBADF') {
+      throw new UffdError('EBADF', `EBADF: bad file descriptor, serveFrom — source.file.fd ${file.fd} must be open for reading (O_RDONLY or O_RDWR)`, { errno: (error as UffdError).errno, syscall: 'serveFrom' });
+    }
     throw error;
   }
   return served;
@@ -132,9 +140,14 @@ function defaultRanges(registrations: readonly Registration[]): ServeRange[] {
 export function checkSource(source: unknown): PageSource | null {
   if (source === null) return null;
   const s = source as PageSource;
-  if (typeof s !== 'object' || !(s.bytes instanceof Uint8Array) || typeof s.pageSize !== 'number' ||
-      !(s.present === null || s.present instanceof Uint8Array) || typeof s.fetch !== 'function') {
-    throw argTypeError('source', 'a PageSource ({ bytes, pageSize, present, fetch }) or null', source);
+  if (s === undefined || typeof s !== 'object') throw argTypeError('source', 'a PageSource ({ bytes, pageSize, present, fetch }) or null', source);
+  // Which member is wrong, by name: a source of one's own is easy to get almost right.
+  if (!(s.bytes instanceof Uint8Array)) throw argTypeError('source.bytes', 'a Uint8Array (a Buffer, or a view of a SharedArrayBuffer or a mapping)', s.bytes);
+  if (typeof s.pageSize !== 'number') throw argTypeError('source.pageSize', 'a number', s.pageSize);
+  if (!(s.present === null || s.present instanceof Uint8Array)) throw argTypeError('source.present', 'a Uint8Array or null', s.present);
+  if (typeof s.fetch !== 'function') throw argTypeError('source.fetch', 'a function', s.fetch);
+  if (s.failure !== undefined && s.failure !== 'fill' && s.failure !== 'poison') {
+    throw argValueError('source.failure', `must be 'fill', 'poison' or undefined. Received ${String(s.failure)}`);
   }
   if (!Number.isInteger(s.pageSize) || s.pageSize <= 0 || (s.pageSize & (s.pageSize - 1)) !== 0) {
     throw argValueError('source.pageSize', `must be a power of two. Received ${s.pageSize}`);
@@ -236,7 +249,7 @@ export async function fetchAndResolve(fault: Fault, miss: Miss): Promise<void> {
     return;
   }
   if (source) {
-    if (!isPresent(source, offset, fault.pageSize)) await source.fetch(offset, fault.pageSize, { urgent: true });
+    await fetchPresent(source, offset, fault.pageSize, { urgent: true });
     if (fault.resolved) return;
   }
   if (fault.kind === 'minor') fault.continue();

@@ -190,6 +190,54 @@ describe('serveFrom: the native fast path', () => {
     expect(errors).toEqual([expect.objectContaining({ code: 'ERR_UFFD_TIMEOUT' })]);
   });
 
+  it('a fetch that resolves with the page still absent gets the failure policy (ERR_UFFD_UNSERVABLE), never the stale bytes', async () => {
+    const pages = 4;
+    const { uffd, memory, image } = setup(pages);
+    const bytes = new Uint8Array(image.slice(0));
+    bytes.fill(0xee, PAGE, 2 * PAGE); // what a cache holds before the page arrives
+    const errors: unknown[] = [];
+    void uffd.serveFrom(new BufferPageSource(bytes, { present: new Uint8Array([1, 0, 1, 1]), fetch: async () => {} }), {
+      onError: (error) => errors.push(error),
+    });
+    const expected = image.slice(0);
+    new Uint8Array(expected).fill(0, PAGE, 2 * PAGE);
+    expect(await touch({ address: memory.address, length: memory.length, expected }).result).toMatchObject({ ok: true });
+    expect(errors).toEqual([expect.objectContaining({ code: 'ERR_UFFD_UNSERVABLE', message: expect.stringContaining('still not present') })]);
+  });
+
+  it('asks a source whose pages are larger than the memory\'s for whole source pages', async () => {
+    const pages = 32;
+    const { uffd, memory, image } = setup(pages);
+    const big = 4 * PAGE;
+    const full = new Uint8Array(image);
+    const bytes = new Uint8Array(new SharedArrayBuffer(pages * PAGE));
+    const present = new Uint8Array(new SharedArrayBuffer(pages / 4));
+    const asked: [number, number][] = [];
+    // A source that brings in exactly what it is asked for, and flags the pages that holds.
+    const fetch = async (offset: number, length: number): Promise<void> => {
+      asked.push([offset, length]);
+      bytes.set(full.subarray(offset, offset + length), offset);
+      for (let p = Math.floor(offset / big); p * big < offset + length; p++) Atomics.store(present, p, 1);
+    };
+    void uffd.serveFrom(new BufferPageSource(bytes, { pageSize: big, present, fetch }));
+    expect(await touch({ address: memory.address, length: memory.length, order: shuffled(pages, 5), expected: image }).result).toMatchObject({ ok: true });
+    expect(asked.every(([offset, length]) => offset % big === 0 && length % big === 0)).toBe(true);
+  });
+
+  it('says which member of a source of one\'s own is wrong, and that nothing is registered', () => {
+    const { uffd } = setup(1);
+    const base = { bytes: new Uint8Array(PAGE), pageSize: PAGE, present: null, fetch: async () => {}, close: () => {} };
+    expect(() => uffd.serveFrom({ ...base, bytes: new ArrayBuffer(PAGE) } as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE', message: expect.stringContaining('"source.bytes"') }));
+    expect(() => uffd.serveFrom({ ...base, fetch: 5 } as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE', message: expect.stringContaining('"source.fetch"') }));
+    expect(() => uffd.serveFrom({ ...base, failure: 'kill' } as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE', message: expect.stringContaining('source.failure') }));
+    const bare = Userfaultfd.open();
+    cleanup.push(() => bare.close());
+    expect(() => bare.serveFrom(base)).toThrow(expect.objectContaining({ code: 'EINVAL', message: expect.stringContaining('nothing is registered') }));
+    expect(() => bare.serveFrom(base, { ranges: [{ address: 1n << 30n, length: PAGE }] })).toThrow(expect.objectContaining({ code: 'EINVAL', message: expect.stringContaining('nothing is registered') }));
+    // Nothing was claimed by the refusals.
+    void uffd.serveFrom(base);
+  });
+
   it('gives misses to onMiss with the page\'s offset in the source', async () => {
     const pages = 8;
     const { uffd, memory } = setup(pages);

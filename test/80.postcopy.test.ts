@@ -152,6 +152,26 @@ describe('post-copy migration', () => {
     expect(dest.stats.pagesByFault + dest.stats.pagesInstalled).toBe(pages);
   });
 
+  it('with a source of one\'s own: its page size checked against a plain target\'s registration, and timeoutMs bounding a fetch that never settles', async () => {
+    const pages = 8;
+    const memory = Mapping.anonymous(pages * PAGE);
+    const uffd = Userfaultfd.open();
+    uffd.register(memory, { missing: true });
+    cleanup.push(() => uffd.close(), () => memory.unmap());
+    const target = { address: memory.address, length: memory.length };
+    const wrong = new BufferPageSource(new Uint8Array(pages * PAGE), { pageSize: 4 * PAGE, present: new Uint8Array(pages / 4) });
+    expect(() => new PostcopyDestination(uffd, target, wrong)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE', message: expect.stringContaining('target.pageSize') }));
+    const present = new Uint8Array(pages).fill(1);
+    present[3] = 0;
+    const stuck = new BufferPageSource(new Uint8Array(pattern(pages * PAGE, 3)), { present, fetch: () => new Promise(() => {}) });
+    const dest = new PostcopyDestination(uffd, target, stuck, { timeoutMs: 200 });
+    cleanup.push(() => dest.close());
+    const expected = pattern(pages * PAGE, 3);
+    new Uint8Array(expected).fill(0, 3 * PAGE, 4 * PAGE);
+    expect(await touch({ address: memory.address, length: memory.length, expected }).result).toMatchObject({ ok: true });
+    await expect(dest.complete).rejects.toMatchObject({ code: 'ERR_UFFD_TIMEOUT' });
+  });
+
   it('complete settles when the destination or its uffd is closed before every page is in', async () => {
     for (const closing of ['uffd', 'destination'] as const) {
       const pages = 8;

@@ -18,7 +18,7 @@ import { performance } from 'node:perf_hooks';
 import { argRangeError, argTypeError, UffdError } from '../errors';
 import type { Fault } from '../events';
 import { Mapping } from '../memory';
-import { isPresent, type PageSource } from '../page-source';
+import { fetchPresent, isPresent, type PageSource } from '../page-source';
 import type { Userfaultfd } from '../uffd';
 import * as validate from '../validate';
 import { PostcopyClient } from './client';
@@ -36,6 +36,13 @@ export interface DestinationOptions {
    * for an HttpPageSource, whose zeros would be wrong bytes), else 'fill'.
    */
   failure?: 'fill' | 'poison';
+  /**
+   * serve()'s timeoutMs: a fault whose page the source has not delivered this
+   * long after it was read is resolved by the failure policy (default none:
+   * a PostcopyClient bounds its own waits with stallTimeoutMs; a source of
+   * your own whose fetch may never settle needs this).
+   */
+  timeoutMs?: number;
   /** Called once, with the first error (the source lost, an ioctl refused). */
   onError?: (error: UffdError) => void;
 }
@@ -101,11 +108,13 @@ export class PostcopyDestination {
     this.#address = validate.address(target.address, 'target.address');
     const length = validate.size(target.length, 'target.length');
     if (length !== source.size) throw argRangeError('target.length', `the source's size (${source.size} bytes)`, length);
-    const targetPageSize = target instanceof Mapping ? target.pageSize : source.pageSize;
-    if (targetPageSize !== source.pageSize) throw argRangeError('target.pageSize', `the source's page size (${source.pageSize})`, targetPageSize);
-    if (!uffd.registrations.some((r) => r.start <= this.#address && r.end >= this.#address + BigInt(length) && r.modes.missing)) {
+    const registration = uffd.registrations.find((r) => r.start <= this.#address && r.end >= this.#address + BigInt(length) && r.modes.missing);
+    if (!registration) {
       throw new UffdError('ENOENT', 'ENOENT: the target is not registered with this userfaultfd in missing mode: call uffd.register(target, { missing: true }) first', { syscall: 'ioctl(UFFDIO_COPY)' });
     }
+    // Pages are counted, fetched and copied in the source's pages: they must be the memory's.
+    const targetPageSize = target instanceof Mapping ? target.pageSize : registration.pageSize;
+    if (targetPageSize !== source.pageSize) throw argRangeError('target.pageSize', `the source's page size (${source.pageSize})`, targetPageSize);
     this.#readAhead = validate.size(opts.readAhead ?? 0, 'options.readAhead');
     this.#uffd = uffd;
     this.stats = {
@@ -144,6 +153,7 @@ export class PostcopyDestination {
       backgroundPiece: INSTALL_SLICE,
       fillThreads: 0,
       failure: opts.failure ?? source.failure ?? 'fill',
+      timeoutMs: opts.timeoutMs,
       onError: (error) => this.#fail(error as UffdError),
     });
     // The uffd closed before every page was in: complete must not wait on.
@@ -190,12 +200,14 @@ export class PostcopyDestination {
       return;
     }
     this.stats.faultsFetched++;
+    // The faulting page first: a source that serves requests in order serves it before the read-ahead.
+    const fetched = fetchPresent(this.#source, offset, this.#pageSize, { urgent: true }).then(() => this.#copy(fault, offset));
     if (this.#readAhead > 0 && page + 1 < this.#pages) {
       const end = Math.min(this.#pages, page + 1 + this.#readAhead);
       // Not awaited: the faulting page is what the thread waits for.
       this.#source.fetch(offset + this.#pageSize, (end - page - 1) * this.#pageSize, { urgent: true }).catch(() => {});
     }
-    return this.#source.fetch(offset, this.#pageSize, { urgent: true }).then(() => this.#copy(fault, offset));
+    return fetched;
   }
 
   #copy(fault: Fault, offset: number): void {
