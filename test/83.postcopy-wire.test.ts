@@ -263,14 +263,20 @@ describe('post-copy wire protocol: the source', () => {
     expect(await within(end, 'the session to end')).toMatchObject({ code: 'ERR_UFFD_PROTOCOL', message: expect.stringMatching(reason) });
   });
 
-  it('attaches an urgent channel whose ATTACH came before the START of the connection it names', async () => {
-    const { server: source, sessions } = await server(16);
-    const main = Wire.connect(source.port);
-    const token = await main.token();
-    const urgent = Wire.connect(source.port);
+  /** Two connections with their hellos; the second's ATTACH names the first, which has not sent START yet. */
+  async function attachFirst(port: number): Promise<{ named: Wire; urgent: Wire }> {
+    const named = Wire.connect(port);
+    const token = await named.token();
+    const urgent = Wire.connect(port);
     await urgent.token();
     urgent.send(attachFrame(token));
     await new Promise((resolve) => setTimeout(resolve, 50));
+    return { named, urgent };
+  }
+
+  it('attaches an urgent channel whose ATTACH came before the START of the connection it names', async () => {
+    const { server: source, sessions } = await server(16);
+    const { named: main, urgent } = await attachFirst(source.port);
     main.send(startFrame(false));
     urgent.send(requestFrame(9, 5 * PAGE, PAGE, true));
     const answer = await urgent.frame(1);
@@ -286,12 +292,7 @@ describe('post-copy wire protocol: the source', () => {
     ['sends an ATTACH itself', (wire: Wire) => wire.send(attachFrame(Buffer.from('notatokn')))],
   ])('refuses an ATTACH waiting for the START of a connection that %s instead', async (_, instead) => {
     const { server: source, sessions } = await server(16);
-    const named = Wire.connect(source.port);
-    const token = await named.token();
-    const urgent = Wire.connect(source.port);
-    await urgent.token();
-    urgent.send(attachFrame(token));
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    const { named, urgent } = await attachFirst(source.port);
     instead(named);
     expect(await urgent.errors()).toEqual([expect.stringMatching(/^ERR_UFFD_PROTOCOL\n.*ATTACH names a connection that did not start a session/)]);
     await within(named.closed, 'the named connection to close');
