@@ -101,8 +101,7 @@ export class FaultBatch {
     return this.#resolve(i, 2, undefined);
   }
 
-  /** @internal What serve()'s 'fill' policy does, for every fault the handler left unresolved. */
-  /** Resolves what the handler left unresolved (the 'fill' policy); returns how many there were. */
+  /** @internal serve()'s 'fill' policy, for every fault the handler left unresolved; returns how many there were. */
   fillUnresolved(): number {
     let left = 0;
     for (let i = 0; i < this.#length; i++) {
