@@ -7,7 +7,7 @@ import os from 'node:os';
 import { UffdError, argTypeError, argValueError, invalid } from './errors';
 import type { Fault } from './events';
 import { checkSourceFile, fetchPresent, type PageSource } from './page-source';
-import { serveWith, type ServeHost } from './serve';
+import { checkFailure, serveWith, type ServeHost } from './serve';
 import { firstUncovered, type Registration } from './registrations';
 import type { NonFaultEvent } from './uffd';
 import * as validate from './validate';
@@ -146,9 +146,7 @@ export function checkSource(source: unknown): PageSource | null {
   if (typeof s.pageSize !== 'number') throw argTypeError('source.pageSize', 'a number', s.pageSize);
   if (!(s.present === null || s.present instanceof Uint8Array)) throw argTypeError('source.present', 'a Uint8Array or null', s.present);
   if (typeof s.fetch !== 'function') throw argTypeError('source.fetch', 'a function', s.fetch);
-  if (s.failure !== undefined && s.failure !== 'fill' && s.failure !== 'poison') {
-    throw argValueError('source.failure', `must be 'fill', 'poison' or undefined. Received ${String(s.failure)}`);
-  }
+  checkFailure(s.failure, 'source.failure');
   if (!Number.isInteger(s.pageSize) || s.pageSize <= 0 || (s.pageSize & (s.pageSize - 1)) !== 0) {
     throw argValueError('source.pageSize', `must be a power of two. Received ${s.pageSize}`);
   }
