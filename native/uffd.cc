@@ -41,6 +41,22 @@ int ResolveAll(uint64_t len, uint64_t* done, Issue issue) {
   return 0;
 }
 
+// ZEROPAGE, CONTINUE and POISON take the same {range, mode} argument and
+// differ only in the request and the field the kernel writes its count to.
+template <typename Arg, typename Count>
+int ResolveRange(int fd, unsigned long request, Count Arg::*count, uint64_t start, uint64_t len,
+                 uint64_t mode, uint64_t* done) {
+  return ResolveAll(len, done, [&](uint64_t off, uint64_t rest, int64_t* progress) {
+    Arg arg{};
+    arg.range.start = start + off;
+    arg.range.len = rest;
+    arg.mode = mode;
+    int r = IoctlRetryingEintr(fd, request, &arg);
+    *progress = arg.*count;
+    return r;
+  });
+}
+
 }  // namespace
 
 int Open(bool user_mode_only, OpenReport* report) {
@@ -143,39 +159,15 @@ int Copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, uint64
 }
 
 int ZeroPage(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t* done) {
-  return ResolveAll(len, done, [&](uint64_t off, uint64_t rest, int64_t* progress) {
-    uffdio_zeropage arg{};
-    arg.range.start = start + off;
-    arg.range.len = rest;
-    arg.mode = mode;
-    int r = IoctlRetryingEintr(fd, UFFDIO_ZEROPAGE, &arg);
-    *progress = arg.zeropage;
-    return r;
-  });
+  return ResolveRange(fd, UFFDIO_ZEROPAGE, &uffdio_zeropage::zeropage, start, len, mode, done);
 }
 
 int Continue(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t* done) {
-  return ResolveAll(len, done, [&](uint64_t off, uint64_t rest, int64_t* progress) {
-    uffdio_continue arg{};
-    arg.range.start = start + off;
-    arg.range.len = rest;
-    arg.mode = mode;
-    int r = IoctlRetryingEintr(fd, UFFDIO_CONTINUE, &arg);
-    *progress = arg.mapped;
-    return r;
-  });
+  return ResolveRange(fd, UFFDIO_CONTINUE, &uffdio_continue::mapped, start, len, mode, done);
 }
 
 int Poison(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t* done) {
-  return ResolveAll(len, done, [&](uint64_t off, uint64_t rest, int64_t* progress) {
-    uffdio_poison arg{};
-    arg.range.start = start + off;
-    arg.range.len = rest;
-    arg.mode = mode;
-    int r = IoctlRetryingEintr(fd, UFFDIO_POISON, &arg);
-    *progress = arg.updated;
-    return r;
-  });
+  return ResolveRange(fd, UFFDIO_POISON, &uffdio_poison::updated, start, len, mode, done);
 }
 
 int Move(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, uint64_t* done) {
