@@ -259,6 +259,8 @@ export class Userfaultfd implements FaultResolver {
   /** UFFDIO_WRITEPROTECT: enable or remove write protection; removing it wakes waiting threads unless dontWake. */
   writeProtect(address: bigint, length: number | bigint, enable: boolean, options?: { dontWake?: boolean }): void {
     const [start, bytes] = this.#range('ioctl(UFFDIO_WRITEPROTECT)', address, length);
+    // A truthy non-boolean ('false', 0n) would otherwise arm protection the caller meant to remove.
+    if (typeof enable !== 'boolean') throw argTypeError('enable', 'a boolean', enable);
     const opts = validate.options<{ dontWake: boolean }>(options, 'options');
     const mode = (enable ? WRITEPROTECT_MODE_WP : 0n) | (opts.dontWake ? WRITEPROTECT_MODE_DONTWAKE : 0n);
     this.#handle.writeProtect(start, BigInt(bytes), mode);

@@ -193,4 +193,20 @@ describe('bad arguments to every public function', () => {
     accepted.close();
     server.close();
   });
+
+  it('writeProtect refuses an enable that is not a boolean, and leaves the protection as it was', () => {
+    const mapping = Mapping.anonymous(PAGE);
+    mapping.view().fill(1);
+    const uffd = Userfaultfd.open({ features: ['WP_ASYNC', 'WP_UNPOPULATED'] });
+    uffd.register(mapping, { wp: true });
+    // The page is present and unprotected: PAGEMAP_SCAN counts it as written.
+    const written = [{ start: mapping.address, end: mapping.end }];
+    expect(scanWritten(mapping.address, PAGE, { rearm: false })).toEqual(written);
+    for (const enable of ['false', 1, 0, null, undefined]) {
+      expect(() => uffd.writeProtect(mapping.address, PAGE, enable as never)).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' }));
+    }
+    expect(scanWritten(mapping.address, PAGE, { rearm: false })).toEqual(written);
+    uffd.close();
+    mapping.unmap();
+  });
 });
