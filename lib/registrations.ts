@@ -5,7 +5,7 @@
 // registered (adopted ranges).
 import type { Ioctl } from './constants';
 import { argTypeError } from './errors';
-import { systemPageSize } from './memory';
+import { type Mapping, systemPageSize } from './memory';
 import * as validate from './validate';
 
 export interface RegisterModes {
@@ -42,15 +42,27 @@ export interface AdoptedRange {
 
 export class Registrations {
   #list: Registration[] = [];
+  // The Mapping each registration of one was made on. Held, so that garbage
+  // collection cannot unmap memory a uffd still serves; and asked, because
+  // unmapping ends the kernel's registration without telling this record.
+  #mappings = new WeakMap<Registration, Mapping>();
 
   get list(): readonly Registration[] {
+    this.#dropUnmapped();
     return this.#list;
   }
 
   /** Records a new registration over [start, end), replacing what was recorded there. */
-  add(registration: Registration): void {
+  add(registration: Registration, mapping?: Mapping): void {
     this.forget(registration.start, registration.end);
     this.#list.push(registration);
+    if (mapping) this.#mappings.set(registration, mapping);
+  }
+
+  #dropUnmapped(): void {
+    if (this.#list.some((r) => this.#mappings.get(r)?.mapped === false)) {
+      this.#list = this.#list.filter((r) => this.#mappings.get(r)?.mapped !== false);
+    }
   }
 
   // Records ranges another process or thread registered: faults there learn
@@ -78,8 +90,12 @@ export class Registrations {
         kept.push(r);
         continue;
       }
-      if (r.start < start) kept.push({ ...r, end: start });
-      if (r.end > end) kept.push({ ...r, start: end });
+      const mapping = this.#mappings.get(r);
+      for (const part of [r.start < start && { ...r, end: start }, r.end > end && { ...r, start: end }]) {
+        if (!part) continue;
+        kept.push(part);
+        if (mapping) this.#mappings.set(part, mapping);
+      }
     }
     this.#list = kept;
   }
@@ -90,13 +106,13 @@ export class Registrations {
 
   /** The page size of the registration holding address (the system's outside every registration). */
   pageSizeAt(address: bigint): number {
-    for (const r of this.#list) if (address >= r.start && address < r.end) return r.pageSize;
+    for (const r of this.list) if (address >= r.start && address < r.end) return r.pageSize;
     return systemPageSize();
   }
 
   /** pageSizeAt for a number address (FaultBatch's). */
   pageSizeAtNumber(address: number): number {
-    for (const r of this.#list) if (address >= Number(r.start) && address < Number(r.end)) return r.pageSize;
+    for (const r of this.list) if (address >= Number(r.start) && address < Number(r.end)) return r.pageSize;
     return systemPageSize();
   }
 }

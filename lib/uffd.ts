@@ -204,7 +204,7 @@ export class Userfaultfd implements FaultResolver {
     this.#registrations.add({
       start, end: start + BigInt(length), pageSize, ioctls,
       modes: { missing: !!m.missing, minor: !!m.minor, wp: !!m.wp, rwp: !!m.rwp },
-    });
+    }, target instanceof Mapping ? target : undefined);
     return ioctls;
   }
 

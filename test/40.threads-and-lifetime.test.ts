@@ -51,7 +51,37 @@ describe('threads', () => {
   });
 });
 
+describe('registrations of mappings that go away', () => {
+  it('leaves out of uffd.registrations (and lend()) a range whose Mapping was unmapped', () => {
+    const uffd = Userfaultfd.open();
+    const gone = Mapping.anonymous(PAGE);
+    const kept = Mapping.anonymous(2 * PAGE);
+    uffd.register(gone);
+    uffd.register(kept);
+    gone.unmap();
+    expect(uffd.registrations.map((r) => r.start)).toEqual([kept.address]);
+    expect(uffd.lend().ranges.map((r) => r.address)).toEqual([kept.address]);
+    uffd.close();
+    kept.unmap();
+  });
+});
+
 describe.skipIf(!gc)('garbage collection', () => {
+  it('keeps a registered Mapping nobody else references mapped while its uffd holds the registration', async () => {
+    const maps = (): string => fs.readFileSync('/proc/self/maps', 'utf8');
+    const uffd = Userfaultfd.open();
+    let address = 0n;
+    (() => {
+      const mapping = Mapping.anonymous(PAGE);
+      address = mapping.address;
+      uffd.register(mapping);
+    })();
+    await collect();
+    expect(maps()).toContain(address.toString(16));
+    expect(uffd.copy(address, new Uint8Array(PAGE).fill(3))).toBe(PAGE);
+    uffd.close();
+  });
+
   it('closes the descriptor of a Userfaultfd that is collected without close()', async () => {
     const before = openFds();
     (() => {
