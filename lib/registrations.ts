@@ -9,7 +9,7 @@ import { type Mapping, systemPageSize } from './memory';
 import * as validate from './validate';
 
 export interface RegisterModes {
-  /** Faults on pages that are not there (resolve with copy, zeroPage). Default true. */
+  /** Faults on pages that are not there (resolve with copy, zeroPage). register() without modes registers this mode alone; given modes, only those set to true. */
   missing?: boolean;
   /** Faults on pages in the page cache but not mapped (shmem, hugetlbfs; resolve with continue). */
   minor?: boolean;
