@@ -2,7 +2,7 @@
 export { Userfaultfd } from './uffd';
 export type { OpenOptions, Target, UffdLoan, Event, NonFaultEvent } from './uffd';
 export type { RegisterModes, Registration, AdoptedRange } from './registrations';
-export type { ServeOptions, ServeSyncOptions } from './serve';
+export type { ServeOptions, ServeSyncOptions, ServeBatchOptions } from './serve';
 export type { ServeFromOptions, ServeRange, Miss } from './serve-from';
 export type { ServeStats, SpinStats } from './stats';
 export { Fault } from './events';
