@@ -33,7 +33,7 @@ import { readAhead, type Miss } from './serve-from';
 import { Userfaultfd } from './uffd';
 import { UnixServer, type UnixConnection } from './unix-socket';
 
-export type { GuestRegion, Handshake } from './firecracker-handshake';
+export type { GuestRegion, Handshake, HandshakeLimits, ReceiveHandshakeOptions } from './firecracker-handshake';
 export { parseHandshake, receiveHandshake } from './firecracker-handshake';
 
 /** What happens when a fault cannot be served. */

@@ -20,7 +20,7 @@ export type { ProbeReport, MemoryType, Mode, Requirement } from './probe';
 export { FilePageSource, BufferPageSource } from './page-source';
 export type { PageSource, SourceFile, FetchOptions, BufferPageSourceOptions } from './page-source';
 export { FirecrackerServer, FirecrackerSession, parseHandshake, receiveHandshake } from './firecracker';
-export type { FailurePolicy, SessionOptions, SessionStats, SessionEnd, SessionResult, ServerOptions, GuestRegion, Handshake } from './firecracker';
+export type { FailurePolicy, SessionOptions, SessionStats, SessionEnd, SessionResult, ServerOptions, GuestRegion, Handshake, HandshakeLimits, ReceiveHandshakeOptions } from './firecracker';
 export { LatencyHistogram } from './latency';
 export { PageServer, PageSession } from './postcopy/page-server';
 export type { PageServerOptions, SessionStats as PageSessionStats } from './postcopy/page-server';
