@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { native } from './binding';
 import { GUEST_MEMFD_FLAG } from './constants';
-import { UffdError, argValueError, invalid, libraryError } from './errors';
+import { UffdError, argRangeError, argValueError, invalid, libraryError } from './errors';
 import * as validate from './validate';
 
 
@@ -176,13 +176,14 @@ export class Mapping {
     unmapOnCollect.unregister(this);
   }
 
+  // Offsets past the end are the caller's argument error, as for a Buffer
+  // (ERR_OUT_OF_RANGE), and come before ERR_UFFD_NOT_MAPPED, as argument errors do.
   #slice(offset: unknown, length: unknown): [bigint, number] {
-    if (!this.#mapped) throw libraryError('ERR_UFFD_NOT_MAPPED', 'view');
     const start = validate.size(offset, 'offset');
+    if (start > this.length) throw argRangeError('offset', `<= ${this.length} (the mapping's length)`, start);
     const bytes = length === undefined ? this.length - start : validate.size(length, 'length');
-    if (start > this.length || bytes > this.length - start) {
-      throw invalid('view', `[${start}, ${start + bytes}) is outside the mapping's ${this.length} bytes`);
-    }
+    if (bytes > this.length - start) throw argRangeError('length', `<= ${this.length - start} (the mapping's length minus offset)`, bytes);
+    if (!this.#mapped) throw libraryError('ERR_UFFD_NOT_MAPPED', 'view');
     return [this.address + BigInt(start), bytes];
   }
 }

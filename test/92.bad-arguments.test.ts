@@ -209,4 +209,17 @@ describe('bad arguments to every public function', () => {
     uffd.close();
     mapping.unmap();
   });
+
+  it('view, read and discard refuse a range beyond the mapping as Node refuses one beyond a Buffer: RangeError ERR_OUT_OF_RANGE, before ERR_UFFD_NOT_MAPPED', () => {
+    const mapping = Mapping.anonymous(2 * PAGE);
+    const outOfRange = expect.objectContaining({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' });
+    for (const call of [(o: number, l?: number) => mapping.view(o, l), (o: number, l?: number) => mapping.read(o, l), (o: number, l?: number) => mapping.discard(o, l)]) {
+      expect(() => call(3 * PAGE)).toThrow(outOfRange);
+      expect(() => call(0, 3 * PAGE)).toThrow(outOfRange);
+      expect(() => call(PAGE, 2 * PAGE)).toThrow(outOfRange);
+    }
+    mapping.unmap();
+    expect(() => mapping.view(0, 3 * PAGE)).toThrow(outOfRange);
+    expect(() => mapping.view()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_NOT_MAPPED' }));
+  });
 });
