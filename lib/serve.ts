@@ -259,18 +259,13 @@ function checkServeOptions(opts: Partial<Pick<ServeOptions, 'onError' | 'onEvent
     if (opts[name] !== undefined && typeof opts[name] !== 'function') throw argTypeError(`options.${name}`, 'a function', opts[name]);
   }
   checkFailure(opts.failure, 'options.failure');
-  if (opts.timeoutMs !== undefined && (typeof opts.timeoutMs !== 'number' || !(opts.timeoutMs >= 0) || opts.timeoutMs > MAX_TIMEOUT_MS)) {
-    throw argValueError('options.timeoutMs', `must be a number of milliseconds from 0 to ${MAX_TIMEOUT_MS}. Received ${String(opts.timeoutMs)}`);
-  }
+  if (opts.timeoutMs !== undefined) validate.timeout(opts.timeoutMs, 'options.timeoutMs');
 }
 
 /** A failure policy named by a handler's options or by a source: 'fill', 'poison', or undefined (the default). */
 export function checkFailure(value: unknown, name: string): void {
   if (value !== undefined && value !== 'fill' && value !== 'poison') throw argValueError(name, `must be 'fill' or 'poison'. Received ${String(value)}`);
 }
-
-// setTimeout's own limit (2^31 - 1 ms, about 24.8 days): beyond it Node fires at once.
-const MAX_TIMEOUT_MS = 0x7fffffff;
 
 // Runs a user callback of serve(); what it throws becomes an uncaught
 // exception once the current batch has been handled, as from any callback.
