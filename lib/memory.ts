@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { native } from './binding';
 import { GUEST_MEMFD_FLAG } from './constants';
-import { UffdError, argRangeError, argValueError, invalid, libraryError } from './errors';
+import { UffdError, argRangeError, argTypeError, argValueError, invalid, libraryError } from './errors';
 import * as validate from './validate';
 
 
@@ -265,7 +265,12 @@ export class Memfd {
     const bytes = validate.size(size, 'size');
     const opts = validate.options<{ name: string; hugePages: HugePages }>(options, 'options');
     const name = opts.name ?? 'userfaultfd';
-    if (typeof name !== 'string' || name.length > 249) throw argValueError('options.name', 'must be a string of at most 249 bytes');
+    if (typeof name !== 'string') throw argTypeError('options.name', 'of type string', name);
+    // memfd_create(2) takes a C string of at most 249 bytes (NAME_MAX minus its "memfd:" prefix):
+    // a NUL would cut it short, a longer UTF-8 name is EINVAL with no reason given.
+    if (Buffer.byteLength(name) > 249 || name.includes('\0')) {
+      throw argValueError('options.name', `must be at most 249 bytes of UTF-8 with no NUL. Received ${Buffer.byteLength(name)} bytes${name.includes('\0') ? ' with a NUL' : ''}`);
+    }
     const log2 = hugePageLog2(opts.hugePages);
     checkLength(bytes, pageSizeOf(log2), 'memfd_create', 'size');
     const [fd, pageSize] = native.memfdCreate(name, bytes, log2);

@@ -222,4 +222,12 @@ describe('bad arguments to every public function', () => {
     expect(() => mapping.view(0, 3 * PAGE)).toThrow(outOfRange);
     expect(() => mapping.view()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_NOT_MAPPED' }));
   });
+
+  it('Memfd.create refuses a name that is not a string with ERR_INVALID_ARG_TYPE, and one memfd_create cannot take with ERR_INVALID_ARG_VALUE', () => {
+    expect(() => Memfd.create(PAGE, { name: 5 as never })).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' }));
+    for (const name of ['\u00e9'.repeat(200), 'a\u0000b']) {
+      expect(() => Memfd.create(PAGE, { name })).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE' }));
+    }
+    expect(Memfd.create(PAGE, { name: 'x'.repeat(249) }).name).toHaveLength(249);
+  });
 });
