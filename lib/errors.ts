@@ -155,3 +155,10 @@ export function argValueError(name: string, reason: string): TypeError {
   error.code = 'ERR_INVALID_ARG_VALUE';
   return error;
 }
+
+/** Node's ERR_ILLEGAL_CONSTRUCTOR, for a class only the library may construct; use: what to call instead. */
+export function illegalConstructor(use: string): TypeError {
+  const error = new TypeError(`Illegal constructor: use ${use}`) as TypeError & ArgError;
+  error.code = 'ERR_ILLEGAL_CONSTRUCTOR';
+  return error;
+}

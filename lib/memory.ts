@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { native } from './binding';
 import { GUEST_MEMFD_FLAG } from './constants';
-import { UffdError, argRangeError, argTypeError, argValueError, invalid, libraryError } from './errors';
+import { UffdError, argRangeError, argTypeError, argValueError, illegalConstructor, invalid, libraryError } from './errors';
 import * as validate from './validate';
 
 
@@ -56,6 +56,10 @@ function checkLength(bytes: number, pageSize: number, syscall: string, what: str
   }
 }
 
+const CONSTRUCT = Symbol('Mapping');
+// Mapping's constructor, for Memfd.map (set by Mapping's static block).
+let mapping: (address: bigint, length: number, pageSize: number, backing: Backing) => Mapping;
+
 const unmapOnCollect = new FinalizationRegistry<{ address: bigint; length: number }>(({ address, length }) => {
   native.unmap(address, length, false);
 });
@@ -75,8 +79,10 @@ export class Mapping {
   readonly readOnly: boolean;
   #mapped = true;
 
-  /** @internal Use Mapping.anonymous() or Memfd.map(). */
-  constructor(address: bigint, length: number, pageSize: number, backing: Backing) {
+  // A Mapping unmaps its range when collected, so one made by a caller over
+  // memory it does not own would take that memory (and its table entry) away.
+  private constructor(key: symbol, address: bigint, length: number, pageSize: number, backing: Backing) {
+    if (key !== CONSTRUCT) throw illegalConstructor('Mapping.anonymous(), Mapping.file() or memfd.map()');
     this.address = address;
     this.length = length;
     this.pageSize = pageSize;
@@ -86,13 +92,17 @@ export class Mapping {
     unmapOnCollect.register(this, { address, length }, this);
   }
 
+  static {
+    mapping = (address, length, pageSize, backing) => new Mapping(CONSTRUCT, address, length, pageSize, backing);
+  }
+
   /** An anonymous private mapping of `length` bytes (a multiple of the page size). */
   static anonymous(length: number | bigint, options?: { hugePages?: HugePages }): Mapping {
     const bytes = validate.size(length, 'length');
     const log2 = hugePageLog2(validate.options<{ hugePages: HugePages }>(options, 'options').hugePages);
     const pageSize = pageSizeOf(log2);
     checkLength(bytes, pageSize, 'mmap', 'length');
-    return new Mapping(native.mapAnonymous(bytes, log2), bytes, pageSize, 'anonymous');
+    return mapping(native.mapAnonymous(bytes, log2), bytes, pageSize, 'anonymous');
   }
 
   /**
@@ -120,7 +130,7 @@ export class Mapping {
     if (!validate.isAligned(offset, pageSize) || length <= 0 || offset + length > size) {
       throw invalid('mmap', `[${offset}, ${offset + length}) must be a non-empty range of the ${size}-byte file, starting at a page boundary`);
     }
-    return new Mapping(native.mapShared(fd, offset, length, true), length, pageSize, 'file');
+    return mapping(native.mapShared(fd, offset, length, true), length, pageSize, 'file');
   }
 
   get mapped(): boolean {
@@ -313,7 +323,7 @@ export class Memfd {
     if (offset > this.size || length > this.size - offset) {
       throw invalid('mmap', `[${offset}, ${offset + length}) is outside the memfd's ${this.size} bytes`);
     }
-    return new Mapping(native.mapShared(this.fd, offset, length, false), length, this.pageSize, this.backing);
+    return mapping(native.mapShared(this.fd, offset, length, false), length, this.pageSize, this.backing);
   }
 
   /** Closes the descriptor; mappings made from it stay valid. */

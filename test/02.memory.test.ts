@@ -25,6 +25,14 @@ describe('memory', () => {
     expect(() => attachView(mapping.address, PAGE)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_NOT_MAPPED' }));
   });
 
+  it('refuses new Mapping() with ERR_ILLEGAL_CONSTRUCTOR: a Mapping over memory the library did not map would take it away', () => {
+    const real = Mapping.anonymous(PAGE);
+    const Constructor = Mapping as unknown as new (...args: unknown[]) => Mapping;
+    expect(() => new Constructor(real.address, PAGE, PAGE, 'anonymous')).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_ILLEGAL_CONSTRUCTOR' }));
+    expect(attachView(real.address, PAGE)).toHaveLength(PAGE);
+    real.unmap();
+  });
+
   it('refuses a view that reaches past the mapping', () => {
     const mapping = Mapping.anonymous(2 * PAGE);
     expect(() => attachView(mapping.address, 3 * PAGE)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_NOT_MAPPED' }));
