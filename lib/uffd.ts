@@ -164,7 +164,14 @@ export class Userfaultfd implements FaultResolver {
     if (loan === null || typeof loan !== 'object' || !Number.isSafeInteger(loan.id) || loan.id <= 0) {
       throw argTypeError('loan', 'the object uffd.lend() returned', loan);
     }
-    const uffd = new Userfaultfd(-1, 'borrowed', 0n, featureBits(loan.features ?? []), loan.id);
+    let uffd: Userfaultfd;
+    try {
+      uffd = new Userfaultfd(-1, 'borrowed', 0n, featureBits(loan.features ?? []), loan.id);
+    } catch (error) {
+      // The generic advice (open a new uffd) is wrong here: the uffd is the lender's.
+      if ((error as UffdError).code !== 'ERR_UFFD_CLOSED') throw error;
+      throw libraryError('ERR_UFFD_CLOSED', 'userfaultfd', 'the uffd this loan names is closed (or the loan is not from uffd.lend() in this process): ask its owner for a new loan');
+    }
     uffd.#registrations.adopt(loan.ranges ?? []);
     return uffd;
   }

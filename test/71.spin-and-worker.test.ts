@@ -214,7 +214,7 @@ describe('the worker-thread handler (lend, borrow, serveSync)', () => {
     const loan = uffd.lend();
     expect(Userfaultfd.borrow(loan).openedWith).toBe('borrowed');
     uffd.close();
-    expect(() => Userfaultfd.borrow(loan)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
+    expect(() => Userfaultfd.borrow(loan)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED', message: expect.stringContaining('ask its owner for a new loan') }));
     expect(() => Userfaultfd.borrow({ id: -1 } as never)).toThrow(TypeError);
   });
 });
