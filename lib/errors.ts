@@ -61,6 +61,10 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
       return (ioctl === 'UFFDIO_MOVE' ? 'the source has a page that is not there (pass { allowSrcHoles: true } to skip such pages), or ' : '') +
         'the destination is not inside a range registered with this userfaultfd (or that mode is not registered there, or it was unregistered or unmapped since the fault): register it first';
     case 'EBUSY':
+      // UFFDIO_MOVE's EBUSY is about the source pages, never about registrations.
+      if (ioctl === 'UFFDIO_MOVE') {
+        return 'a source page is pinned or not exclusive to this process (shared with a fork, or a KSM page): write to it first to make it exclusive, or copy it instead';
+      }
       return 'part of this range is already registered with another userfaultfd: unregister it there first';
     case 'EPERM':
       return ioctl === 'UFFDIO_API' ? 'EVENT_FORK needs CAP_SYS_PTRACE' : 'the mapping does not allow this (a read-only or sealed mapping?)';

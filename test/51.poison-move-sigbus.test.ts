@@ -1,8 +1,9 @@
 // UFFDIO_POISON, UFFDIO_MOVE and the SIGBUS feature beyond the matrix (test/56
 // poisons and moves real faults on every memory type). A thread that gets
 // SIGBUS takes its process down, so those faults come from a peer process.
+import { spawnSync } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Mapping, Userfaultfd, probe, unavailable } from '../dist/index.js';
+import { Mapping, Userfaultfd, probe, unavailable, type UffdError } from '../dist/index.js';
 import { PAGE } from './helpers';
 import { startPeer, type Peer } from './peer';
 
@@ -74,5 +75,27 @@ describe('UFFDIO_MOVE', () => {
       expect.objectContaining({ syscall: 'ioctl(UFFDIO_MOVE)', code: 'ENOENT', bytesDone: PAGE, message: expect.stringContaining('allowSrcHoles') }),
     );
     expect(uffd.move(target.address + BigInt(PAGE), source.address + BigInt(PAGE), 3 * PAGE, { allowSrcHoles: true })).toBe(3 * PAGE);
+  });
+  it.skipIf(needMove !== undefined)(`refuses a source page a fork shares with EBUSY, saying so (not a registration conflict)${needMove ? ` — skipped: ${needMove}` : ''}`, () => {
+    const source = Mapping.anonymous(PAGE);
+    const target = Mapping.anonymous(PAGE);
+    const uffd = Userfaultfd.open({ features: ['MOVE'] });
+    cleanup.push(() => source.unmap(), () => target.unmap(), () => uffd.close());
+    source.view().fill(7);
+    // libuv forks to spawn: the page is no longer exclusive to this process
+    // until it is written again, and the kernel refuses to move it.
+    spawnSync('/bin/true');
+    uffd.register(target);
+    let error: UffdError | undefined;
+    try {
+      uffd.move(target.address, source.address, PAGE);
+    } catch (caught) {
+      error = caught as UffdError;
+    }
+    expect(error).toMatchObject({ code: 'EBUSY', errno: -16, syscall: 'ioctl(UFFDIO_MOVE)', bytesDone: 0 });
+    expect(error!.message).toMatch(/shared/);
+    expect(error!.message).not.toMatch(/registered with another userfaultfd/);
+    source.view()[0] = 7; // written: exclusive again, and now it moves
+    expect(uffd.move(target.address, source.address, PAGE)).toBe(PAGE);
   });
 });
