@@ -82,6 +82,11 @@ export class Registrations {
     }
   }
 
+  /** The ranges as another holder of the uffd adopts them (lend(), a fork's uffd). */
+  forAdoption(): AdoptedRange[] {
+    return this.#list.map((r) => ({ address: r.start, length: r.end - r.start, pageSize: r.pageSize, modes: { ...r.modes } }));
+  }
+
   // Drops the parts of registrations inside [start, end).
   forget(start: bigint, end: bigint): void {
     const kept: Registration[] = [];

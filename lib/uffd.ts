@@ -155,7 +155,7 @@ export class Userfaultfd implements FaultResolver {
     return {
       id: this.#handle.lend(),
       features: [...this.enabledFeatures],
-      ranges: this.#registrations.list.map((r) => ({ address: r.start, length: r.end - r.start, pageSize: r.pageSize, modes: { ...r.modes } })),
+      ranges: this.#registrations.forAdoption(),
     };
   }
 
@@ -490,7 +490,9 @@ export class Userfaultfd implements FaultResolver {
       pageSizeAt: (address: bigint) => this.#registrations.pageSizeAt(address),
       threadIds: this.enabledFeatures.has('THREAD_ID'),
       receivedAt: 0,
-      adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures] }),
+      // The kernel gives the child's copy of each registered mapping to the
+      // child's uffd, with its modes (dup_userfaultfd): the same ranges.
+      adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures], ranges: this.#registrations.forAdoption() }),
     });
   }
 

@@ -43,6 +43,23 @@ describe('non-cooperative events', () => {
     expect(events.map((e) => e.type)).toEqual(['fork']);
   });
 
+  it('FORK: the child\'s uffd knows the ranges the kernel registered for it (the parent\'s), with their page size and modes', async () => {
+    const p = await peer({ pages: 2, features: ['EVENT_FORK'], modes: { missing: true, wp: true }, script: [{ spawn: true }] });
+    const shape = (list: readonly { start: bigint; end: bigint; pageSize: number; modes: object }[]) =>
+      list.map(({ start, end, pageSize, modes }) => ({ start, end, pageSize, modes }));
+    let child: ReturnType<typeof shape> | undefined;
+    void p.uffd.serve((fault) => void fault.zero(), {
+      onEvent: (event) => {
+        if (event.type !== 'fork') return;
+        child = shape(event.uffd.registrations);
+        event.uffd.close();
+      },
+    });
+    expect((await p.go()).code).toBe(0);
+    expect(child).toEqual(shape(p.uffd.registrations));
+    expect(child).toHaveLength(1);
+  });
+
   it('REMOVE: madvise(MADV_DONTNEED) of served pages; faulting on them again is served again', async () => {
     const p = await peer({ pages: 4, features: ['EVENT_REMOVE'], script: [{ read: 'all' }, { discard: [1, 2] }, { read: 'all' }] });
     const events: Event[] = [];
