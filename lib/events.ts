@@ -189,6 +189,9 @@ export interface DecodeContext<U> {
   threadIds: boolean;
   receivedAt: number;
   adopt(fd: number): U;
+  /** The kernel moved registrations with a mapping (REMAP) or dropped them (UNMAP): the record follows before later faults decode. */
+  remapped(from: bigint, to: bigint, length: number): void;
+  unmapped(start: bigint, end: bigint): void;
 }
 
 /** Decodes message `index` of a batch the addon wrote into `view`. */
@@ -208,12 +211,18 @@ export function decode<U>(view: DataView, index: number, context: DecodeContext<
     }
     case EVENT.FORK:
       return { type: 'fork', uffd: context.adopt(view.getUint32(arg, LITTLE_ENDIAN)) };
-    case EVENT.REMAP:
-      return { type: 'remap', from: u64(0), to: u64(8), length: Number(u64(16)) };
+    case EVENT.REMAP: {
+      const remap: RemapEvent = { type: 'remap', from: u64(0), to: u64(8), length: Number(u64(16)) };
+      context.remapped(remap.from, remap.to, remap.length);
+      return remap;
+    }
     case EVENT.REMOVE:
       return { type: 'remove', start: u64(0), end: u64(8) };
-    case EVENT.UNMAP:
-      return { type: 'unmap', start: u64(0), end: u64(8) };
+    case EVENT.UNMAP: {
+      const unmap: UnmapEvent = { type: 'unmap', start: u64(0), end: u64(8) };
+      context.unmapped(unmap.start, unmap.end);
+      return unmap;
+    }
     default:
       // A kernel newer than this library may add events: skip them.
       return undefined;

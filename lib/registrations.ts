@@ -87,6 +87,20 @@ export class Registrations {
     return this.#list.map((r) => ({ address: r.start, length: r.end - r.start, pageSize: r.pageSize, modes: { ...r.modes } }));
   }
 
+  // With EVENT_REMAP the kernel keeps the moved mapping registered at its new
+  // address; under MREMAP_DONTUNMAP the old one stays registered too, and the
+  // event does not say which, so the old record is kept (an UNMAP event, or
+  // unregister, drops it).
+  /** Records at [to, to+length) a copy of what is registered in [from, from+length). */
+  remap(from: bigint, to: bigint, length: number): void {
+    const end = from + BigInt(length);
+    const moved = this.#list
+      .filter((r) => r.start < end && r.end > from)
+      .map((r) => ({ ...r, start: (r.start > from ? r.start : from) - from + to, end: (r.end < end ? r.end : end) - from + to }));
+    this.forget(to, to + BigInt(length));
+    this.#list.push(...moved);
+  }
+
   // Drops the parts of registrations inside [start, end).
   forget(start: bigint, end: bigint): void {
     const kept: Registration[] = [];

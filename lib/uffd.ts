@@ -493,6 +493,8 @@ export class Userfaultfd implements FaultResolver {
       // The kernel gives the child's copy of each registered mapping to the
       // child's uffd, with its modes (dup_userfaultfd): the same ranges.
       adopt: (fd: number) => Userfaultfd.fromFd(fd, { features: [...this.enabledFeatures], ranges: this.#registrations.forAdoption() }),
+      remapped: (from: bigint, to: bigint, length: number) => this.#registrations.remap(from, to, length),
+      unmapped: (start: bigint, end: bigint) => this.#registrations.forget(start, end),
     });
   }
 
