@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 
 export interface UffdHandle {
   readonly fd: number;
-  register(start: bigint, length: bigint, mode: bigint): bigint;
+  register(start: bigint, length: bigint, mode: bigint, waits: boolean): bigint;
   unregister(start: bigint, length: bigint): void;
   // Addresses and lengths: a bigint, or a number that is a safe integer.
   copy(dst: bigint | number, source: ArrayBufferView | ArrayBuffer, mode: bigint): number;

@@ -201,9 +201,13 @@ export class Userfaultfd implements FaultResolver {
     if (m.wp && m.rwp) throw argValueError('modes', 'cannot combine wp and rwp on one range (the kernel tracks both with the same PTE bit): register one of them. Received both');
     this.#checkOpen('ioctl(UFFDIO_REGISTER)');
     validate.range('ioctl(UFFDIO_REGISTER)', start, length, pageSize);
+    // With WP_ASYNC the kernel resolves write-protect faults itself and sends
+    // nothing: a WP-only range never waits for this uffd's reader, so the
+    // deadlock guards (view, read, discard) leave it alone.
+    const waits = !(bits === REGISTER_MODE.WP && this.#enabled.has('WP_ASYNC'));
     let mask: bigint;
     try {
-      mask = this.#handle.register(start, BigInt(length), bits);
+      mask = this.#handle.register(start, BigInt(length), bits, waits);
     } catch (error) {
       throw explainRegisterFailure(error, target);
     }

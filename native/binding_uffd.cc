@@ -156,14 +156,18 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     return Napi::Number::New(env, static_cast<double>(done));
   }
 
-  // register(start, len, mode) -> allowed ioctls (bigint)
+  // register(start, len, mode, waits) -> allowed ioctls (bigint). waits:
+  // whether an access to the range can wait for this uffd's reader.
   Napi::Value JsRegister(const Napi::CallbackInfo& info) {
     int fd = Fd(info);
     uint64_t start = U64(info, 0), len = U64(info, 1), mode = U64(info, 2);
+    bool waits = info[3].ToBoolean();
     uint64_t ioctls = 0;
     int r = uffd::Register(fd, start, len, mode, &ioctls);
     if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_REGISTER)");
-    MappingTable::Get().AddRegistration(this, start, len);
+    // Registering again replaces the range's modes, as the kernel does.
+    MappingTable::Get().RemoveRegistration(this, start, len);
+    if (waits) MappingTable::Get().AddRegistration(this, start, len);
     return Big(info.Env(), ioctls);
   }
 

@@ -2,11 +2,13 @@
 // CONTINUE with MODE_WP, WP_UNPOPULATED and WP_ASYNC dirty tracking on every
 // memory type): UFFDIO_WRITEPROTECT's own DONTWAKE.
 import { afterEach, describe, expect, it } from 'vitest';
-import { Mapping, Userfaultfd, probe, unavailable } from '../dist/index.js';
+import { Mapping, Userfaultfd, probe, scanWritten, unavailable } from '../dist/index.js';
 import { PAGE, asleepInFault, touch, wchan } from './helpers';
 
-const need = unavailable(probe(), { memory: 'anonymous', modes: ['missing', 'wp'], ioctls: ['ZEROPAGE', 'WRITEPROTECT'], features: ['THREAD_ID'] });
+const report = probe();
+const need = unavailable(report, { memory: 'anonymous', modes: ['missing', 'wp'], ioctls: ['ZEROPAGE', 'WRITEPROTECT'], features: ['THREAD_ID'] });
 if (need) console.warn(`write-protect tests skipped: ${need}`);
+const needAsync = unavailable(report, { memory: 'anonymous', modes: ['wp'], ioctls: ['WRITEPROTECT'], features: ['WP_ASYNC'] });
 
 const cleanup: (() => void)[] = [];
 afterEach(() => {
@@ -33,5 +35,24 @@ describe('write-protect (WP mode)', () => {
     expect((await writer.result).touched).toBe(1);
     uffd.unregister(mapping);
     expect([...mapping.view().subarray(0, 2)]).toEqual([0xa5, 0]);
+  });
+  it.skipIf(needAsync !== undefined)(`lets the serving thread view and write WP-only memory with WP_ASYNC, where no access ever waits for it${needAsync ? ` — skipped: ${needAsync}` : ''}`, () => {
+    const mapping = Mapping.anonymous(4 * PAGE);
+    const uffd = Userfaultfd.open({ features: ['WP_ASYNC'] });
+    cleanup.push(() => mapping.unmap(), () => uffd.close());
+    uffd.register(mapping, { wp: true });
+    uffd.writeProtect(mapping.address, mapping.length, true);
+    void uffd.events();  // this thread is the uffd's reader
+    const view = mapping.view();
+    view[PAGE] = 1;      // the kernel records the write itself: no fault message, no wait
+    expect(scanWritten(mapping.address, mapping.length)).toEqual([{ start: mapping.address + BigInt(PAGE), end: mapping.address + BigInt(2 * PAGE) }]);
+  });
+  it.skipIf(needAsync !== undefined)(`still refuses a view of a range that is also registered for missing faults, WP_ASYNC or not${needAsync ? ` — skipped: ${needAsync}` : ''}`, () => {
+    const mapping = Mapping.anonymous(PAGE);
+    const uffd = Userfaultfd.open({ features: ['WP_ASYNC'] });
+    cleanup.push(() => mapping.unmap(), () => uffd.close());
+    uffd.register(mapping, { wp: true });
+    uffd.register(mapping, { missing: true, wp: true });
+    expect(() => mapping.view()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_WOULD_DEADLOCK' }));
   });
 });
