@@ -57,7 +57,6 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
       return 'the address space is changing (a fork, mremap, madvise or munmap event is pending): read the pending events, then retry the rest';
     case 'ENOENT':
       if (!ioctl.startsWith('UFFDIO_')) return '';
-      if (ioctl === 'UFFDIO_UNREGISTER') return 'no such range is registered';
       return (ioctl === 'UFFDIO_MOVE' ? 'the source has a page that is not there (pass { allowSrcHoles: true } to skip such pages), or ' : '') +
         'the destination is not inside a range registered with this userfaultfd (or that mode is not registered there, or it was unregistered or unmapped since the fault): register it first';
     case 'EBUSY':
@@ -82,6 +81,8 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
           'and the uffd enabled (a descriptor adopted with fromFd needs its UFFDIO_API done by whoever opened it)';
       }
       if (ioctl === 'UFFDIO_API') return 'the kernel refused the requested features';
+      // The kernel answers 0 for a mapped range that is not registered, and EINVAL when nothing is mapped there.
+      if (ioctl === 'UFFDIO_UNREGISTER') return 'the range must be aligned to the page size of its mapping, and something must be mapped in it (unmapped memory is unregistered already)';
       if (ioctl === 'UFFDIO_RWPROTECT' || ioctl === 'UFFDIO_SET_MODE') {
         return 'read-write protection (UFFDIO_RWPROTECT, RWP_ASYNC) needs Linux 7.3 and a range registered with { rwp: true } (probe() says what this kernel has); ' +
           'otherwise the address and length must be aligned to the page size of the range';

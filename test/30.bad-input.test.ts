@@ -101,6 +101,17 @@ describe('bad input', () => {
     expect(() => second.register(mapping)).toThrow(expect.objectContaining({ code: 'EBUSY', syscall: 'ioctl(UFFDIO_REGISTER)' }));
   });
 
+  it('unregistering a range where nothing is mapped: EINVAL saying so, not an alignment problem', () => {
+    const uffd = Userfaultfd.open();
+    cleanup.push(() => uffd.close());
+    const gone = Mapping.anonymous(2 * PAGE);
+    const address = gone.address;
+    gone.unmap();
+    expect(() => uffd.unregister({ address, length: 2 * PAGE })).toThrow(expect.objectContaining({
+      code: 'EINVAL', syscall: 'ioctl(UFFDIO_UNREGISTER)', message: expect.stringContaining('something must be mapped in it'),
+    }));
+  });
+
   it('MINOR mode on anonymous memory: EINVAL from the kernel with the reason', () => {
     const mapping = Mapping.anonymous(PAGE);
     const uffd = Userfaultfd.open();
