@@ -52,7 +52,7 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
     case 'ESRCH':
       return 'the process that owns this memory has exited; its faults need no answer';
     case 'EEXIST':
-      return 'a page is already present there (another resolution won the race); nothing was overwritten, and the faulting thread still needs a wake';
+      return 'a page is already present there (written since, or another resolution won a race); nothing was overwritten, and a thread faulting there still needs a wake (uffd.wake)';
     case 'EAGAIN':
       return 'the address space is changing (a fork, mremap, madvise or munmap event is pending): read the pending events, then retry the rest';
     case 'ENOENT':
