@@ -90,7 +90,9 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
       if (ioctl === 'PAGEMAP_SCAN') {
         return 'PAGEMAP_SCAN needs Linux 6.7, and a range registered WP on a uffd with WP_ASYNC (written pages) or, Linux 7.3, registered with { rwp: true } (accessed pages); the range must be page-aligned';
       }
+      // COPY and CONTINUE with writeProtect into a range not registered WP is EINVAL too (mfill_atomic's VM_UFFD_WP check).
       return 'the address and length must be aligned to the page size of the range, and the mode must be one this ioctl supports there ' +
+        (ioctl === 'UFFDIO_COPY' || ioctl === 'UFFDIO_CONTINUE' ? '(writeProtect: true needs the range registered with { wp: true }) ' : '') +
         '(or this uffd was never enabled: a descriptor adopted with fromFd needs its UFFDIO_API done by whoever opened it)';
     default:
       return '';

@@ -119,6 +119,17 @@ describe('bad input', () => {
     expect(() => uffd.register(mapping, { minor: true })).toThrow(
       expect.objectContaining({ code: 'EINVAL', syscall: 'ioctl(UFFDIO_REGISTER)', message: expect.stringContaining('MINOR needs shmem or hugetlbfs') }),
     );
+  });
 
+  it('COPY with writeProtect into a range not registered WP: EINVAL naming { wp: true }, and the page stays missing', () => {
+    const mapping = Mapping.anonymous(PAGE);
+    const uffd = Userfaultfd.open({ features: ['PAGEFAULT_FLAG_WP'] });
+    cleanup.push(() => uffd.close(), () => mapping.unmap());
+    uffd.register(mapping, { missing: true });
+    expect(() => uffd.copy(mapping.address, new Uint8Array(PAGE).fill(1), { writeProtect: true })).toThrow(
+      expect.objectContaining({ code: 'EINVAL', syscall: 'ioctl(UFFDIO_COPY)', message: expect.stringContaining('registered with { wp: true }') }),
+    );
+    // Nothing landed: a plain copy still fills the page.
+    expect(uffd.copy(mapping.address, new Uint8Array(PAGE).fill(2))).toBe(PAGE);
   });
 });
