@@ -184,6 +184,14 @@ export class Userfaultfd implements FaultResolver {
     return this.#closed;
   }
 
+  /**
+   * The ranges this uffd has registered, as this process knows them: its own
+   * register/unregister calls, this library's unmaps, the ranges a fromFd or a
+   * borrow was given, and (with EVENT_REMAP / EVENT_UNMAP) the peer's mremap and
+   * munmap. An munmap the uffd gets no event for (another process's without
+   * EVENT_UNMAP, or native code's) leaves its range listed: the kernel has
+   * dropped it, and a resolving ioctl there fails with ENOENT.
+   */
   get registrations(): readonly Registration[] {
     return this.#registrations.list;
   }
