@@ -220,6 +220,22 @@ export class FirecrackerSession {
     this.#finish('closed');
   }
 
+  /**
+   * Ends the session for a handler that is going away, leaving no thread of
+   * the peer waiting for a page nobody will serve: a peer with every page in
+   * has its ranges unregistered and runs on (end 'served'); any other is
+   * killed as the 'kill' failure policy does (end 'failed', with
+   * ERR_UFFD_UNSERVABLE), whatever the policy. Returns how the session ended.
+   */
+  abandon(): SessionEnd {
+    if (this.#end === undefined && this.#pending === 0 && this.#uffd.stats().pagesLeft === 0 && this.#unregisterAll()) this.#finish('served');
+    if (this.#end !== undefined) return this.#end;
+    this.#error ??= unservable(`the handler stopped with ${this.#uffd.stats().pagesLeft} page(s) not served and ${this.#pending} fault(s) waiting: the peer (pid ${this.pid}) is killed, as nobody would serve its next fault`);
+    this.#kill();
+    this.#finish('failed');
+    return 'failed';
+  }
+
   // The peer's process: its exit ends the session. The connection alone
   // cannot tell, since Firecracker before v1.12 closes it right after the
   // handshake and keeps running.
@@ -394,13 +410,19 @@ export class FirecrackerSession {
   // whatever comes next by itself (a removed page faults in as zeros), and end.
   #maybeServed(): void {
     if (!this.#hungUp || this.#pending > 0 || this.#end !== undefined || this.#uffd.stats().pagesLeft > 0) return;
+    // Refused: keep serving, whatever stayed registered still faults here.
+    if (this.#unregisterAll()) this.#finish('served');
+  }
+
+  // False when the kernel refused (a peer gone meanwhile ends the session).
+  #unregisterAll(): boolean {
     try {
       for (const region of this.regions) this.#uffd.unregister({ address: region.base, length: region.size, pageSize: region.pageSize });
+      return true;
     } catch (error) {
       if (codeOf(error) === 'ESRCH') this.#peerGone(error);
-      return; // Keep serving: whatever stayed registered still faults here.
+      return false;
     }
-    this.#finish('served');
   }
 
   #peerGone(cause: unknown): void {

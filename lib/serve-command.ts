@@ -1,7 +1,7 @@
 // `npx userfaultfd serve`: a Firecracker-compatible page-fault handler. Prints
 // a progress line a second and a summary per peer; exits 0 once the expected
 // number of peers have gone with every fault served, 1 when a peer's faults
-// could not all be served, 2 on bad arguments.
+// could not all be served or when stopped (SIGINT, SIGTERM), 2 on bad arguments.
 import { parseArgs } from 'node:util';
 import { FirecrackerServer, type FailurePolicy, type FirecrackerSession, type SessionResult } from './firecracker';
 import { LatencyHistogram } from './latency';
@@ -255,9 +255,14 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.stderr.write(`userfaultfd serve: no peer connected within ${options.connectTimeoutMs / 1000} s\n`);
     finish(1);
   }, options.connectTimeoutMs) : undefined;
+  // Nobody serves a peer's faults once this process has gone: a peer with
+  // pages missing would wait for them forever.
   const stop = (signal: NodeJS.Signals): void => {
-    process.stderr.write(`userfaultfd serve: ${signal}: stopping with ${active.size} peer(s) still served\n`);
-    finish(active.size > 0 ? 1 : exitCode());
+    const ends = [...active].map((session) => session.abandon());
+    const count = (end: string): number => ends.filter((e) => e === end).length;
+    process.stderr.write(`userfaultfd serve: ${signal}: stopped: ${count('failed')} peer(s) killed (memory not all served), ` +
+      `${count('served')} let go (every page in, ranges unregistered)\n`);
+    finish(1);
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);

@@ -172,3 +172,18 @@ export class GatedSource implements PageSource {
 export function openFds(): number {
   return fs.readdirSync('/proc/self/fd').length;
 }
+
+/**
+ * A process's memory registered with a userfaultfd in missing mode (VmFlags
+ * "um" in /proc/<pid>/smaps), and how much of it is resident, in bytes: what
+ * the kernel itself says, whoever holds the uffd.
+ */
+export function uffdRegistered(pid: number): { size: number; resident: number } {
+  const total = { size: 0, resident: 0 };
+  for (const vma of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
+    if (!/^VmFlags:.* um\b/m.test(vma)) continue;
+    total.size += Number(/^Size:\s+(\d+) kB/m.exec(vma)![1]) * 1024;
+    total.resident += Number(/^Rss:\s+(\d+) kB/m.exec(vma)![1]) * 1024;
+  }
+  return total;
+}
