@@ -48,6 +48,11 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
       'or open with { userModeOnly: true } (UFFD_USER_MODE_ONLY: faults raised by the kernel itself, such as from read(2) into the region, then fail with EFAULT). ' +
       'In a container, the default seccomp profile blocks userfaultfd(2): allow it in the profile';
   }
+  if (syscall === 'listen') {
+    // What unix_socket::Listen found at the path.
+    if (code === 'EADDRINUSE') return 'another process is listening on this path: pick another path, or stop that process (a socket file nobody listens on is replaced)';
+    if (code === 'EEXIST') return 'a file that is not a socket is at this path: pick another path, or remove that file';
+  }
   switch (code) {
     case 'ESRCH':
       return 'the process that owns this memory has exited; its faults need no answer';

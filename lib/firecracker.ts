@@ -548,7 +548,7 @@ export class FirecrackerServer {
     void this.#accept(options);
   }
 
-  /** Listens on path (a stale socket file there is replaced). */
+  /** Listens on path, as UnixServer.listen does: a stale socket file there is replaced, a live listener or another file refused. */
   static listen(path: string, options: ServerOptions): FirecrackerServer {
     if (typeof path !== 'string') throw argTypeError('path', 'of type string', path);
     if (options === null || typeof options !== 'object') throw argTypeError('options', 'an object', options);

@@ -202,7 +202,7 @@ export class UnixServer {
     this.#watch.start();
   }
 
-  /** Listens on path (a stale socket file there is replaced). */
+  /** Listens on path. A stale socket file there (nobody listens on it) is replaced; a path another socket listens on throws EADDRINUSE, a file that is not a socket EEXIST. */
   static listen(path: string, options?: { backlog?: number }): UnixServer {
     if (typeof path !== 'string') throw argTypeError('path', 'of type string', path);
     const backlog = validate.options<{ backlog: number }>(options, 'options').backlog ?? 16;

@@ -21,18 +21,35 @@ int Address(const std::string& path, sockaddr_un* addr) {
   return 0;
 }
 
+// What is at path already. A socket file nobody listens on (an earlier run's:
+// connect() is refused) is removed, or bind would fail with EADDRINUSE. A
+// live listener is never taken over (EADDRINUSE), and a file that is not a
+// socket is not ours to remove (EEXIST).
+int ClearStale(const std::string& path, const sockaddr_un& addr) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) < 0) return 0;  // nothing there; bind reports anything else
+  if (!S_ISSOCK(st.st_mode)) return -EEXIST;
+  // Non-blocking: a listener whose backlog is full answers EAGAIN instead of making this wait.
+  int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (probe < 0) return Errno();
+  int err = connect(probe, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) < 0 ? errno : 0;
+  close(probe);
+  if (err == 0 || err == EAGAIN) return -EADDRINUSE;
+  if (err == ECONNREFUSED) unlink(path.c_str());
+  // Gone meanwhile, or removed: bind. Otherwise (EACCES) whether it lives cannot be told.
+  return err == ECONNREFUSED || err == ENOENT ? 0 : -err;
+}
+
 }  // namespace
 
 int Listen(const std::string& path, int backlog) {
   sockaddr_un addr;
   int r = Address(path, &addr);
   if (r < 0) return r;
+  r = ClearStale(path, addr);
+  if (r < 0) return r;
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return Errno();
-  // A socket file left by an earlier run would make bind fail with EADDRINUSE;
-  // anything else at that path is not ours to remove.
-  struct stat st;
-  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());
   if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0 || listen(fd, backlog) < 0) {
     int err = Errno();
     close(fd);

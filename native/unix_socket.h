@@ -13,7 +13,9 @@
 
 namespace unix_socket {
 
-// SOCK_STREAM, O_NONBLOCK and O_CLOEXEC. Listen replaces a stale socket file.
+// SOCK_STREAM, O_NONBLOCK and O_CLOEXEC. Listen replaces a stale socket file;
+// -EADDRINUSE when another socket listens on path, -EEXIST when a file that is
+// not a socket is there.
 int Listen(const std::string& path, int backlog);
 // Returns the new connection, or -EAGAIN when none is pending.
 int Accept(int listener);

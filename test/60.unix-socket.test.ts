@@ -1,6 +1,6 @@
 // Unix domain sockets that carry descriptors (SCM_RIGHTS) with their data:
 // how a uffd and a memfd reach the process that serves them.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -127,5 +127,23 @@ describe('Unix sockets with descriptors', () => {
     expect(() => client.send('after close')).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED' }));
     server.close();
     expect(fs.existsSync(server.path)).toBe(false);
+  });
+
+  it('listen() takes over a stale socket file, but never a path another listener holds (EADDRINUSE) or a file that is not a socket (EEXIST)', () => {
+    const where = socketPath();
+    const live = UnixServer.listen(where);
+    expect(() => UnixServer.listen(where)).toThrow(expect.objectContaining({ code: 'EADDRINUSE', syscall: 'listen', message: expect.stringMatching(/another process is listening on this path/) }));
+    // The listener still owns its path: a client reaches it.
+    const client = UnixConnection.connect(where);
+    client.close();
+    live.close();
+    // A socket file nobody listens on (its process exited without removing it) is replaced.
+    const stale = path.join(dir, 'stale.sock');
+    execFileSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(stale)}, () => process.exit(0))`]);
+    UnixServer.listen(stale).close();
+    const file = path.join(dir, 'file');
+    fs.writeFileSync(file, 'keep me');
+    expect(() => UnixServer.listen(file)).toThrow(expect.objectContaining({ code: 'EEXIST', syscall: 'listen', message: expect.stringMatching(/not a socket/) }));
+    expect(fs.readFileSync(file, 'utf8')).toBe('keep me');
   });
 });

@@ -1,6 +1,7 @@
 // `npx userfaultfd serve` end to end: the command in its own process, a
 // Firecracker peer in another, progress on stdout, and the exit status.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { systemPageSize } from '../dist/index.js';
@@ -176,7 +177,8 @@ describe('userfaultfd serve', () => {
 
   it('--connect-timeout: exits 1 when no peer connects in time (60 s unless given); 0 waits', async () => {
     const serve = command(serveArgs('--connect-timeout', '0.2'));
-    const waiting = command(serveArgs('--connect-timeout', '0'));
+    // Side by side: each on a socket of its own.
+    const waiting = command(['serve', '--socket', path.join(s.dir, 'waiting.sock'), '--mem-file', s.memFile, '--connect-timeout', '0']);
     expect(await serve.exited).toBe(1);
     expect(serve.stderr()).toMatch(/no peer connected within 0.2 s/);
     await waiting.line(/^listening on /);
@@ -184,6 +186,32 @@ describe('userfaultfd serve', () => {
     expect(waiting.child.exitCode).toBeNull();
     waiting.child.kill('SIGTERM');
     expect(await waiting.exited).toBe(1); // stopped: see the SIGTERM tests above
+  });
+
+  it('refuses a --socket another process listens on (EADDRINUSE), and that listener goes on serving', async () => {
+    const first = command(serveArgs());
+    await first.line(/^listening on /);
+    const second = command(serveArgs('--connect-timeout', '1'));
+    expect(await second.exited).toBe(2);
+    expect(second.stderr()).toMatch(new RegExp(`^userfaultfd serve: cannot listen on --socket ${s.socket}: EADDRINUSE: .* another process is listening on this path: pick another path, or stop that process`, 'm'));
+    expect((await startFcPeer(peerArgs('--regions', '1M')).exited).report).toMatchObject({ ok: true });
+    expect(await first.exited).toBe(0);
+  });
+
+  it('replaces a stale socket file (nobody listens), and refuses a path that is not a socket (EEXIST), leaving it there', async () => {
+    // A socket file left by a process that exited without removing it.
+    execFileSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(s.socket)}, () => process.exit(0))`]);
+    expect(fs.lstatSync(s.socket).isSocket()).toBe(true);
+    const serve = command(serveArgs());
+    await serve.line(/^listening on /);
+    expect((await startFcPeer(peerArgs('--regions', '1M')).exited).report).toMatchObject({ ok: true });
+    expect(await serve.exited).toBe(0);
+    const file = path.join(s.dir, 'not-a-socket');
+    fs.writeFileSync(file, 'keep me');
+    const refused = command(['serve', '--socket', file, '--mem-file', s.memFile, '--connect-timeout', '1']);
+    expect(await refused.exited).toBe(2);
+    expect(refused.stderr()).toMatch(new RegExp(`^userfaultfd serve: cannot listen on --socket ${file}: EEXIST: .* a file that is not a socket is at this path: pick another path`, 'm'));
+    expect(fs.readFileSync(file, 'utf8')).toBe('keep me');
   });
 
   // Before v1.12 Firecracker hangs up right after its handshake and runs on:
