@@ -592,7 +592,7 @@ export class FirecrackerServer {
     }
   }
 
-  /** Stops listening (removing the socket file) and ends every session. */
+  /** Stops listening (removing the socket file it made, not one that has replaced it) and ends every session. */
   close(): void {
     this.#server.close();
     for (const connection of this.#handshaking) connection.close();

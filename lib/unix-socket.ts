@@ -194,10 +194,13 @@ export class UnixServer {
   #pending: UnixConnection[] = [];
   #waiting: { resolve: (c: UnixConnection | null) => void; reject: (error: unknown) => void }[] = [];
   #closed = false;
+  // The file bind() made: close() removes that file, never one that has replaced it.
+  readonly #file: { dev: number; ino: number } | undefined;
 
   private constructor(path: string, fd: number) {
     this.path = path;
     this.fd = fd;
+    this.#file = identity(path);
     this.#watch = new native.WatchHandle(fd, (status) => this.#onReady(status));
     this.#watch.start();
   }
@@ -232,15 +235,19 @@ export class UnixServer {
     return this;
   }
 
+  /** Stops listening and removes the socket file it bound, unless another file has replaced it at the path. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#watch.close();
     native.closeFd(this.fd);
-    try {
-      fs.unlinkSync(this.path);
-    } catch {
-      // Already gone.
+    const file = identity(this.path);
+    if (file && file.dev === this.#file?.dev && file.ino === this.#file.ino) {
+      try {
+        fs.unlinkSync(this.path);
+      } catch {
+        // Gone meanwhile.
+      }
     }
     for (const waiter of this.#waiting.splice(0)) waiter.resolve(null);
     for (const connection of this.#pending.splice(0)) connection.close();
@@ -260,6 +267,16 @@ export class UnixServer {
       if (waiter) waiter.resolve(connection);
       else this.#pending.push(connection);
     }
+  }
+}
+
+// The file at path (not followed), or undefined when there is none to be seen.
+function identity(path: string): { dev: number; ino: number } | undefined {
+  try {
+    const stat = fs.lstatSync(path);
+    return { dev: stat.dev, ino: stat.ino };
+  } catch {
+    return undefined;
   }
 }
 

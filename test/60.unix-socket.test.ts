@@ -146,4 +146,19 @@ describe('Unix sockets with descriptors', () => {
     expect(() => UnixServer.listen(file)).toThrow(expect.objectContaining({ code: 'EEXIST', syscall: 'listen', message: expect.stringMatching(/not a socket/) }));
     expect(fs.readFileSync(file, 'utf8')).toBe('keep me');
   });
+
+  it('close() removes only the socket file it bound: one that has replaced it at the path is left alone', async () => {
+    const where = socketPath();
+    const first = UnixServer.listen(where);
+    // Someone removed first's file and listens there now.
+    fs.unlinkSync(where);
+    const second = UnixServer.listen(where);
+    first.close();
+    const client = UnixConnection.connect(where);
+    const accepted = (await second.accept())!;
+    accepted.close();
+    client.close();
+    second.close();
+    expect(fs.existsSync(where)).toBe(false);
+  });
 });
