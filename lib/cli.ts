@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // npx userfaultfd <command>: probe (what this host supports) and serve (a
 // Firecracker-compatible page-fault handler).
+import { parseArgs } from 'node:util';
 import { formatProbe, probe } from './probe';
 
 const USAGE = `usage: userfaultfd probe [--json]
@@ -10,8 +11,19 @@ const USAGE = `usage: userfaultfd probe [--json]
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (command === 'probe') {
+    let values;
+    try {
+      ({ values } = parseArgs({ args: rest, options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: false }));
+    } catch (error) {
+      process.stderr.write(`userfaultfd probe: ${(error as Error).message}\n${USAGE}\n`);
+      return 2;
+    }
+    if (values.help) {
+      process.stdout.write(`${USAGE}\n`);
+      return 0;
+    }
     const report = probe();
-    process.stdout.write(rest.includes('--json') ? `${JSON.stringify(report, null, 2)}\n` : `${formatProbe(report)}\n`);
+    process.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatProbe(report)}\n`);
     return 0;
   }
   if (command === 'serve') {

@@ -1,6 +1,6 @@
 // The capability probe (API and command) and the constants newer than the
 // system headers, checked against the kernel's published uapi values.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -49,6 +49,13 @@ describe('probe', () => {
     const text = execFileSync(process.execPath, [cli, 'probe'], { encoding: 'utf8' });
     for (const name of Object.keys(FEATURES)) expect(text).toContain(name);
     expect(text).toMatch(/guest_memfd\s+missing/);
+  });
+
+  it('`userfaultfd probe` refuses an option it does not know: exit 2, the reason and the usage on stderr', () => {
+    const run = spawnSync(process.execPath, [cli, 'probe', '--bogus'], { encoding: 'utf8' });
+    expect(run.status).toBe(2);
+    expect(run.stdout).toBe('');
+    expect(run.stderr).toMatch(/^userfaultfd probe: Unknown option '--bogus'.*\nusage: userfaultfd probe \[--json\]/s);
   });
 
   it('says why hugetlb cannot be probed when no huge page is free, instead of trusting the feature bits', () => {
