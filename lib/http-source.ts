@@ -124,16 +124,18 @@ export function redactUrl(url: URL): string {
   return `${url.protocol}//${url.host}${url.pathname}${url.search ? '?<redacted>' : ''}`;
 }
 
-/** Parses "Name: value" lines (the HEADERS_ENV format) into headers. */
-export function parseHeaderLines(text: string): Record<string, string> {
+/** Parses "Name: value" lines (the HEADERS_ENV format) into headers; a malformed line throws, naming `name` (where the text came from). */
+export function parseHeaderLines(text: string, name = HEADERS_ENV): Record<string, string> {
   const headers: Record<string, string> = {};
   for (const line of text.split(/\r?\n/)) {
     if (line.trim() === '') continue;
     const colon = line.indexOf(':');
-    const name = colon > 0 ? line.slice(0, colon).trim() : '';
-    // The value is a secret: the message names only the line.
-    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) throw argValueError(HEADERS_ENV, 'must hold "Name: value" lines; a line has no valid header name');
-    headers[name.toLowerCase()] = line.slice(colon + 1).trim();
+    const header = colon > 0 ? line.slice(0, colon).trim() : '';
+    // The value is a secret: the message quotes nothing of the line.
+    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(header)) {
+      throw argValueError(name, 'must hold headers in the form "Name: value", one per line; a line has no valid header name before its colon');
+    }
+    headers[header.toLowerCase()] = line.slice(colon + 1).trim();
   }
   return headers;
 }

@@ -89,7 +89,8 @@ function parse(args: string[]): Arguments {
   if (values['mem-url-header'] && !values['mem-url']) throw new UsageError('--mem-url-header goes with --mem-url');
   let headers: Record<string, string>;
   try {
-    headers = { ...parseHeaderLines(process.env[HEADERS_ENV] ?? ''), ...parseHeaderLines((values['mem-url-header'] ?? []).join('\n')) };
+    headers = parseHeaderLines(process.env[HEADERS_ENV] ?? '');
+    for (const header of values['mem-url-header'] ?? []) Object.assign(headers, parseHeaderLines(header, '--mem-url-header'));
   } catch (error) {
     throw new UsageError((error as Error).message);
   }

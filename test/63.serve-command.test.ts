@@ -242,6 +242,10 @@ describe.concurrent('userfaultfd serve with bad arguments', () => {
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--read-ahead', '0'], /--read-ahead must be a number of pages from 1 to 1024, not '0'/],
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--read-ahead', '16k'], /--read-ahead must be a number of pages from 1 to 1024, not '16k'/],
     [['serve', '--socket', '/nonexistent/dir/x.sock', '--mem-file', '__MEM__'], /cannot listen on --socket \/nonexistent\/dir\/x.sock: ENOENT/],
+    ...['no-colon', ': empty name', 'Bad Name: spaces', 'B@d: at sign'].map((header) => [
+      ['serve', '--socket', '/tmp/x.sock', '--mem-url', 'http://127.0.0.1:1/x', '--mem-url-header', header],
+      /^userfaultfd serve: The argument '--mem-url-header' must hold headers in the form "Name: value", one per line; a line has no valid header name before its colon$/m,
+    ]),
   ] as [string[], RegExp][]) {
     it(`exits 2 with a clear message: ${args.slice(1).join(' ')}`, async () => {
       const serve = command(args.map((a) => (a === '__MEM__' ? s.memFile : a)));
