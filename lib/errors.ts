@@ -54,6 +54,8 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
     if (code === 'EEXIST') return 'a file that is not a socket is at this path: pick another path, or remove that file';
   }
   switch (code) {
+    case 'EISDIR':
+      return 'a directory cannot be mapped: name the memory file in it';
     case 'ESRCH':
       return 'the process that owns this memory has exited; its faults need no answer';
     case 'EEXIST':

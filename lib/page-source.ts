@@ -13,7 +13,8 @@
 // bytes never sees a torn page. A source with everything local from the start
 // has `present === null`. docs/performance.md says when handlers call fetch.
 import fs from 'node:fs';
-import { UffdError, argTypeError, argValueError, libraryError } from './errors';
+import os from 'node:os';
+import { UffdError, argTypeError, argValueError, libraryError, systemError } from './errors';
 import { Mapping, systemPageSize } from './memory';
 
 export interface FetchOptions {
@@ -121,6 +122,8 @@ export class FilePageSource implements PageSource {
     if (typeof path !== 'string') throw argTypeError('path', 'a string', path);
     const fd = fs.openSync(path, 'r');
     try {
+      // mmap() of a directory fails with ENODEV, which names no cause.
+      if (fs.fstatSync(fd).isDirectory()) throw systemError(-os.constants.errno.EISDIR, 'mmap');
       this.#mapping = Mapping.fileDescriptor(fd, {});
     } catch (error) {
       fs.closeSync(fd);

@@ -241,6 +241,7 @@ describe.concurrent('userfaultfd serve with bad arguments', () => {
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--on-failure', 'ignore'], /--on-failure must be kill or sigbus/],
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--read-ahead', '0'], /--read-ahead must be a number of pages from 1 to 1024, not '0'/],
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--read-ahead', '16k'], /--read-ahead must be a number of pages from 1 to 1024, not '16k'/],
+    [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/tmp'], /^userfaultfd serve: cannot map --mem-file \/tmp: EISDIR: .*, mmap — a directory cannot be mapped: name the memory file in it$/m],
     [['serve', '--socket', '/nonexistent/dir/x.sock', '--mem-file', '__MEM__'], /cannot listen on --socket \/nonexistent\/dir\/x.sock: ENOENT/],
     ...['no-colon', ': empty name', 'Bad Name: spaces', 'B@d: at sign'].map((header) => [
       ['serve', '--socket', '/tmp/x.sock', '--mem-url', 'http://127.0.0.1:1/x', '--mem-url-header', header],
