@@ -27,10 +27,13 @@ export const SERVE_USAGE = `usage: userfaultfd serve --socket PATH (--mem-file F
 
 class UsageError extends Error {}
 
-function seconds(value: string | undefined, name: string, fallback: number): number {
+// Decimal seconds; zero, however spelled (0, 0.0, 00), only where it means something: `zero` says what.
+function seconds(value: string | undefined, name: string, fallback: number, zero?: string): number {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (!/^\d+(\.\d+)?$/.test(value) || !Number.isFinite(n) || n <= 0) throw new UsageError(`${name} must be a positive number of seconds, not '${value}'`);
+  if (!/^\d+(\.\d+)?$/.test(value) || !Number.isFinite(n) || (n === 0 && zero === undefined)) {
+    throw new UsageError(`${name} must be ${zero === undefined ? 'a positive number of seconds' : `a number of seconds (0: ${zero})`}, not '${value}'`);
+  }
   return n;
 }
 
@@ -39,8 +42,7 @@ function seconds(value: string | undefined, name: string, fallback: number): num
 const DEFAULT_CONNECT_TIMEOUT_S = 60;
 
 function connectTimeout(value: string | undefined, peers: number): number {
-  if (value === '0') return 0;
-  return seconds(value, '--connect-timeout', peers === 0 ? 0 : DEFAULT_CONNECT_TIMEOUT_S);
+  return seconds(value, '--connect-timeout', peers === 0 ? 0 : DEFAULT_CONNECT_TIMEOUT_S, 'wait');
 }
 
 interface Arguments {

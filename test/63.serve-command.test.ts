@@ -188,6 +188,17 @@ describe('userfaultfd serve', () => {
     expect(await waiting.exited).toBe(1); // stopped: see the SIGTERM tests above
   });
 
+  it('--connect-timeout 0 waits however it is spelled: 0.0 and 00 as 0', async () => {
+    const waiting = ['0.0', '00'].map((zero) => command(['serve', '--socket', path.join(s.dir, `zero-${zero}.sock`), '--mem-file', s.memFile, '--connect-timeout', zero]));
+    for (const w of waiting) await w.line(/^listening on /);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    for (const w of waiting) {
+      expect(w.child.exitCode).toBeNull();
+      w.child.kill('SIGTERM');
+      expect(await w.exited).toBe(1);
+    }
+  });
+
   it('refuses a --socket another process listens on (EADDRINUSE), and that listener goes on serving', async () => {
     const first = command(serveArgs());
     await first.line(/^listening on /);
@@ -239,6 +250,11 @@ describe.concurrent('userfaultfd serve with bad arguments', () => {
     [['serve', '--bogus'], /Unknown option '--bogus'/],
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--peers', 'two'], /--peers must be a non-negative integer, not 'two'/],
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--on-failure', 'ignore'], /--on-failure must be kill or sigbus/],
+    // Seconds are decimal: 0e0 is refused as 1e1 is, in the words every spelling of a bad value gets.
+    ...['0e0', 'soon'].map((value) => [
+      ['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--connect-timeout', value],
+      new RegExp(`^userfaultfd serve: --connect-timeout must be a number of seconds \\(0: wait\\), not '${value}'$`, 'm'),
+    ]),
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--read-ahead', '0'], /--read-ahead must be a number of pages from 1 to 1024, not '0'/],
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--read-ahead', '16k'], /--read-ahead must be a number of pages from 1 to 1024, not '16k'/],
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/tmp'], /^userfaultfd serve: cannot map --mem-file \/tmp: EISDIR: .*, mmap — a directory cannot be mapped: name the memory file in it$/m],
