@@ -22,8 +22,8 @@ export const SERVE_USAGE = `usage: userfaultfd serve --socket PATH (--mem-file F
   --handshake-timeout S    seconds a connection may take to send its handshake (default 10)
   --connect-timeout S      give up (exit 1) if no peer connects within S seconds (default 60;
                            0: wait; --peers 0 waits unless this is given)
-  --quiet                  no progress lines
-  --json                   progress and summaries as JSON lines`;
+  --quiet                  nothing on stdout (what goes wrong still goes to stderr)
+  --json                   every stdout line as a JSON object (docs/firecracker.md lists the fields)`;
 
 class UsageError extends Error {}
 

@@ -113,6 +113,37 @@ describe('userfaultfd serve', () => {
     expect(end.pagesPushed + end.pagesOnDemand).toBeLessThanOrEqual(1024);
   });
 
+  it('--json: every event and field it prints is documented in docs/firecracker.md', async () => {
+    const serve = command(serveArgs('--json'));
+    await serve.line(/"event":"listening"/);
+    await startFcPeer(peerArgs('--malformed', 'overlap')).exited;
+    const peer = startFcPeer(peerArgs('--regions', '1M', '--pause-after', '16'));
+    await peer.line((r) => r.paused === 16);
+    await serve.line(/"event":"progress"/);
+    peer.child.kill('SIGKILL');
+    expect(await serve.exited).toBe(0);
+    const docs = fs.readFileSync(path.join(__dirname, '..', 'docs', 'firecracker.md'), 'utf8');
+    const section = /^### `--json` lines\n([\s\S]*?)(?=\n##)/m.exec(docs)?.[1] ?? '';
+    const printed = serve.stdout().trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(new Set(printed.map((line) => line.event))).toEqual(new Set(['listening', 'refused', 'session', 'progress', 'end']));
+    for (const line of printed) {
+      const row = section.split('\n').find((l) => l.startsWith(`| \`${String(line.event)}\` |`));
+      expect(row, `the row of event ${String(line.event)}`).toBeDefined();
+      for (const key of Object.keys(line).filter((k) => k !== 'event')) expect(row, `${String(line.event)}.${key}`).toContain(`\`${key}\``);
+    }
+  });
+
+  it('--quiet prints nothing on stdout, and what goes wrong still on stderr', async () => {
+    const serve = command(serveArgs('--quiet'));
+    await vi.waitFor(() => expect(fs.lstatSync(s.socket).isSocket()).toBe(true), { timeout: 10_000, interval: 10 });
+    const malformed = startFcPeer(peerArgs('--malformed', 'overlap'));
+    await malformed.exited;
+    expect((await startFcPeer(peerArgs('--regions', '1M')).exited).report).toMatchObject({ ok: true });
+    expect(await serve.exited).toBe(0);
+    expect(serve.stdout()).toBe('');
+    expect(serve.stderr()).toMatch(new RegExp(`^userfaultfd serve: refused a connection from pid ${malformed.child.pid} and killed it: ERR_UFFD_BAD_HANDSHAKE`, 'm'));
+  });
+
   it('exits 0 once a peer that hung up (Firecracker before v1.12) has every page, while it runs on', async () => {
     const serve = command(serveArgs('--prefetch'));
     await serve.line(/^listening on /);
