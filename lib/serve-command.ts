@@ -60,28 +60,38 @@ interface Arguments {
   json: boolean;
 }
 
+const OPTIONS = {
+  socket: { type: 'string' },
+  'mem-file': { type: 'string' },
+  'mem-url': { type: 'string' },
+  'mem-url-header': { type: 'string', multiple: true },
+  prefetch: { type: 'boolean', default: false },
+  'read-ahead': { type: 'string' },
+  peers: { type: 'string' },
+  'on-failure': { type: 'string' },
+  'handshake-timeout': { type: 'string' },
+  'connect-timeout': { type: 'string' },
+  quiet: { type: 'boolean', default: false },
+  json: { type: 'boolean', default: false },
+} as const;
+
+// parseArgs takes the '-1' of `--peers -1` for an option and calls the value
+// ambiguous: joined to its option, a negative number gets the option's own message.
+function joinNegativeValues(args: string[]): string[] {
+  const joined: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    const takesValue = arg.startsWith('--') && OPTIONS[arg.slice(2) as keyof typeof OPTIONS]?.type === 'string';
+    if (takesValue && /^-[\d.]/.test(args[i + 1] ?? '')) joined.push(`${arg}=${args[++i]}`);
+    else joined.push(arg);
+  }
+  return joined;
+}
+
 function parse(args: string[]): Arguments {
   let values;
   try {
-    ({ values } = parseArgs({
-      args,
-      options: {
-        socket: { type: 'string' },
-        'mem-file': { type: 'string' },
-        'mem-url': { type: 'string' },
-        'mem-url-header': { type: 'string', multiple: true },
-        prefetch: { type: 'boolean', default: false },
-        'read-ahead': { type: 'string' },
-        peers: { type: 'string' },
-        'on-failure': { type: 'string' },
-        'handshake-timeout': { type: 'string' },
-        'connect-timeout': { type: 'string' },
-        quiet: { type: 'boolean', default: false },
-        json: { type: 'boolean', default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
+    ({ values } = parseArgs({ args: joinNegativeValues(args), options: OPTIONS, strict: true, allowPositionals: false }));
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
@@ -97,7 +107,7 @@ function parse(args: string[]): Arguments {
     throw new UsageError((error as Error).message);
   }
   const peers = values.peers === undefined ? 1 : Number(values.peers);
-  if (!/^\d+$/.test(values.peers ?? '1') || !Number.isSafeInteger(peers)) throw new UsageError(`--peers must be a non-negative integer, not '${values.peers}'`);
+  if (!/^\d+$/.test(values.peers ?? '1') || !Number.isSafeInteger(peers)) throw new UsageError(`--peers must be a positive integer, or 0 to serve until killed, not '${values.peers}'`);
   const readAhead = values['read-ahead'] === undefined ? 1 : Number(values['read-ahead']);
   if (!/^\d+$/.test(values['read-ahead'] ?? '1') || readAhead < 1 || readAhead > 1024) {
     throw new UsageError(`--read-ahead must be a number of pages from 1 to 1024, not '${values['read-ahead']}'`);

@@ -279,7 +279,12 @@ describe.concurrent('userfaultfd serve with bad arguments', () => {
     [['serve', '--socket', '/tmp/x.sock'], /--mem-file FILE is required/],
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/nonexistent/mem'], /cannot map --mem-file \/nonexistent\/mem: ENOENT/],
     [['serve', '--bogus'], /Unknown option '--bogus'/],
-    [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--peers', 'two'], /--peers must be a non-negative integer, not 'two'/],
+    ...['-1', '1.5', 'two'].map((value) => [
+      ['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--peers', value],
+      new RegExp(`^userfaultfd serve: --peers must be a positive integer, or 0 to serve until killed, not '${value}'$`, 'm'),
+    ]),
+    [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--connect-timeout', '-1'], /^userfaultfd serve: --connect-timeout must be a number of seconds \(0: wait\), not '-1'$/m],
+    [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--read-ahead', '-4'], /^userfaultfd serve: --read-ahead must be a number of pages from 1 to 1024, not '-4'$/m],
     [['serve', '--socket', '/tmp/x.sock', '--mem-file', '/dev/null', '--on-failure', 'ignore'], /--on-failure must be kill or sigbus/],
     // Seconds are decimal: 0e0 is refused as 1e1 is, in the words every spelling of a bad value gets.
     ...['0e0', 'soon'].map((value) => [
