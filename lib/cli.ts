@@ -34,8 +34,12 @@ async function main(argv: string[]): Promise<number> {
     }
     return serveCommand(rest);
   }
-  process.stderr.write(`${USAGE}\n`);
-  return command === undefined || command === '--help' || command === '-h' ? 0 : 2;
+  if (command === '--help' || command === '-h') {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  process.stderr.write(`userfaultfd: ${command === undefined ? 'no command given' : `unknown command '${command}'`}\n${USAGE}\n`);
+  return 2;
 }
 
 main(process.argv.slice(2)).then(

@@ -308,3 +308,26 @@ describe.concurrent('userfaultfd serve with bad arguments', () => {
     });
   }
 });
+
+describe.concurrent('userfaultfd and its usage', () => {
+  for (const flag of ['--help', '-h']) {
+    it(`${flag}: the usage on stdout, exit 0`, async () => {
+      const help = command([flag]);
+      expect(await help.exited).toBe(0);
+      expect(help.stdout()).toMatch(/^usage: userfaultfd probe \[--json\]\n {7}userfaultfd serve --socket PATH/);
+      expect(help.stderr()).toBe('');
+    });
+  }
+
+  for (const [args, message] of [
+    [['frob'], /^userfaultfd: unknown command 'frob'\nusage: userfaultfd probe/],
+    [[], /^userfaultfd: no command given\nusage: userfaultfd probe/],
+  ] as [string[], RegExp][]) {
+    it(`${args.length ? `an unknown command (${args[0]})` : 'no command'}: the reason and the usage on stderr, exit 2`, async () => {
+      const usage = command(args);
+      expect(await usage.exited).toBe(2);
+      expect(usage.stderr()).toMatch(message);
+      expect(usage.stdout()).toBe('');
+    });
+  }
+});
