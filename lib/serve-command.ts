@@ -1,7 +1,8 @@
 // `npx userfaultfd serve`: a Firecracker-compatible page-fault handler. Prints
 // a progress line a second and a summary per peer; exits 0 once the expected
 // number of peers have gone with every fault served, 1 when a peer's faults
-// could not all be served or when stopped (SIGINT, SIGTERM), 2 on bad arguments.
+// could not all be served (a VM killed because the command was stopped
+// included), 2 on bad arguments.
 import { parseArgs } from 'node:util';
 import { FirecrackerServer, type FailurePolicy, type FirecrackerSession, type SessionResult } from './firecracker';
 import { LatencyHistogram } from './latency';
@@ -275,7 +276,8 @@ export async function serveCommand(args: string[]): Promise<number> {
     const count = (end: string): number => ends.filter((e) => e === end).length;
     process.stderr.write(`userfaultfd serve: ${signal}: stopped: ${count('failed')} peer(s) killed (memory not all served), ` +
       `${count('served')} let go (every page in, ranges unregistered)\n`);
-    finish(1);
+    // A supervisor's stop is not a failure: 1 only if a VM had to be killed (or one failed before).
+    finish(count('failed') > 0 ? 1 : exitCode());
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);

@@ -94,7 +94,7 @@ describe.skipIf(kvmSkip !== undefined)(`a KVM guest as the faulting peer${kvmSki
     refused.push(...handler.refused);
     const stopped = await handler.close();
     handler = undefined;
-    // Stopped by SIGTERM (no VMM left to kill or let go): 1; exited by itself before: 1 if a session had failed (the killed VMM's may have).
+    // Stopped by SIGTERM with no VMM left, or exited by itself before: 1 if a session had failed (the killed VMM's may have).
     expect([0, 1], stopped.stderr).toContain(stopped.code);
   }
 
