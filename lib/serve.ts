@@ -254,10 +254,13 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
 }
 
 // The options every serving method shares (timeoutMs: those serve() has).
-function checkServeOptions(opts: Partial<Pick<ServeOptions, 'onError' | 'onEvent' | 'failure' | 'timeoutMs'>>): void {
+// spin's default differs by method (on for serveSync and serveFrom), so a
+// truthy or falsy stand-in would mean opposite things to them: booleans only.
+function checkServeOptions(opts: Partial<Pick<ServeOptions, 'onError' | 'onEvent' | 'failure' | 'timeoutMs' | 'spin'>>): void {
   for (const name of ['onError', 'onEvent'] as const) {
     if (opts[name] !== undefined && typeof opts[name] !== 'function') throw argTypeError(`options.${name}`, 'a function', opts[name]);
   }
+  validate.flag(opts.spin, 'options.spin');
   checkFailure(opts.failure, 'options.failure');
   if (opts.timeoutMs !== undefined) validate.timeout(opts.timeoutMs, 'options.timeoutMs');
 }

@@ -39,6 +39,12 @@ export function pageSize(value: unknown, name: string): number {
   return bytes;
 }
 
+/** An optional flag: undefined (the caller's default) or a boolean, never a truthy stand-in. */
+export function flag(value: unknown, name: string): boolean | undefined {
+  if (value !== undefined && typeof value !== 'boolean') throw argTypeError(name, 'of type boolean', value);
+  return value;
+}
+
 /** A timeout in milliseconds that setTimeout can honour. */
 export function timeout(value: unknown, name: string): number {
   if (typeof value !== 'number') throw argTypeError(name, 'of type number', value);

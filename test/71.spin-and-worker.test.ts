@@ -87,6 +87,29 @@ describe('spinning on the loop thread (serve with spin: true)', () => {
   });
 });
 
+describe('the spin option', () => {
+  it('is a boolean in every serving method: anything else is ERR_INVALID_ARG_TYPE and changes nothing', async () => {
+    // Its default is off for serve() and serveBatch() and on for serveSync()
+    // and serveFrom(), so a stand-in such as 'false' or 0 meant spinning on
+    // for some methods and off for others.
+    for (const spin of ['false', 'yes', 0, 1, null, {}]) {
+      const { uffd, memory, image } = setup(4);
+      const calls = [
+        () => uffd.serve(() => {}, { spin: spin as never }),
+        () => uffd.serveBatch(() => {}, { spin: spin as never }),
+        () => uffd.serveSync(() => {}, { spin: spin as never }),
+        () => uffd.serveFrom(null, { spin: spin as never }),
+      ];
+      for (const call of calls) {
+        expect(call).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: expect.stringContaining('"options.spin"') }));
+      }
+      // Nothing claimed the uffd: it is served as usual.
+      void uffd.serve(copyFrom(image, memory.address));
+      expect(await touch({ address: memory.address, length: memory.length, expected: image }).result).toMatchObject({ ok: true });
+    }
+  });
+});
+
 describe('serveBatch: a JavaScript handler with nothing allocated per fault', () => {
   it('serves the same bytes with spinning on and off, one call per batch', async () => {
     for (const spin of [false, true]) {
