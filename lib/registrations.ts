@@ -65,21 +65,31 @@ export class Registrations {
     }
   }
 
-  // Records ranges another process or thread registered: faults there learn
-  // their page size and modes from them.
-  adopt(ranges: unknown): void {
-    if (!Array.isArray(ranges)) throw argTypeError('options.ranges', 'an array of { address, length, pageSize?, modes? }', ranges);
-    for (const range of ranges as AdoptedRange[]) {
-      if (range === null || typeof range !== 'object') throw argTypeError('range', 'an object { address, length, pageSize?, modes? }', range);
-      const start = validate.address(range.address, 'range.address');
-      const length = validate.size(range.length, 'range.length');
-      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.pageSize(range.pageSize, 'range.pageSize');
+  /**
+   * Checks ranges another process or thread says it registered (name: the
+   * argument they came in), without recording them: a uffd is adopted or
+   * borrowed only once its ranges are known to be good.
+   */
+  static checkAdopted(ranges: unknown, name: string): Registration[] {
+    if (!Array.isArray(ranges)) throw argTypeError(name, 'an array of { address, length, pageSize?, modes? }', ranges);
+    return (ranges as AdoptedRange[]).map((range, i) => {
+      const at = `${name}[${i}]`;
+      if (range === null || typeof range !== 'object') throw argTypeError(at, 'an object { address, length, pageSize?, modes? }', range);
+      const start = validate.address(range.address, `${at}.address`);
+      const length = validate.size(range.length, `${at}.length`);
+      const pageSize = range.pageSize === undefined ? systemPageSize() : validate.pageSize(range.pageSize, `${at}.pageSize`);
       validate.range('userfaultfd', start, length, pageSize);
-      this.#list.push({
-        start, end: start + BigInt(length), pageSize, ioctls: new Set(),
+      return {
+        start, end: start + BigInt(length), pageSize, ioctls: new Set<Ioctl>(),
         modes: { missing: range.modes?.missing ?? true, minor: range.modes?.minor ?? false, wp: range.modes?.wp ?? false, rwp: range.modes?.rwp ?? false },
-      });
-    }
+      };
+    });
+  }
+
+  // Records ranges another process or thread registered (checked by
+  // checkAdopted): faults there learn their page size and modes from them.
+  adopt(ranges: readonly Registration[]): void {
+    this.#list.push(...ranges);
   }
 
   /** The ranges as another holder of the uffd adopts them (lend(), a fork's uffd). */

@@ -15,7 +15,7 @@ import { native, type UffdHandle } from './binding';
 import {
   COPY_MODE_WP, CONTINUE_MODE_WP, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,
   RUNTIME_FEATURES, RWPROTECT_MODE_DONTWAKE, RWPROTECT_MODE_RWP,
-  WRITEPROTECT_MODE_DONTWAKE, WRITEPROTECT_MODE_WP, FEATURES, featureBits, featureNames, ioctlNames,
+  WRITEPROTECT_MODE_DONTWAKE, WRITEPROTECT_MODE_WP, featureBits, featureNames, ioctlNames,
   type Feature, type Ioctl,
 } from './constants';
 import { UffdError, argTypeError, argValueError, invalid, libraryError, systemError } from './errors';
@@ -106,13 +106,7 @@ export class Userfaultfd implements FaultResolver {
    */
   static open(options?: OpenOptions): Userfaultfd {
     const opts = validate.options<OpenOptions>(options, 'options');
-    const requested = opts.features ?? [];
-    if (!Array.isArray(requested)) throw argTypeError('options.features', 'an array of feature names', requested);
-    for (const name of requested) {
-      if (typeof name !== 'string' || !Object.hasOwn(FEATURES, name)) {
-        throw argValueError('options.features', `holds an unknown feature ${String(name)}; known: ${Object.keys(FEATURES).join(', ')}`);
-      }
-    }
+    const requested = validate.features(opts.features, 'options.features');
     const userModeOnly = opts.userModeOnly === true;
     const bits = featureBits(requested);
     const { fd, method } = native.open(userModeOnly);
@@ -138,8 +132,11 @@ export class Userfaultfd implements FaultResolver {
     const kind = native.descriptorKind(fd);
     if (kind !== 'userfaultfd') throw argValueError('fd', `must be a userfaultfd. Received a descriptor of kind '${kind}', left open`);
     const opts = validate.options<{ features: Feature[]; ranges: AdoptedRange[] }>(options, 'options');
-    const uffd = new Userfaultfd(fd, 'adopted', 0n, featureBits(opts.features ?? []));
-    uffd.#registrations.adopt(opts.ranges ?? []);
+    // Checked before adopting: a refused call leaves the descriptor the caller's.
+    const features = validate.features(opts.features, 'options.features');
+    const ranges = Registrations.checkAdopted(opts.ranges ?? [], 'options.ranges');
+    const uffd = new Userfaultfd(fd, 'adopted', 0n, featureBits(features));
+    uffd.#registrations.adopt(ranges);
     return uffd;
   }
 
@@ -164,15 +161,19 @@ export class Userfaultfd implements FaultResolver {
     if (loan === null || typeof loan !== 'object' || !Number.isSafeInteger(loan.id) || loan.id <= 0) {
       throw argTypeError('loan', 'the object uffd.lend() returned', loan);
     }
+    // Checked before borrowing: a borrowed share refused afterwards would
+    // keep the uffd open (and its memory registered) until collected.
+    const features = validate.features(loan.features, 'loan.features');
+    const ranges = Registrations.checkAdopted(loan.ranges ?? [], 'loan.ranges');
     let uffd: Userfaultfd;
     try {
-      uffd = new Userfaultfd(-1, 'borrowed', 0n, featureBits(loan.features ?? []), loan.id);
+      uffd = new Userfaultfd(-1, 'borrowed', 0n, featureBits(features), loan.id);
     } catch (error) {
       // The generic advice (open a new uffd) is wrong here: the uffd is the lender's.
       if ((error as UffdError).code !== 'ERR_UFFD_CLOSED') throw error;
       throw libraryError('ERR_UFFD_CLOSED', 'userfaultfd', 'the uffd this loan names is closed (or the loan is not from uffd.lend() in this process): ask its owner for a new loan');
     }
-    uffd.#registrations.adopt(loan.ranges ?? []);
+    uffd.#registrations.adopt(ranges);
     return uffd;
   }
 

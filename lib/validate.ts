@@ -2,6 +2,7 @@
 // are safe non-negative integers (number or bigint), ranges are aligned to
 // the page size that governs them.
 import { native } from './binding';
+import { FEATURES, type Feature } from './constants';
 import { argRangeError, argTypeError, argValueError, invalid } from './errors';
 
 const MAX_ADDRESS = (1n << 64n) - 1n;
@@ -37,6 +38,18 @@ export function pageSize(value: unknown, name: string): number {
     throw argValueError(name, `must be a power of two of at least the system page size (${base} bytes). Received ${bytes}`);
   }
   return bytes;
+}
+
+/** Feature names as UFFDIO_API knows them (UFFD_FEATURE_ minus the prefix); undefined is none. */
+export function features(value: unknown, name: string): Feature[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value)) throw argTypeError(name, 'an array of feature names', value);
+  for (const feature of value) {
+    if (typeof feature !== 'string' || !Object.hasOwn(FEATURES, feature)) {
+      throw argValueError(name, `holds an unknown feature ${String(feature)}; known: ${Object.keys(FEATURES).join(', ')}`);
+    }
+  }
+  return value as Feature[];
 }
 
 /** An optional flag: undefined (the caller's default) or a boolean, never a truthy stand-in. */

@@ -56,6 +56,31 @@ describe('Unix sockets with descriptors', () => {
     }
   });
 
+  it('fromFd() checks its options before it takes the descriptor: a refused call leaves it open and the caller\'s', async () => {
+    const server = UnixServer.listen(socketPath());
+    const client = UnixConnection.connect(path.join(dir, 'test.sock'));
+    const accepted = (await server.accept())!;
+    const uffd = Userfaultfd.open();
+    client.send('uffd', [uffd.fd]);
+    const fd = (await accepted.receive({ timeoutMs: 10_000 }))!.fds[0]!;
+    expect(() => Userfaultfd.fromFd(fd, { features: ['NOPE' as never] })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE', message: expect.stringContaining("'options.features'") }));
+    expect(() => Userfaultfd.fromFd(fd, { ranges: [{ address: 1n, length: 1 }] })).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    expect(() => Userfaultfd.fromFd(fd, { ranges: 5 as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE', message: expect.stringContaining('"options.ranges"') }));
+    // Had a refused call adopted it, collecting that object would close it
+    // (and, later, whatever file reused the number).
+    const gc = (globalThis as { gc?: () => void }).gc!;
+    for (let i = 0; i < 5; i++) {
+      gc();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect(descriptorKind(fd)).toBe('userfaultfd');
+    Userfaultfd.fromFd(fd).close();
+    uffd.close();
+    client.close();
+    accepted.close();
+    server.close();
+  });
+
   it('sends one message with several descriptors in one sendmsg, and the receiver gets them in order', async () => {
     const server = UnixServer.listen(socketPath());
     const client = UnixConnection.connect(server.path);

@@ -1,6 +1,7 @@
 // Adaptive spinning and the worker-thread handler: behaviour only (speed is
 // measured by npm run bench). Every fault is real, raised by a worker thread.
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -230,6 +231,31 @@ describe('the worker-thread handler (lend, borrow, serveSync)', () => {
     const child = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'terminate-serving.cjs')], { encoding: 'utf8', timeout: 60_000 });
     expect({ status: child.status, signal: child.signal, stderr: child.stderr, stdout: child.stdout.trim() })
       .toEqual({ status: 0, signal: null, stderr: '', stdout: 'clean' });
+  });
+
+  it('borrow() checks the whole loan before it shares the uffd: a refusal names the member, and the owner\'s close() still lets the memory go', () => {
+    const uffdFds = (): number => fs.readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return fs.readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[userfaultfd]';
+      } catch {
+        return false;
+      }
+    }).length;
+    const before = uffdFds();
+    const { uffd } = setup(1);
+    const loan = uffd.lend();
+    const refusals: [object, object][] = [
+      [{ ...loan, features: ['NOPE'] }, { name: 'TypeError', code: 'ERR_INVALID_ARG_VALUE', message: expect.stringContaining("'loan.features'") }],
+      [{ ...loan, features: 7 }, { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: expect.stringContaining('"loan.features"') }],
+      [{ ...loan, ranges: 5 }, { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: expect.stringContaining('"loan.ranges"') }],
+      [{ ...loan, ranges: [{ address: -1n, length: PAGE }] }, { name: 'RangeError', code: 'ERR_OUT_OF_RANGE', message: expect.stringContaining('"loan.ranges[0].address"') }],
+    ];
+    for (const [bad, error] of refusals) expect(() => Userfaultfd.borrow(bad as never)).toThrow(expect.objectContaining(error));
+    // No refused borrow holds a share of the descriptor: closing the owner
+    // closes it now (the kernel then drops the registrations), not at the
+    // next garbage collection.
+    uffd.close();
+    expect(uffdFds()).toBe(before);
   });
 
   it('a loan cannot be borrowed once its uffd is closed', () => {
