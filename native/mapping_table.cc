@@ -20,14 +20,20 @@ int MappingTable::Remove(uint64_t start, bool detach) {
   auto it = std::find_if(mappings_.begin(), mappings_.end(),
                          [&](const Mapping& m) { return m.start == start && !m.removed; });
   if (it == mappings_.end()) return 0;
+  // The kernel ends a uffd registration with the memory it covers (munmap,
+  // or Detach's mapping over it): the serving thread may then touch what
+  // the kernel maps at that address next.
+  uint64_t length = it->length;
   if (it->views == 0) {
     mappings_.erase(it);
+    CutRegistrations(nullptr, start, length);
     return 1;
   }
   // A view is still out: never leave it a dangling pointer.
   if (detach) {
     int r = memory::Detach(it->start, it->length);
     if (r < 0) return r;
+    CutRegistrations(nullptr, start, length);
   }
   it->removed = true;
   return 0;
@@ -68,17 +74,21 @@ void MappingTable::AddRegistration(const void* owner, uint64_t start, uint64_t l
 
 void MappingTable::RemoveRegistration(const void* owner, uint64_t start, uint64_t length) {
   std::lock_guard<std::mutex> lock(mutex_);
+  CutRegistrations(owner, start, length);
+}
+
+void MappingTable::CutRegistrations(const void* owner, uint64_t start, uint64_t length) {
   std::vector<Registration> kept;
   uint64_t end = start + length;
   for (const Registration& r : registrations_) {
     uint64_t r_end = r.start + r.length;
-    if (r.owner != owner || r_end <= start || r.start >= end) {
+    if ((owner != nullptr && r.owner != owner) || r_end <= start || r.start >= end) {
       kept.push_back(r);
       continue;
     }
     // Unregistering part of a range leaves the parts outside it registered.
-    if (r.start < start) kept.push_back({owner, r.start, start - r.start});
-    if (r_end > end) kept.push_back({owner, end, r_end - end});
+    if (r.start < start) kept.push_back({r.owner, r.start, start - r.start});
+    if (r_end > end) kept.push_back({r.owner, end, r_end - end});
   }
   registrations_.swap(kept);
 }

@@ -19,7 +19,8 @@ class MappingTable {
   // Ends a mapping. Returns 1 when the caller must munmap it now; 0 when
   // views are still out, in which case the last view's release unmaps it, and
   // with `detach` the memory has been replaced by zeros already (see
-  // memory::Detach). -errno on failure.
+  // memory::Detach). Either way the registrations in it end, for every uffd.
+  // -errno on failure.
   int Remove(uint64_t start, bool detach);
 
   // Takes a reference on the mapping that holds [address, address+length), for
@@ -57,6 +58,10 @@ class MappingTable {
     uint64_t start;
     uint64_t length;
   };
+  // Drops what is registered in [start, start+length): `owner`'s, or every
+  // uffd's with nullptr. The lock must be held.
+  void CutRegistrations(const void* owner, uint64_t start, uint64_t length);
+
   struct Server {
     const void* owner;
     std::thread::id thread;

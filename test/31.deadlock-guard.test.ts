@@ -64,6 +64,38 @@ describe('deadlock guard', () => {
     other.close();
   });
 
+  it('forgets a registration when its memory is unmapped: what is mapped there next is not refused on the serving thread', () => {
+    const length = 4 * PAGE;
+    const held = Mapping.anonymous(length);
+    const kept = held.view();  // taken before registering: unmap() leaves it zeros, unregistered
+    const freed = Mapping.anonymous(length);
+    const uffd = Userfaultfd.open();
+    const target = Mapping.anonymous(PAGE);
+    cleanup.push(() => target.unmap(), () => uffd.close());
+    for (const m of [held, freed, target]) uffd.register(m);
+    void uffd.serve((fault) => void fault.zero());
+    held.unmap();
+    freed.unmap();
+    // The memory the old view holds is zeros the kernel maps on first touch:
+    // no uffd is involved any more, so copying from it is an ordinary copy.
+    expect(uffd.copy(target.address, kept.subarray(0, PAGE))).toBe(PAGE);
+    expect(() => attachView(held.address, PAGE)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_NOT_MAPPED' }));
+    // The kernel hands a freed address range out again (top-down, to the
+    // next mapping of the same size): a new mapping there is not registered.
+    const tries: Mapping[] = [];
+    let reused: Mapping | undefined;
+    while (!reused && tries.length < 16) {
+      const next = Mapping.anonymous(length);
+      tries.push(next);
+      if (next.address === freed.address) reused = next;
+    }
+    cleanup.push(() => tries.forEach((m) => m.unmap()));
+    expect(reused).toBeDefined();
+    expect(reused!.read().every((b) => b === 0)).toBe(true);
+    expect(reused!.view().length).toBe(length);
+    expect(attachView(reused!.address, length).length).toBe(length);
+  });
+
   it('allows views again once the range is unregistered, and a worker may always attach', async () => {
     const { mapping, uffd } = setup(1);
     void uffd.serve((fault) => void fault.copy(new Uint8Array(PAGE).fill(2)));
