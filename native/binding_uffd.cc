@@ -84,9 +84,10 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       ThrowErrno(env, err, "uv_poll_init");
     }
     Data(env)->handles.insert(this);
-    // Only this thread's loop can read this object's events: its registered
+    // Only this thread's loop can read the owner's events: its registered
     // ranges are served here until it is closed (see GuardServingThread).
-    MappingTable::Get().ServeOn(this, std::this_thread::get_id());
+    // A borrower serves them from when it starts to (ServeHere).
+    if (owner_) ServeHere();
   }
 
   ~UffdHandle() override {
@@ -102,7 +103,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
   // too: see uffd::DrainMessages).
   void CloseNative(bool drain = false) {
     if (fd_ < 0) return;
-    MappingTable::Get().Forget(this);
+    MappingTable::Get().StopServing(this);
     // The native thread first: it must never outlive the descriptor.
     // (The source's references go with StopPolling or the destructor: at
     // environment teardown no reference may be deleted here.)
@@ -166,8 +167,8 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     int r = uffd::Register(fd, start, len, mode, &ioctls);
     if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_REGISTER)");
     // Registering again replaces the range's modes, as the kernel does.
-    MappingTable::Get().RemoveRegistration(this, start, len);
-    if (waits) MappingTable::Get().AddRegistration(this, start, len);
+    MappingTable::Get().RemoveRegistration(share_.get(), start, len);
+    if (waits) MappingTable::Get().AddRegistration(share_.get(), start, len);
     return Big(info.Env(), ioctls);
   }
 
@@ -176,7 +177,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     uint64_t start = U64(info, 0), len = U64(info, 1);
     int r = uffd::Unregister(fd, start, len);
     if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_UNREGISTER)");
-    MappingTable::Get().RemoveRegistration(this, start, len);
+    MappingTable::Get().RemoveRegistration(share_.get(), start, len);
     return info.Env().Undefined();
   }
 
@@ -259,6 +260,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     if (!started_) {
       int r = stream_->Start();
       if (r < 0) ThrowErrno(info.Env(), r, "uv_poll_start");
+      ServeHere();
       started_ = true;
       Ref();
       on_messages_.Hold();
@@ -379,6 +381,8 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       if (source.file >= 0) close(source.file);
       ThrowErrno(env, err, "serveFrom");
     }
+    // Misses are handled on this thread: it serves the uffd from now on.
+    ServeHere();
     source_bytes_ = Napi::Persistent(info[0].As<Napi::Object>());
     if (!info[1].IsNull()) source_present_ = Napi::Persistent(info[1].As<Napi::Object>());
     Ref();
@@ -432,7 +436,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
 
   // setUnmapWaits(): the uffd has EVENT_UNMAP (see MappingTable::SetUnmapWaits).
   Napi::Value JsSetUnmapWaits(const Napi::CallbackInfo& info) {
-    MappingTable::Get().SetUnmapWaits(this);
+    MappingTable::Get().SetUnmapWaits(share_.get());
     return info.Env().Undefined();
   }
 
@@ -448,6 +452,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     Napi::Env env = info.Env();
     if (fd_ < 0) return Napi::Number::New(env, -1);
     if (started_ || server_ != nullptr) ThrowCode(env, "ERR_UFFD_BUSY", "wait");
+    ServeHere();
     wait_spin_.set_enabled(info[1].ToBoolean());
     Napi::ArrayBuffer buffer = messages_.Value();
     size_t capacity = std::min(buffer.ByteLength() / sizeof(uffd_msg), FaultStream::kCapacity);
@@ -455,6 +460,15 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     if (n == -ECANCELED) return Napi::Number::New(env, -1);
     if (n < 0) ThrowErrno(env, static_cast<int>(n), "read");
     return Napi::Number::New(env, static_cast<double>(n));
+  }
+
+  // This thread serves the uffd's faults from now on (the deadlock guard's
+  // serving thread): the owner's from the start, a borrower's once it waits
+  // for faults or starts a stream, until it is closed.
+  void ServeHere() {
+    if (serving_here_) return;
+    MappingTable::Get().ServeOn(this, share_.get(), std::this_thread::get_id());
+    serving_here_ = true;
   }
 
   // lend() -> an id another thread's UffdHandle can share this uffd by.
@@ -466,6 +480,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
   int fd_ = -1;
   std::shared_ptr<UffdShare> share_;
   bool owner_ = true;
+  bool serving_here_ = false;
   PageServer* server_ = nullptr;
   PageServer::Stats final_stats_{};
   bool has_final_stats_ = false;

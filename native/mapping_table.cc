@@ -67,65 +67,66 @@ void MappingTable::ReleaseView(uint64_t start) {
   }
 }
 
-void MappingTable::AddRegistration(const void* owner, uint64_t start, uint64_t length) {
+void MappingTable::AddRegistration(const void* uffd, uint64_t start, uint64_t length) {
   std::lock_guard<std::mutex> lock(mutex_);
-  registrations_.push_back({owner, start, length});
+  registrations_.push_back({uffd, start, length});
 }
 
-void MappingTable::RemoveRegistration(const void* owner, uint64_t start, uint64_t length) {
+void MappingTable::RemoveRegistration(const void* uffd, uint64_t start, uint64_t length) {
   std::lock_guard<std::mutex> lock(mutex_);
-  CutRegistrations(owner, start, length);
+  CutRegistrations(uffd, start, length);
 }
 
-void MappingTable::CutRegistrations(const void* owner, uint64_t start, uint64_t length) {
+void MappingTable::CutRegistrations(const void* uffd, uint64_t start, uint64_t length) {
   std::vector<Registration> kept;
   uint64_t end = start + length;
   for (const Registration& r : registrations_) {
     uint64_t r_end = r.start + r.length;
-    if ((owner != nullptr && r.owner != owner) || r_end <= start || r.start >= end) {
+    if ((uffd != nullptr && r.uffd != uffd) || r_end <= start || r.start >= end) {
       kept.push_back(r);
       continue;
     }
     // Unregistering part of a range leaves the parts outside it registered.
-    if (r.start < start) kept.push_back({r.owner, r.start, start - r.start});
-    if (r_end > end) kept.push_back({r.owner, end, r_end - end});
+    if (r.start < start) kept.push_back({r.uffd, r.start, start - r.start});
+    if (r_end > end) kept.push_back({r.uffd, end, r_end - end});
   }
   registrations_.swap(kept);
 }
 
-void MappingTable::ServeOn(const void* owner, std::thread::id thread) {
+void MappingTable::ServeOn(const void* server, const void* uffd, std::thread::id thread) {
   std::lock_guard<std::mutex> lock(mutex_);
-  servers_.push_back({owner, thread, false});
+  servers_.push_back({server, uffd, thread});
 }
 
-void MappingTable::SetUnmapWaits(const void* owner) {
+void MappingTable::SetUnmapWaits(const void* uffd) {
   std::lock_guard<std::mutex> lock(mutex_);
-  for (Server& server : servers_) {
-    if (server.owner == owner) server.unmap_waits = true;
-  }
+  if (std::find(unmap_waits_.begin(), unmap_waits_.end(), uffd) == unmap_waits_.end()) unmap_waits_.push_back(uffd);
 }
 
-void MappingTable::StopServing(const void* owner) {
+void MappingTable::StopServing(const void* server) {
   std::lock_guard<std::mutex> lock(mutex_);
-  servers_.erase(std::remove_if(servers_.begin(), servers_.end(), [&](const Server& s) { return s.owner == owner; }),
+  servers_.erase(std::remove_if(servers_.begin(), servers_.end(), [&](const Server& s) { return s.server == server; }),
                  servers_.end());
 }
 
-void MappingTable::Forget(const void* owner) {
-  StopServing(owner);
+void MappingTable::ForgetUffd(const void* uffd) {
   std::lock_guard<std::mutex> lock(mutex_);
   registrations_.erase(std::remove_if(registrations_.begin(), registrations_.end(),
-                                      [&](const Registration& r) { return r.owner == owner; }),
+                                      [&](const Registration& r) { return r.uffd == uffd; }),
                        registrations_.end());
+  servers_.erase(std::remove_if(servers_.begin(), servers_.end(), [&](const Server& s) { return s.uffd == uffd; }),
+                 servers_.end());
+  unmap_waits_.erase(std::remove(unmap_waits_.begin(), unmap_waits_.end(), uffd), unmap_waits_.end());
 }
 
 bool MappingTable::ServedHere(uint64_t address, uint64_t length, bool unmap) {
   std::lock_guard<std::mutex> lock(mutex_);
   std::thread::id self = std::this_thread::get_id();
   for (const Server& server : servers_) {
-    if (server.thread != self || (unmap && !server.unmap_waits)) continue;
+    if (server.thread != self) continue;
+    if (unmap && std::find(unmap_waits_.begin(), unmap_waits_.end(), server.uffd) == unmap_waits_.end()) continue;
     for (const Registration& r : registrations_) {
-      if (r.owner == server.owner && address < r.start + r.length && r.start < address + length) return true;
+      if (r.uffd == server.uffd && address < r.start + r.length && r.start < address + length) return true;
     }
   }
   return false;

@@ -29,18 +29,21 @@ class MappingTable {
   // Drops a view reference; unmaps a removed mapping with its last view.
   void ReleaseView(uint64_t start);
 
-  // Ranges registered with a uffd (`owner` identifies it), and the thread its
-  // faults are served on once its event stream starts. A uffd registered here
-  // and served by another process serves nothing on any thread of this one.
-  void AddRegistration(const void* owner, uint64_t start, uint64_t length);
-  void RemoveRegistration(const void* owner, uint64_t start, uint64_t length);
-  void ServeOn(const void* owner, std::thread::id thread);
-  void StopServing(const void* owner);
-  // Drops everything known about the uffd (it is closed).
-  void Forget(const void* owner);
+  // Ranges registered with a uffd (`uffd` identifies the uffd itself, not
+  // one handle of it: a lender and its borrowers share the registrations),
+  // and the threads its faults are served on. A uffd registered here and
+  // served by another process serves nothing on any thread of this one.
+  void AddRegistration(const void* uffd, uint64_t start, uint64_t length);
+  void RemoveRegistration(const void* uffd, uint64_t start, uint64_t length);
+  // `server`, a handle of `uffd`, serves its faults on `thread` until
+  // StopServing(server).
+  void ServeOn(const void* server, const void* uffd, std::thread::id thread);
+  void StopServing(const void* server);
+  // Drops everything known about the uffd (its descriptor is closed).
+  void ForgetUffd(const void* uffd);
   // The uffd has EVENT_UNMAP: an munmap of its ranges waits until its event
-  // is read, so on the serving thread it would never return.
-  void SetUnmapWaits(const void* owner);
+  // is read, so on a serving thread it would never return.
+  void SetUnmapWaits(const void* uffd);
   // Whether [address, address+length) overlaps a range whose faults are
   // served on the calling thread (for an munmap, `unmap`: only of a uffd
   // whose munmap waits for its reader).
@@ -54,21 +57,22 @@ class MappingTable {
     bool removed;
   };
   struct Registration {
-    const void* owner;
+    const void* uffd;
     uint64_t start;
     uint64_t length;
   };
-  // Drops what is registered in [start, start+length): `owner`'s, or every
+  // Drops what is registered in [start, start+length): `uffd`'s, or every
   // uffd's with nullptr. The lock must be held.
-  void CutRegistrations(const void* owner, uint64_t start, uint64_t length);
+  void CutRegistrations(const void* uffd, uint64_t start, uint64_t length);
 
   struct Server {
-    const void* owner;
+    const void* server;
+    const void* uffd;
     std::thread::id thread;
-    bool unmap_waits;
   };
   std::mutex mutex_;
   std::vector<Mapping> mappings_;
   std::vector<Registration> registrations_;
   std::vector<Server> servers_;
+  std::vector<const void*> unmap_waits_;
 };

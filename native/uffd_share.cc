@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 
+#include "mapping_table.h"
 #include "uffd.h"
 
 namespace {
@@ -37,6 +38,9 @@ std::shared_ptr<UffdShare> UffdShare::Adopt(int fd, int* error) {
 }
 
 UffdShare::~UffdShare() {
+  // The deadlock guard's record of the registrations is the uffd's, shared
+  // by its lender and borrowers: it ends when the descriptor closes.
+  MappingTable::Get().ForgetUffd(this);
   uffd::Close(fd_);
   close(stop_fd_);
 }

@@ -226,6 +226,36 @@ describe('the worker-thread handler (lend, borrow, serveSync)', () => {
     expect(done.stats.spin.cpuMs - before).toBeLessThan(10);
   });
 
+  it('refuses, in a serveSync handler, a view of the memory the worker serves (it would wait for itself for ever), and only while it serves', async () => {
+    const { uffd, memory } = setup(2);
+    const worker = new Worker(`
+      const { workerData, parentPort } = require('node:worker_threads');
+      const { Userfaultfd, attachView } = require(${JSON.stringify(require.resolve('../dist/index.js'))});
+      const codeOf = (call) => { try { call(); return 'allowed'; } catch (error) { return error.code; } };
+      const second = workerData.address + BigInt(workerData.page);
+      const uffd = Userfaultfd.borrow(workerData.loan);
+      const before = codeOf(() => attachView(second, workerData.page));
+      let during;
+      parentPort.postMessage('serving');
+      uffd.serveSync((fault) => {
+        // Only asks: touching the view here would hang this thread for good.
+        during = codeOf(() => attachView(second, workerData.page));
+        fault.zero();
+      });
+      parentPort.postMessage({ before, during, after: codeOf(() => attachView(second, workerData.page)) });
+    `, { eval: true, workerData: { loan: uffd.lend(), address: memory.address, page: PAGE } });
+    cleanup.push(() => worker.terminate());
+    const next = () => new Promise((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+    expect(await next()).toBe('serving');
+    const reported = next();
+    expect(await touch({ address: memory.address, length: PAGE }).result).toMatchObject({ sum: 0 });
+    uffd.close();
+    expect(await reported).toEqual({ before: 'allowed', during: 'ERR_UFFD_WOULD_DEADLOCK', after: 'allowed' });
+  });
+
   it('a worker terminated while it serves, as its owner closes, ends cleanly (no abort in the addon)', () => {
     // In a child process (test/fixtures/terminate-serving.cjs): the failure it guards against is an abort.
     const child = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'terminate-serving.cjs')], { encoding: 'utf8', timeout: 60_000 });
