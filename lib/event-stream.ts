@@ -4,9 +4,12 @@
 // receive(count) on the uffd's thread; the stream decodes the batch and hands
 // it on. It ends when the uffd closes, with the read error that closed it if
 // one did.
+import os from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { libraryError, systemError, type UffdError } from './errors';
 import { decode, type DecodeContext, type UffdEvent } from './events';
+
+const LENDER_CLOSED = -os.constants.errno.ECANCELED;
 
 /** The uffd a stream belongs to, as the stream sees it. */
 export interface StreamOwner {
@@ -60,8 +63,16 @@ export class EventStream<U> {
     this.#batchHandler = handler;
   }
 
-  /** The addon's callback: count messages are in the buffer, or (negative) -errno of a failed read. */
+  /**
+   * The addon's callback: count messages are in the buffer, or (negative)
+   * -errno of a failed read; -ECANCELED: the owner of this borrowed uffd
+   * closed it, which ends the stream as close() does.
+   */
   receive(count: number): void {
+    if (count === LENDER_CLOSED) {
+      this.#owner.close();
+      return;
+    }
     if (count < 0) {
       this.#failure = systemError(count, 'read');
       this.#owner.close();

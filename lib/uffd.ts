@@ -145,7 +145,8 @@ export class Userfaultfd implements FaultResolver {
    * the worker's Userfaultfd.borrow(loan) serves faults with serveSync(),
    * blocked in the addon, so that nothing this thread does delays a fault.
    * This thread keeps the uffd: its close() ends the worker's serveSync(),
-   * and the descriptor closes once the worker lets go.
+   * and the descriptor closes once the worker lets go (a borrower that is
+   * not in serveSync lets go when its event loop next runs).
    */
   lend(): UffdLoan {
     this.#checkOpen('userfaultfd');

@@ -15,6 +15,7 @@
 
 #include "binding_util.h"
 #include "fault_stream.h"
+#include "fd_watch.h"
 #include "mapping_table.h"
 #include "page_server.h"
 #include "spin_policy.h"
@@ -24,7 +25,7 @@
 namespace binding {
 
 // A uffd and the stream that delivers its messages to one JavaScript callback.
-class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink {
+class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink, private FdWatch::Sink {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "UffdHandle",
@@ -83,6 +84,21 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       fd_ = -1;
       ThrowErrno(env, err, "uv_poll_init");
     }
+    // A borrower lets go when the owner closes: at once if it waits in
+    // serveSync, else when its loop next runs, so that an idle borrower (or
+    // one serving on its loop) does not keep the uffd, and so its memory
+    // registered, after the owner's close(). A descriptor of its own: one
+    // loop must not poll one fd twice (two borrowers on one thread).
+    if (!owner_) {
+      lender_closed_fd_ = share_->DupShutdownFd();
+      lender_closed_ = lender_closed_fd_ < 0 ? nullptr : FdWatch::Create(loop, lender_closed_fd_, this, &err);
+      if (lender_closed_ == nullptr || (err = lender_closed_->Start(UV_READABLE)) < 0) {
+        if (lender_closed_fd_ < 0) err = lender_closed_fd_;
+        CloseNative();
+        ThrowErrno(env, err, "uv_poll_init");
+      }
+      lender_closed_->Unref();
+    }
     Data(env)->handles.insert(this);
     // Only this thread's loop can read the owner's events: its registered
     // ranges are served here until it is closed (see GuardServingThread).
@@ -115,6 +131,14 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       stream_->Destroy();
       stream_ = nullptr;
     }
+    if (lender_closed_ != nullptr) {
+      lender_closed_->Destroy();
+      lender_closed_ = nullptr;
+    }
+    if (lender_closed_fd_ >= 0) {
+      close(lender_closed_fd_);
+      lender_closed_fd_ = -1;
+    }
     if (drain && owner_) uffd::DrainMessages(fd_);
     // A borrower (a worker) going away may have read faults it never
     // resolved, and the owner's descriptor stays open, so the kernel wakes
@@ -139,6 +163,17 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     on_messages_.Call(Value(), {Napi::Number::New(env, error)});
+  }
+
+  // The owner closed a borrowed uffd (lender_closed_ is readable): the
+  // JavaScript side closes this object (onMessages(-ECANCELED): the end, not
+  // a failure), which lets go of the descriptor; if that callback is gone,
+  // let go here.
+  void OnReady(int /*status*/, int /*events*/) override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    on_messages_.Call(Value(), {Napi::Number::New(env, -ECANCELED)});
+    CloseNative();
   }
 
  private:
@@ -481,6 +516,9 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
   std::shared_ptr<UffdShare> share_;
   bool owner_ = true;
   bool serving_here_ = false;
+  // A borrower's watch on the owner's close (UffdShare::DupShutdownFd).
+  FdWatch* lender_closed_ = nullptr;
+  int lender_closed_fd_ = -1;
   PageServer* server_ = nullptr;
   PageServer::Stats final_stats_{};
   bool has_final_stats_ = false;

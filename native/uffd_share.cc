@@ -1,5 +1,6 @@
 #include "uffd_share.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -59,6 +60,12 @@ void UffdShare::Shutdown() {
       ++it;
     }
   }
+}
+
+int UffdShare::DupShutdownFd() const {
+  // The eventfd is written once and never read: readable for good after Shutdown().
+  int fd = fcntl(stop_fd_, F_DUPFD_CLOEXEC, 0);
+  return fd < 0 ? -errno : fd;
 }
 
 // Reads messages for as long as spin's window lasts: how many were read, 0 when

@@ -6,7 +6,8 @@
 // The descriptor is closed when the last user lets go, never while another
 // thread may be inside a wait or an ioctl on it (the number could otherwise be
 // reused under it). The owner's Shutdown() wakes every waiter at once; they
-// return -ECANCELED, and their JavaScript lets go. Lending goes through a
+// return -ECANCELED, and their JavaScript lets go; a borrower that is not
+// waiting learns of it from its event loop (DupShutdownFd). Lending goes through a
 // process-wide table of ids, since a worker receives plain data, not pointers;
 // the table holds no reference, so a lent id outlives nothing.
 // No N-API. Thread: any.
@@ -32,6 +33,10 @@ class UffdShare {
   // Wakes every Wait() for good; they return -ECANCELED from now on.
   void Shutdown();
   bool shut_down() const { return shut_down_.load(std::memory_order_acquire); }
+  // A descriptor of the caller's own (it closes it) that polls readable once
+  // Shutdown() has run: a borrower's event loop watches it, to let go of the
+  // uffd when the owner closes it. -errno on failure.
+  int DupShutdownFd() const;
 
   // Blocks the calling thread until messages are pending, then reads up to
   // max of them: first spinning for spin's window, then in poll(2) for at most

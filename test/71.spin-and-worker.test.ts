@@ -256,6 +256,46 @@ describe('the worker-thread handler (lend, borrow, serveSync)', () => {
     expect(await reported).toEqual({ before: 'allowed', during: 'ERR_UFFD_WOULD_DEADLOCK', after: 'allowed' });
   });
 
+  it('a borrower that is not in serveSync lets go when the owner closes: its serve() ends, and the descriptor closes at once', async () => {
+    // Otherwise the borrower's share kept the uffd open after the owner's
+    // close(): its registrations stayed, and a thread touching the memory
+    // then waited with nobody left to serve it.
+    const uffdFds = (): number => fs.readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return fs.readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[userfaultfd]';
+      } catch {
+        return false;
+      }
+    }).length;
+    const before = uffdFds();
+    const { uffd, memory, image } = setup(4);
+    const worker = new Worker(`
+      const { workerData, parentPort } = require('node:worker_threads');
+      const { Userfaultfd } = require(${JSON.stringify(require.resolve('../dist/index.js'))});
+      const idle = Userfaultfd.borrow(workerData.loan);       // borrowed, never served
+      const serving = Userfaultfd.borrow(workerData.loan);    // served on this worker's loop
+      const image = new Uint8Array(workerData.image);
+      const start = serving.registrations[0].start;
+      serving.serve((fault) => {
+        const at = Number(fault.pageAddress - start);
+        fault.copy(image.subarray(at, at + fault.pageSize));
+      }).then(() => setImmediate(() => parentPort.postMessage({ ended: true, idleClosed: idle.closed, servingClosed: serving.closed })));
+      parentPort.postMessage('serving');
+    `, { eval: true, workerData: { loan: uffd.lend(), image } });
+    cleanup.push(() => worker.terminate());
+    const next = () => new Promise((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+    expect(await next()).toBe('serving');
+    expect(await touch({ address: memory.address, length: memory.length, expected: image }).result).toMatchObject({ ok: true });
+    const ended = next();
+    uffd.close();
+    expect(await Promise.race([ended, new Promise((resolve) => setTimeout(() => resolve('still serving'), 5000))]))
+      .toEqual({ ended: true, idleClosed: true, servingClosed: true });
+    expect(uffdFds()).toBe(before);
+  });
+
   it('a worker terminated while it serves, as its owner closes, ends cleanly (no abort in the addon)', () => {
     // In a child process (test/fixtures/terminate-serving.cjs): the failure it guards against is an abort.
     const child = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'terminate-serving.cjs')], { encoding: 'utf8', timeout: 60_000 });
