@@ -122,8 +122,11 @@ const LIBRARY: Record<string, string> = {
 };
 
 // ERR_UFFD_WOULD_DEADLOCK for madvise and munmap, which do not fault but wait.
+// The guard counts the thread that opened a uffd as serving it even while
+// serveFrom's native thread or a serveSync worker reads its events, so the
+// advice is to open (and serve) the uffd on another thread, not to lend it.
 const WAITS_FOR_READER =
-  'with EVENT_REMOVE (madvise) or EVENT_UNMAP (munmap) this call waits until the thread that serves this userfaultfd has read its event, and this is that thread: it would block forever. Call it from a worker thread or another process, or serve the uffd off this thread (serveSync in a worker, or serveFrom)';
+  'with EVENT_REMOVE (madvise) or EVENT_UNMAP (munmap) this call waits until the thread that serves this userfaultfd has read its event, and this is that thread: it would block forever. Open and serve the uffd in a worker thread (register this memory there by address), or make this call from another process';
 
 /** Builds the error for -errno (or a library code in extra.code) from syscall. */
 export function systemError(errno: number, syscall: string, extra: Record<string, unknown> = {}): UffdError {

@@ -1,5 +1,7 @@
 // The serving thread must never touch registered memory that only it can make
 // present. The library refuses the obvious ways to do so.
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Userfaultfd, attachView } from '../dist/index.js';
 import { PAGE, touch, registeredAnonymous } from './helpers';
@@ -94,6 +96,41 @@ describe('deadlock guard', () => {
     expect(reused!.read().every((b) => b === 0)).toBe(true);
     expect(reused!.view().length).toBe(length);
     expect(attachView(reused!.address, length).length).toBe(length);
+  });
+
+  it('gives, for a discard() refused on the serving thread, advice that works: with the uffd opened and served in a worker, it goes through', async () => {
+    const mapping = Mapping.anonymous(2 * PAGE);
+    const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE'] });
+    cleanup.push(() => mapping.unmap(), () => uffd.close());
+    uffd.register(mapping);
+    // Serving off the loop does not help: this thread opened the uffd, and
+    // the guard still refuses here, so the message must not suggest it.
+    void uffd.serveFrom(null);
+    let refusal: Error | undefined;
+    try {
+      mapping.discard(0, PAGE);
+    } catch (error) {
+      refusal = error as Error;
+    }
+    expect(refusal).toMatchObject({ code: 'ERR_UFFD_WOULD_DEADLOCK', syscall: 'madvise' });
+    expect(refusal!.message).toContain('Open and serve the uffd in a worker thread');
+    expect(refusal!.message).not.toMatch(/serveSync|serveFrom/);
+    uffd.close();
+    // What it says: a worker opens a uffd, registers this memory by address
+    // and serves it; this thread's discard waits for that worker's read.
+    const worker = new Worker(`
+      const { workerData, parentPort } = require('node:worker_threads');
+      const { Userfaultfd } = require(${JSON.stringify(require.resolve('../dist/index.js'))});
+      const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE'] });
+      uffd.register({ address: workerData.address, length: workerData.length });
+      void uffd.serve((fault) => fault.zero(), { onEvent: (event) => { parentPort.postMessage(event.type); uffd.close(); } });
+      parentPort.postMessage('ready');
+    `, { eval: true, workerData: { address: mapping.address, length: mapping.length } });
+    cleanup.push(() => void worker.terminate());
+    expect((await once(worker, 'message'))[0]).toBe('ready');
+    const removed = once(worker, 'message');
+    mapping.discard(0, PAGE);
+    expect((await removed)[0]).toBe('remove');
   });
 
   it('allows views again once the range is unregistered, and a worker may always attach', async () => {
