@@ -39,7 +39,13 @@ export interface ServeOptions {
   spin?: boolean;
 }
 
-// serveSync's handlers cannot hold a fault past their return: no timeout.
+/**
+ * serveSync's options; no timeoutMs, as its handlers cannot hold a fault
+ * past their return. Nothing scheduled runs while serveSync blocks, so the
+ * default onError's warning (process.emitWarning, emitted on the next tick)
+ * appears, and a throwing onEvent or onError is raised, only once serveSync
+ * has returned: give onError to hear of failed faults while serving.
+ */
 export interface ServeSyncOptions extends Omit<ServeOptions, 'spin' | 'timeoutMs'> {
   /** Adaptive spinning in wait (default true: this thread does nothing else). */
   spin?: boolean;
