@@ -14,7 +14,7 @@ export interface SpinStats {
 export interface ServeStats {
   /** Faults the native fast path resolved without JavaScript. */
   readonly nativeFaults: number;
-  /** Faults JavaScript handlers were given (serve(), serveSync(), or serveFrom's misses). */
+  /** Faults JavaScript handlers were given (serve(), serveSync(), or serveFrom's misses) through this object: a worker's serveSync counts on its borrowed object. */
   readonly jsFaults: number;
   /** Non-fault events read (remove, unmap, remap, fork). */
   readonly events: number;
