@@ -1,12 +1,11 @@
 // Adaptive spinning and the worker-thread handler: behaviour only (speed is
 // measured by npm run bench). Every fault is real, raised by a worker thread.
 import { spawnSync } from 'node:child_process';
-import fs from 'node:fs';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Mapping, Userfaultfd } from '../dist/index.js';
-import { PAGE, pattern, shuffled, touch, registeredAnonymous } from './helpers';
+import { PAGE, pattern, shuffled, touch, registeredAnonymous, uffdFds } from './helpers';
 
 const cleanup: (() => void | Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -260,13 +259,6 @@ describe('the worker-thread handler (lend, borrow, serveSync)', () => {
     // Otherwise the borrower's share kept the uffd open after the owner's
     // close(): its registrations stayed, and a thread touching the memory
     // then waited with nobody left to serve it.
-    const uffdFds = (): number => fs.readdirSync('/proc/self/fd').filter((fd) => {
-      try {
-        return fs.readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[userfaultfd]';
-      } catch {
-        return false;
-      }
-    }).length;
     const before = uffdFds();
     const { uffd, memory, image } = setup(4);
     const worker = new Worker(`
@@ -304,13 +296,6 @@ describe('the worker-thread handler (lend, borrow, serveSync)', () => {
   });
 
   it('borrow() checks the whole loan before it shares the uffd: a refusal names the member, and the owner\'s close() still lets the memory go', () => {
-    const uffdFds = (): number => fs.readdirSync('/proc/self/fd').filter((fd) => {
-      try {
-        return fs.readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[userfaultfd]';
-      } catch {
-        return false;
-      }
-    }).length;
     const before = uffdFds();
     const { uffd } = setup(1);
     const loan = uffd.lend();

@@ -126,3 +126,14 @@ export function registeredAnonymous(pages: number): { uffd: Userfaultfd; mapping
   uffd.register(mapping, { missing: true });
   return { uffd, mapping };
 }
+
+/** How many userfaultfd descriptors this process holds open now. */
+export function uffdFds(): number {
+  return fs.readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return fs.readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[userfaultfd]';
+    } catch {
+      return false; // the directory's own descriptor, closed by now
+    }
+  }).length;
+}
