@@ -153,7 +153,8 @@ describe('non-cooperative events', () => {
     expect(report?.sums).toEqual([5]);
   });
 
-  it('REMAP: mremap of registered memory, then a fault at the new address', async () => {
+  // test/fixtures/remap_peer.c: sends its uffd and where its memory is and will be, then on one byte mremaps it and reads at the new address.
+  async function remapPeer() {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-remap-'));
     const socketPath = path.join(dir, 's');
     const server = UnixServer.listen(socketPath);
@@ -166,7 +167,12 @@ describe('non-cooperative events', () => {
     cleanup.push(() => connection.close());
     const message = (await connection.receive())!;
     const info = JSON.parse(message.data.toString()) as { address: string; newAddress: string; length: number };
-    const uffd = Userfaultfd.fromFd(message.fds[0]!, { features: ['EVENT_REMAP'] });
+    return { out: () => out, exited, connection, info, uffdFd: message.fds[0]! };
+  }
+
+  it('REMAP: mremap of registered memory, then a fault at the new address', async () => {
+    const { out, exited, connection, info, uffdFd } = await remapPeer();
+    const uffd = Userfaultfd.fromFd(uffdFd, { features: ['EVENT_REMAP'] });
     cleanup.push(() => uffd.close());
     const events: Event[] = [];
     const faults: Fault[] = [];
@@ -176,24 +182,15 @@ describe('non-cooperative events', () => {
     }, { onEvent: (event) => events.push(event) });
     connection.send('g');
     expect(await exited).toBe(0);
-    expect(JSON.parse(out)).toEqual({ byte: 9 });
+    expect(JSON.parse(out())).toEqual({ byte: 9 });
     expect(events).toEqual([{ type: 'remap', from: BigInt(info.address), to: BigInt(info.newAddress), length: info.length }]);
     expect(faults.map((f) => f.pageAddress)).toEqual([BigInt(info.newAddress)]);
   });
 
   it('REMAP: the registration follows the mapping to its new address, with its page size and modes', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-remap-'));
-    const socketPath = path.join(dir, 's');
-    const server = UnixServer.listen(socketPath);
-    cleanup.push(() => server.close(), () => fs.rmSync(dir, { recursive: true, force: true }));
-    const child = spawn(fixture('remap_peer'), [socketPath, '2'], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    const connection = (await server.accept())!;
-    cleanup.push(() => connection.close());
-    const message = (await connection.receive())!;
-    const info = JSON.parse(message.data.toString()) as { address: string; newAddress: string; length: number };
+    const { exited, connection, info, uffdFd } = await remapPeer();
     const modes = { missing: true, minor: false, wp: false, rwp: false };
-    const uffd = Userfaultfd.fromFd(message.fds[0]!, { features: ['EVENT_REMAP'], ranges: [{ address: BigInt(info.address), length: info.length, modes }] });
+    const uffd = Userfaultfd.fromFd(uffdFd, { features: ['EVENT_REMAP'], ranges: [{ address: BigInt(info.address), length: info.length, modes }] });
     cleanup.push(() => uffd.close());
     let atFault: { start: bigint; end: bigint; pageSize: number; modes: object }[] = [];
     void uffd.serve((fault) => {
