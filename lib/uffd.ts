@@ -203,7 +203,7 @@ export class Userfaultfd implements FaultResolver {
     const { start, length, pageSize } = targetRange(target);
     const m = validate.options<RegisterModes>(modes, 'modes');
     for (const mode of ['missing', 'minor', 'wp', 'rwp'] as const) {
-      if (m[mode] !== undefined && typeof m[mode] !== 'boolean') throw argTypeError(`modes.${mode}`, 'of type boolean', m[mode]);
+      validate.flag(m[mode], `modes.${mode}`);
     }
     const bits = (m.missing ? REGISTER_MODE.MISSING : 0n) | (m.minor ? REGISTER_MODE.MINOR : 0n) | (m.wp ? REGISTER_MODE.WP : 0n) |
       (m.rwp ? REGISTER_MODE.RWP : 0n);
