@@ -32,7 +32,7 @@ export interface UffdHandle {
   stats(out: Float64Array): void;
   setSpin(enabled: boolean): void;
   /** The uffd has EVENT_UNMAP: an unmap() of its ranges on the serving thread is refused. */
-  setUnmapWaits(): void;
+  setEventWaits(remove: boolean, unmap: boolean): void;
   /** Blocks until messages are in the messages buffer: their count, 0 after timeoutMs, -1 once closed. */
   wait(timeoutMs: number, spin: boolean): number;
   /** An id another thread can share this uffd by (new UffdHandle(-1, ..., id)). */

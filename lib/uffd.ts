@@ -97,7 +97,9 @@ export class Userfaultfd implements FaultResolver {
     // Userfaultfd nobody holds is collected and its handle closes the fd.
     this.#callback = (count: number) => this.#stream.receive(count);
     this.#handle = new native.UffdHandle(fd, this.#callback, this.#messages, lentId);
-    if (this.#enabled.has('EVENT_UNMAP')) this.#handle.setUnmapWaits();
+    if (this.#enabled.has('EVENT_REMOVE') || this.#enabled.has('EVENT_UNMAP')) {
+      this.#handle.setEventWaits(this.#enabled.has('EVENT_REMOVE'), this.#enabled.has('EVENT_UNMAP'));
+    }
   }
 
   /**

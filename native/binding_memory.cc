@@ -77,7 +77,7 @@ Napi::Value Unmap(const Napi::CallbackInfo& info) {
   bool detach = info[2].ToBoolean();
   // With EVENT_UNMAP, munmap waits until the serving thread reads the event:
   // refused there; collected memory stays mapped rather than hang the thread.
-  if (MappingTable::Get().ServedHere(address, length, true)) {
+  if (MappingTable::Get().ServedHere(address, length, MappingTable::Access::kUnmap)) {
     if (detach) ThrowCode(info.Env(), "ERR_UFFD_WOULD_DEADLOCK", "munmap");
     return info.Env().Undefined();
   }
@@ -92,7 +92,7 @@ Napi::Value Discard(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t address = U64(info, 0), length = U64(info, 1);
   // With EVENT_REMOVE, madvise waits until the serving thread reads the event.
-  if (MappingTable::Get().ServedHere(address, length)) ThrowCode(env, "ERR_UFFD_WOULD_DEADLOCK", "madvise");
+  if (MappingTable::Get().ServedHere(address, length, MappingTable::Access::kRemove)) ThrowCode(env, "ERR_UFFD_WOULD_DEADLOCK", "madvise");
   int r = memory::Discard(address, length, info[2].ToBoolean());
   if (r < 0) ThrowErrno(env, r, "madvise");
   return env.Undefined();

@@ -48,7 +48,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
                            InstanceMethod<&UffdHandle::JsServeNative>("serveNative"),
                            InstanceMethod<&UffdHandle::JsStats>("stats"),
                            InstanceMethod<&UffdHandle::JsSetSpin>("setSpin"),
-                           InstanceMethod<&UffdHandle::JsSetUnmapWaits>("setUnmapWaits"),
+                           InstanceMethod<&UffdHandle::JsSetEventWaits>("setEventWaits"),
                            InstanceMethod<&UffdHandle::JsWait>("wait"),
                            InstanceMethod<&UffdHandle::JsLend>("lend"),
                            InstanceAccessor<&UffdHandle::JsFd>("fd"),
@@ -203,7 +203,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     if (r < 0) ThrowErrno(info.Env(), r, "ioctl(UFFDIO_REGISTER)");
     // Registering again replaces the range's modes, as the kernel does.
     MappingTable::Get().RemoveRegistration(share_.get(), start, len);
-    if (waits) MappingTable::Get().AddRegistration(share_.get(), start, len);
+    MappingTable::Get().AddRegistration(share_.get(), start, len, waits);
     return Big(info.Env(), ioctls);
   }
 
@@ -469,9 +469,10 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     return env.Undefined();
   }
 
-  // setUnmapWaits(): the uffd has EVENT_UNMAP (see MappingTable::SetUnmapWaits).
-  Napi::Value JsSetUnmapWaits(const Napi::CallbackInfo& info) {
-    MappingTable::Get().SetUnmapWaits(share_.get());
+  // setEventWaits(remove, unmap): the uffd has EVENT_REMOVE / EVENT_UNMAP
+  // (see MappingTable::SetEventWaits).
+  Napi::Value JsSetEventWaits(const Napi::CallbackInfo& info) {
+    MappingTable::Get().SetEventWaits(share_.get(), info[0].ToBoolean(), info[1].ToBoolean());
     return info.Env().Undefined();
   }
 

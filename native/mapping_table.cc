@@ -67,9 +67,9 @@ void MappingTable::ReleaseView(uint64_t start) {
   }
 }
 
-void MappingTable::AddRegistration(const void* uffd, uint64_t start, uint64_t length) {
+void MappingTable::AddRegistration(const void* uffd, uint64_t start, uint64_t length, bool faults_wait) {
   std::lock_guard<std::mutex> lock(mutex_);
-  registrations_.push_back({uffd, start, length});
+  registrations_.push_back({uffd, start, length, faults_wait});
 }
 
 void MappingTable::RemoveRegistration(const void* uffd, uint64_t start, uint64_t length) {
@@ -87,8 +87,8 @@ void MappingTable::CutRegistrations(const void* uffd, uint64_t start, uint64_t l
       continue;
     }
     // Unregistering part of a range leaves the parts outside it registered.
-    if (r.start < start) kept.push_back({r.uffd, r.start, start - r.start});
-    if (r_end > end) kept.push_back({r.uffd, end, r_end - end});
+    if (r.start < start) kept.push_back({r.uffd, r.start, start - r.start, r.faults_wait});
+    if (r_end > end) kept.push_back({r.uffd, end, r_end - end, r.faults_wait});
   }
   registrations_.swap(kept);
 }
@@ -98,9 +98,14 @@ void MappingTable::ServeOn(const void* server, const void* uffd, std::thread::id
   servers_.push_back({server, uffd, thread});
 }
 
-void MappingTable::SetUnmapWaits(const void* uffd) {
+void MappingTable::SetEventWaits(const void* uffd, bool remove, bool unmap) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (std::find(unmap_waits_.begin(), unmap_waits_.end(), uffd) == unmap_waits_.end()) unmap_waits_.push_back(uffd);
+  auto it = std::find_if(event_waits_.begin(), event_waits_.end(), [&](const EventWaits& w) { return w.uffd == uffd; });
+  if (it == event_waits_.end()) {
+    event_waits_.push_back({uffd, remove, unmap});
+  } else {
+    *it = {uffd, remove, unmap};
+  }
 }
 
 void MappingTable::StopServing(const void* server) {
@@ -116,17 +121,24 @@ void MappingTable::ForgetUffd(const void* uffd) {
                        registrations_.end());
   servers_.erase(std::remove_if(servers_.begin(), servers_.end(), [&](const Server& s) { return s.uffd == uffd; }),
                  servers_.end());
-  unmap_waits_.erase(std::remove(unmap_waits_.begin(), unmap_waits_.end(), uffd), unmap_waits_.end());
+  event_waits_.erase(std::remove_if(event_waits_.begin(), event_waits_.end(), [&](const EventWaits& w) { return w.uffd == uffd; }),
+                     event_waits_.end());
 }
 
-bool MappingTable::ServedHere(uint64_t address, uint64_t length, bool unmap) {
+bool MappingTable::ServedHere(uint64_t address, uint64_t length, Access access) {
   std::lock_guard<std::mutex> lock(mutex_);
   std::thread::id self = std::this_thread::get_id();
   for (const Server& server : servers_) {
     if (server.thread != self) continue;
-    if (unmap && std::find(unmap_waits_.begin(), unmap_waits_.end(), server.uffd) == unmap_waits_.end()) continue;
+    // madvise and munmap wait only for a uffd with their event, and then for
+    // any range of it, whether its faults wait or not.
+    if (access != Access::kTouch) {
+      auto w = std::find_if(event_waits_.begin(), event_waits_.end(), [&](const EventWaits& e) { return e.uffd == server.uffd; });
+      if (w == event_waits_.end() || !(access == Access::kRemove ? w->remove : w->unmap)) continue;
+    }
     for (const Registration& r : registrations_) {
-      if (r.uffd == server.uffd && address < r.start + r.length && r.start < address + length) return true;
+      if (r.uffd != server.uffd || (access == Access::kTouch && !r.faults_wait)) continue;
+      if (address < r.start + r.length && r.start < address + length) return true;
     }
   }
   return false;

@@ -33,7 +33,9 @@ class MappingTable {
   // one handle of it: a lender and its borrowers share the registrations),
   // and the threads its faults are served on. A uffd registered here and
   // served by another process serves nothing on any thread of this one.
-  void AddRegistration(const void* uffd, uint64_t start, uint64_t length);
+  // faults_wait: an access there can wait for the uffd's reader (not so for
+  // a range registered WP alone on a uffd with WP_ASYNC).
+  void AddRegistration(const void* uffd, uint64_t start, uint64_t length, bool faults_wait);
   void RemoveRegistration(const void* uffd, uint64_t start, uint64_t length);
   // `server`, a handle of `uffd`, serves its faults on `thread` until
   // StopServing(server).
@@ -41,13 +43,16 @@ class MappingTable {
   void StopServing(const void* server);
   // Drops everything known about the uffd (its descriptor is closed).
   void ForgetUffd(const void* uffd);
-  // The uffd has EVENT_UNMAP: an munmap of its ranges waits until its event
-  // is read, so on a serving thread it would never return.
-  void SetUnmapWaits(const void* uffd);
-  // Whether [address, address+length) overlaps a range whose faults are
-  // served on the calling thread (for an munmap, `unmap`: only of a uffd
-  // whose munmap waits for its reader).
-  bool ServedHere(uint64_t address, uint64_t length, bool unmap = false);
+  // The uffd has EVENT_REMOVE (`remove`: a madvise of its ranges waits until
+  // its event is read) or EVENT_UNMAP (`unmap`: an munmap does), so on a
+  // serving thread that call would never return.
+  void SetEventWaits(const void* uffd, bool remove, bool unmap);
+  // What the calling thread is about to do to memory: touch it (waits where
+  // a fault waits), or madvise / munmap it (waits where the uffd has the event).
+  enum class Access { kTouch, kRemove, kUnmap };
+  // Whether `access` of [address, address+length) would wait for a uffd
+  // whose faults are served on the calling thread.
+  bool ServedHere(uint64_t address, uint64_t length, Access access = Access::kTouch);
 
  private:
   struct Mapping {
@@ -60,6 +65,7 @@ class MappingTable {
     const void* uffd;
     uint64_t start;
     uint64_t length;
+    bool faults_wait;
   };
   // Drops what is registered in [start, start+length): `uffd`'s, or every
   // uffd's with nullptr. The lock must be held.
@@ -74,5 +80,10 @@ class MappingTable {
   std::vector<Mapping> mappings_;
   std::vector<Registration> registrations_;
   std::vector<Server> servers_;
-  std::vector<const void*> unmap_waits_;
+  struct EventWaits {
+    const void* uffd;
+    bool remove;
+    bool unmap;
+  };
+  std::vector<EventWaits> event_waits_;
 };

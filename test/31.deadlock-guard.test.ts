@@ -57,13 +57,28 @@ describe('deadlock guard', () => {
     expect(mapping.mapped).toBe(true);
     uffd.copy(mapping.address, new Uint8Array(PAGE).fill(7));
     expect(mapping.read(0, PAGE)[0]).toBe(7);
-    // Without EVENT_UNMAP nothing waits: unmapping served memory here is fine.
-    const plain = Mapping.anonymous(PAGE);
+    // Without EVENT_REMOVE and EVENT_UNMAP nothing waits: discarding and
+    // unmapping served memory here is fine.
+    const plain = Mapping.anonymous(2 * PAGE);
     const other = Userfaultfd.open();
     other.register(plain);
+    other.copy(plain.address, new Uint8Array(PAGE).fill(8));
+    expect(plain.read(0, PAGE)[0]).toBe(8);
+    plain.discard(0, PAGE);
+    // Gone: reading it here would now fault, and wait.
+    expect(() => plain.read(0, PAGE)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_WOULD_DEADLOCK' }));
     plain.unmap();
     expect(plain.mapped).toBe(false);
     other.close();
+  });
+
+  it('refuses, with EVENT_REMOVE, discard() of a range whose faults do not wait (WP alone, WP_ASYNC): the madvise still waits for its event', () => {
+    const mapping = Mapping.anonymous(2 * PAGE);
+    const uffd = Userfaultfd.open({ features: ['WP_ASYNC', 'EVENT_REMOVE'] });
+    cleanup.push(() => mapping.unmap(), () => uffd.close());
+    uffd.register(mapping, { wp: true });
+    expect(mapping.view().length).toBe(2 * PAGE); // its faults do not wait: views are fine
+    expect(() => mapping.discard()).toThrow(expect.objectContaining({ code: 'ERR_UFFD_WOULD_DEADLOCK', syscall: 'madvise' }));
   });
 
   it('forgets a registration when its memory is unmapped: what is mapped there next is not refused on the serving thread', () => {
