@@ -122,9 +122,11 @@ long UffdShare::Wait(uffd_msg* out, size_t max, int timeout_ms, SpinPolicy* spin
 uint64_t UffdShare::Lend(const std::shared_ptr<UffdShare>& share) {
   Lent& table = Table();
   std::lock_guard<std::mutex> lock(table.mutex);
-  uint64_t id = table.next_id++;
-  table.shares[id] = share;
-  return id;
+  if (share->lent_id_ == 0) {
+    share->lent_id_ = table.next_id++;
+    table.shares[share->lent_id_] = share;
+  }
+  return share->lent_id_;
 }
 
 std::shared_ptr<UffdShare> UffdShare::Borrow(uint64_t id) {

@@ -46,7 +46,8 @@ class UffdShare {
   // time ran out, -ECANCELED after Shutdown(), or -errno.
   long Wait(uffd_msg* out, size_t max, int timeout_ms, SpinPolicy* spin);
 
-  // An id any thread can Borrow() while the share is alive and not shut down.
+  // An id any thread can Borrow() while the share is alive and not shut down:
+  // one per share, however often it is lent, so lending costs nothing lasting.
   static uint64_t Lend(const std::shared_ptr<UffdShare>& share);
   // nullptr when the share is gone or shut down.
   static std::shared_ptr<UffdShare> Borrow(uint64_t id);
@@ -58,4 +59,5 @@ class UffdShare {
   int fd_;
   int stop_fd_;
   std::atomic<bool> shut_down_{false};
+  uint64_t lent_id_ = 0;  // Lend()'s id, 0 until lent; under the lend table's lock
 };

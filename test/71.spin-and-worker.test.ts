@@ -321,4 +321,20 @@ describe('the worker-thread handler (lend, borrow, serveSync)', () => {
     expect(() => Userfaultfd.borrow(loan)).toThrow(expect.objectContaining({ code: 'ERR_UFFD_CLOSED', message: expect.stringContaining('ask its owner for a new loan') }));
     expect(() => Userfaultfd.borrow({ id: -1 } as never)).toThrow(TypeError);
   });
+
+  it('lends one uffd under one id however often it is lent (the lend table does not grow with lend() calls), each loan with the ranges of its time', () => {
+    const { uffd, memory } = setup(2);
+    const first = uffd.lend();
+    const extra = Mapping.anonymous(PAGE);
+    cleanup.push(() => extra.unmap());
+    uffd.register(extra);
+    const ids = new Set(Array.from({ length: 1000 }, () => uffd.lend().id));
+    expect([...ids]).toEqual([first.id]);
+    const later = uffd.lend();
+    expect(later.ranges.map((r) => r.address)).toEqual([memory.address, extra.address]);
+    expect(first.ranges.map((r) => r.address)).toEqual([memory.address]);
+    const borrowed = Userfaultfd.borrow(later);
+    expect(borrowed.registrations.length).toBe(2);
+    borrowed.close();
+  });
 });
