@@ -228,7 +228,7 @@ export class FirecrackerSession {
    * ERR_UFFD_UNSERVABLE), whatever the policy. Returns how the session ended.
    */
   abandon(): SessionEnd {
-    if (this.#end === undefined && this.#pending === 0 && this.#uffd.stats().pagesLeft === 0 && this.#unregisterAll()) this.#finish('served');
+    this.#letGoIfServed();
     if (this.#end !== undefined) return this.#end;
     this.#error ??= unservable(`the handler stopped with ${this.#uffd.stats().pagesLeft} page(s) not served and ${this.#pending} fault(s) waiting: the peer (pid ${this.pid}) is killed, as nobody would serve its next fault`);
     this.#kill();
@@ -409,20 +409,22 @@ export class FirecrackerSession {
   // this handler to do: unregister every region, so that the kernel answers
   // whatever comes next by itself (a removed page faults in as zeros), and end.
   #maybeServed(): void {
-    if (!this.#hungUp || this.#pending > 0 || this.#end !== undefined || this.#uffd.stats().pagesLeft > 0) return;
-    // Refused: keep serving, whatever stayed registered still faults here.
-    if (this.#unregisterAll()) this.#finish('served');
+    if (this.#hungUp) this.#letGoIfServed();
   }
 
-  // False when the kernel refused (a peer gone meanwhile ends the session).
-  #unregisterAll(): boolean {
+  // With every page present or removed and no fault waiting: unregister
+  // every region and end 'served'. If the kernel refuses, serving goes on
+  // (whatever stayed registered still faults here), and a peer gone
+  // meanwhile ends the session.
+  #letGoIfServed(): void {
+    if (this.#pending > 0 || this.#end !== undefined || this.#uffd.stats().pagesLeft > 0) return;
     try {
       for (const region of this.regions) this.#uffd.unregister({ address: region.base, length: region.size, pageSize: region.pageSize });
-      return true;
     } catch (error) {
       if (codeOf(error) === 'ESRCH') this.#peerGone(error);
-      return false;
+      return;
     }
+    this.#finish('served');
   }
 
   #peerGone(cause: unknown): void {
