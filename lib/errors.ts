@@ -115,18 +115,17 @@ function describe(errno: number): string {
 const LIBRARY: Record<string, string> = {
   ERR_UFFD_CLOSED: 'this userfaultfd is closed; open a new one with Userfaultfd.open()',
   ERR_UFFD_WOULD_DEADLOCK:
-    'the thread that serves this userfaultfd would touch registered memory that is not present yet, and only this thread can make it present: it would block forever. Touch registered memory from a worker thread (attachView) or another process, never from the thread that serves its faults',
+    'the thread that serves this userfaultfd would touch registered memory that is not present yet, and only this thread can make it present: it would block forever. Touch registered memory from a worker thread (attachView) or another process, or serve the faults in a worker (Userfaultfd.borrow(uffd.lend()).serveSync) while this thread reads none of them',
   ERR_UFFD_TIMEOUT: 'timed out',
   ERR_UFFD_UNSERVABLE: 'a page fault could not be served',
   ERR_UFFD_NOT_MAPPED: 'no live mapping made by this library holds this range (unmapped already, or never made by Memfd.map / Mapping.anonymous)',
 };
 
-// ERR_UFFD_WOULD_DEADLOCK for madvise and munmap, which do not fault but wait.
-// The guard counts the thread that opened a uffd as serving it even while
-// serveFrom's native thread or a serveSync worker reads its events, so the
-// advice is to open (and serve) the uffd on another thread, not to lend it.
+// ERR_UFFD_WOULD_DEADLOCK for madvise and munmap, which do not fault but wait
+// for a read: any thread other than this one reading the uffd's events ends
+// the wait (serveFrom's native thread, a worker serving a borrowed uffd).
 const WAITS_FOR_READER =
-  'with EVENT_REMOVE (madvise) or EVENT_UNMAP (munmap) this call waits until the thread that serves this userfaultfd has read its event, and this is that thread: it would block forever. Open and serve the uffd in a worker thread (register this memory there by address), or make this call from another process';
+  'with EVENT_REMOVE (madvise) or EVENT_UNMAP (munmap) this call waits until the thread that serves this userfaultfd has read its event, and this is that thread: it would block forever. Have another thread read the events (uffd.serveFrom, or a worker serving Userfaultfd.borrow(uffd.lend())), or make this call from another thread or process';
 
 /** Builds the error for -errno (or a library code in extra.code) from syscall. */
 export function systemError(errno: number, syscall: string, extra: Record<string, unknown> = {}): UffdError {

@@ -6,11 +6,13 @@
 // (serve-from.ts).
 //
 // Threading: events are read on the thread that opened the uffd (the main
-// thread or a worker), by its event loop, never blocking it; resolving ioctls
-// run synchronously on that thread. That thread therefore must never touch
-// registered memory that is not yet present: it would block in the kernel
-// waiting for a resolution only it can make. Faults come from other threads
-// (workers using attachView), native threads, or other processes.
+// thread or a worker), by its event loop, never blocking it, unless another
+// thread reads them (serveFrom's native thread, a worker given uffd.lend());
+// resolving ioctls run synchronously on the thread that reads. That thread
+// must never touch registered memory that is not yet present: it would block
+// in the kernel waiting for a resolution only it can make. Faults come from
+// other threads (workers using attachView), native threads, or other
+// processes (docs/threading.md).
 import { native, type UffdHandle } from './binding';
 import {
   COPY_MODE_WP, CONTINUE_MODE_WP, MODE_DONTWAKE, MOVE_MODE_ALLOW_SRC_HOLES, MSG_SIZE, REGISTER_MODE,

@@ -100,10 +100,10 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       lender_closed_->Unref();
     }
     Data(env)->handles.insert(this);
-    // Only this thread's loop can read the owner's events: its registered
-    // ranges are served here until it is closed (see GuardServingThread).
-    // A borrower serves them from when it starts to (ServeHere).
-    if (owner_) ServeHere();
+    // The owner's thread is the one to serve its ranges (see
+    // GuardServingThread) while no other thread reads the uffd; a borrower
+    // serves them from when it starts to (ServeHere).
+    if (owner_) ServeHere(MappingTable::Role::kOwner);
   }
 
   ~UffdHandle() override {
@@ -295,7 +295,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     if (!started_) {
       int r = stream_->Start();
       if (r < 0) ThrowErrno(info.Env(), r, "uv_poll_start");
-      ServeHere();
+      ServeHere(MappingTable::Role::kReads);
       started_ = true;
       Ref();
       on_messages_.Hold();
@@ -310,6 +310,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
 
   // Joins the native thread, keeping its final counters for stats().
   void StopServer() {
+    MappingTable::Get().StopServing(server_);
     server_->Stop();
     final_stats_ = server_->stats();
     has_final_stats_ = true;
@@ -416,8 +417,9 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
       if (source.file >= 0) close(source.file);
       ThrowErrno(env, err, "serveFrom");
     }
-    // Misses are handled on this thread: it serves the uffd from now on.
-    ServeHere();
+    // The native thread reads the uffd; misses are resolved on this thread.
+    MappingTable::Get().ServeOn(server_, share_.get(), server_->reader(), MappingTable::Role::kReads);
+    ServeHere(MappingTable::Role::kResolves);
     source_bytes_ = Napi::Persistent(info[0].As<Napi::Object>());
     if (!info[1].IsNull()) source_present_ = Napi::Persistent(info[1].As<Napi::Object>());
     Ref();
@@ -488,7 +490,7 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     Napi::Env env = info.Env();
     if (fd_ < 0) return Napi::Number::New(env, -1);
     if (started_ || server_ != nullptr) ThrowCode(env, "ERR_UFFD_BUSY", "wait");
-    ServeHere();
+    ServeHere(MappingTable::Role::kReads);
     wait_spin_.set_enabled(info[1].ToBoolean());
     Napi::ArrayBuffer buffer = messages_.Value();
     size_t capacity = std::min(buffer.ByteLength() / sizeof(uffd_msg), FaultStream::kCapacity);
@@ -499,13 +501,9 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
   }
 
   // This thread serves the uffd's faults from now on (the deadlock guard's
-  // serving thread): the owner's from the start, a borrower's once it waits
-  // for faults or starts a stream, until it is closed.
-  void ServeHere() {
-    if (serving_here_) return;
-    MappingTable::Get().ServeOn(this, share_.get(), std::this_thread::get_id());
-    serving_here_ = true;
-  }
+  // serving thread), in `role`, until it is closed: the owner's from the
+  // start, a borrower's once it waits for faults or starts a stream.
+  void ServeHere(MappingTable::Role role) { MappingTable::Get().ServeOn(this, share_.get(), std::this_thread::get_id(), role); }
 
   // lend() -> an id another thread's UffdHandle can share this uffd by.
   Napi::Value JsLend(const Napi::CallbackInfo& info) {
@@ -516,7 +514,6 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
   int fd_ = -1;
   std::shared_ptr<UffdShare> share_;
   bool owner_ = true;
-  bool serving_here_ = false;
   // A borrower's watch on the owner's close (UffdShare::DupShutdownFd).
   FdWatch* lender_closed_ = nullptr;
   int lender_closed_fd_ = -1;

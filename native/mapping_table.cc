@@ -93,9 +93,14 @@ void MappingTable::CutRegistrations(const void* uffd, uint64_t start, uint64_t l
   registrations_.swap(kept);
 }
 
-void MappingTable::ServeOn(const void* server, const void* uffd, std::thread::id thread) {
+void MappingTable::ServeOn(const void* server, const void* uffd, std::thread::id thread, Role role) {
   std::lock_guard<std::mutex> lock(mutex_);
-  servers_.push_back({server, uffd, thread});
+  auto it = std::find_if(servers_.begin(), servers_.end(), [&](const Server& s) { return s.server == server; });
+  if (it == servers_.end()) {
+    servers_.push_back({server, uffd, thread, role});
+  } else {
+    it->role = std::max(it->role, role);
+  }
 }
 
 void MappingTable::SetEventWaits(const void* uffd, bool remove, bool unmap) {
@@ -125,11 +130,27 @@ void MappingTable::ForgetUffd(const void* uffd) {
                      event_waits_.end());
 }
 
+bool MappingTable::WaitsForItself(const Server& server, Access access) const {
+  switch (server.role) {
+    case Role::kReads:
+      return true;
+    case Role::kResolves:
+      // The event is read by the thread that passes the faults on.
+      return access == Access::kTouch;
+    case Role::kOwner:
+      // Served elsewhere: whoever reads the uffd serves this thread's faults
+      // and reads its events.
+      return std::none_of(servers_.begin(), servers_.end(),
+                          [&](const Server& s) { return s.uffd == server.uffd && s.role != Role::kOwner; });
+  }
+  return true;
+}
+
 bool MappingTable::ServedHere(uint64_t address, uint64_t length, Access access) {
   std::lock_guard<std::mutex> lock(mutex_);
   std::thread::id self = std::this_thread::get_id();
   for (const Server& server : servers_) {
-    if (server.thread != self) continue;
+    if (server.thread != self || !WaitsForItself(server, access)) continue;
     // madvise and munmap wait only for a uffd with their event, and then for
     // any range of it, whether its faults wait or not.
     if (access != Access::kTouch) {

@@ -37,9 +37,24 @@ class MappingTable {
   // a range registered WP alone on a uffd with WP_ASYNC).
   void AddRegistration(const void* uffd, uint64_t start, uint64_t length, bool faults_wait);
   void RemoveRegistration(const void* uffd, uint64_t start, uint64_t length);
-  // `server`, a handle of `uffd`, serves its faults on `thread` until
-  // StopServing(server).
-  void ServeOn(const void* server, const void* uffd, std::thread::id thread);
+  // How a thread serves a uffd, which decides what on it would wait for itself.
+  enum class Role {
+    // The thread that opened the uffd, before it reads the uffd itself: it is
+    // the one to serve it (a touch there before serve() would hang), unless
+    // another thread reads the uffd meanwhile (a serveSync worker, say).
+    kOwner,
+    // Resolves faults others read and pass to it (serveFrom's loop thread:
+    // the misses), but reads no events: a touch waits for it, a madvise or
+    // munmap only for the reader.
+    kResolves,
+    // Reads the uffd: its faults and events (the loop with a stream, a
+    // serveSync worker, serveFrom's native thread).
+    kReads,
+  };
+  // `server`, a handle of `uffd` (or its native thread), serves it on
+  // `thread` in `role` until StopServing(server). Called again for the same
+  // server, the role only grows (an owner that starts to read reads).
+  void ServeOn(const void* server, const void* uffd, std::thread::id thread, Role role);
   void StopServing(const void* server);
   // Drops everything known about the uffd (its descriptor is closed).
   void ForgetUffd(const void* uffd);
@@ -75,7 +90,11 @@ class MappingTable {
     const void* server;
     const void* uffd;
     std::thread::id thread;
+    Role role;
   };
+  // Whether `access` on server's thread waits for that thread itself. The
+  // lock must be held.
+  bool WaitsForItself(const Server& server, Access access) const;
   std::mutex mutex_;
   std::vector<Mapping> mappings_;
   std::vector<Registration> registrations_;

@@ -121,6 +121,8 @@ class PageServer {
                             const Options& options, FaultStream::Sink* sink, int* error);
 
   Stats stats() const;
+  // The thread that reads the uffd (for the deadlock guard).
+  std::thread::id reader() const { return thread_.get_id(); }
   void Ref() { queue_->Ref(); }
   void Unref() { queue_->Unref(); }
   // UFFDIO_COPY of [src, src + len) to dst for JavaScript (a miss it has
