@@ -80,13 +80,16 @@ PageServer* PageServer::Create(uv_loop_t* loop, int uffd, const Source& source, 
     return nullptr;
   }
   try {
-    server->thread_ = std::thread([server] { server->Run(); });
-    // Named here, not by the thread itself, so it is visible at once.
-    pthread_setname_np(server->thread_.native_handle(), "uffd-pages");
+    // The fillers first: the reader looks at fillers_ (Read()), so the vector
+    // must be complete before that thread exists (ThreadSanitizer found the
+    // reader reading it while this thread was still growing it).
     for (uint32_t i = 0; i < options.fill_threads; i++) {
       server->fillers_.emplace_back([server] { server->RunFiller(); });
+      // Named here, not by the thread itself, so it is visible at once.
       pthread_setname_np(server->fillers_.back().native_handle(), "uffd-fill");
     }
+    server->thread_ = std::thread([server] { server->Run(); });
+    pthread_setname_np(server->thread_.native_handle(), "uffd-pages");
   } catch (const std::system_error& e) {
     *error = -e.code().value();
     server->Stop();

@@ -160,7 +160,9 @@ export class GatedSource implements PageSource {
     for (let page = first; page < end; page++) {
       if (this.#failing.has(page)) throw Object.assign(new Error(`the test's source refuses page ${page}`), { code: 'ERR_TEST_SOURCE' });
     }
-    this.present.fill(1, first, end);
+    // As PageSource requires: each flag with Atomics.store, after the bytes
+    // (the native thread reads them with acquire loads while it serves).
+    for (let page = first; page < end; page++) Atomics.store(this.present, page, 1);
   }
 
   close(): void {
