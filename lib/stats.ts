@@ -27,9 +27,11 @@ export interface ServeStats {
   /** Bytes the native path copied from the source (UFFDIO_COPY; zero pages and CONTINUE copy nothing). */
   readonly copiedBytes: number;
   /**
-   * Pages of serveFrom's ranges that nothing has claimed yet: not resolved by
-   * the native path, not removed, not handed to JavaScript with a fault.
-   * With background fill it reaches 0 once the restore is complete.
+   * Pages of serveFrom's ranges not there yet: neither resolved (by the
+   * native path, or by JavaScript through this object, a miss passed to it
+   * included) nor removed. A page whose fault went to JavaScript counts until
+   * the handler has resolved it. With background fill it reaches 0 once the
+   * restore is complete: no thread waits on any of those pages.
    */
   readonly pagesLeft: number;
   readonly zeroPages: number;

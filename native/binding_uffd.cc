@@ -228,7 +228,17 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
     uint64_t done = 0;
     int r = server_ != nullptr ? server_->CopyForJs(dst, src.address, src.length, mode, &done)
                                : uffd::Copy(fd, dst, src.address, src.length, mode, &done);
+    Resolved(dst, done, r);
     return Done(info.Env(), r, done, "ioctl(UFFDIO_COPY)");
+  }
+
+  // Tells serveFrom's native thread what JavaScript resolved (done bytes
+  // from start, and with EEXIST the page after them, there already), so
+  // that pagesLeft counts a page passed on with its fault until then.
+  void Resolved(uint64_t start, uint64_t done, int rc) {
+    if (server_ == nullptr) return;
+    if (rc == -EEXIST) done += 1;  // Marked by page: this reaches into the page that exists.
+    if (done > 0) server_->ResolvedByJs(start, done);
   }
 
   // zeroPage / continue / poison (start, len, mode) -> bytes done: the same
@@ -236,8 +246,9 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
   template <int (*Ioctl)(int, uint64_t, uint64_t, uint64_t, uint64_t*)>
   Napi::Value RangeIoctl(const Napi::CallbackInfo& info, const char* syscall) {
     int fd = Fd(info);
-    uint64_t done = 0;
-    int r = Ioctl(fd, U64(info, 0), U64(info, 1), U64(info, 2), &done);
+    uint64_t done = 0, start = U64(info, 0);
+    int r = Ioctl(fd, start, U64(info, 1), U64(info, 2), &done);
+    Resolved(start, done, r);
     return Done(info.Env(), r, done, syscall);
   }
 
@@ -256,8 +267,9 @@ class UffdHandle : public Napi::ObjectWrap<UffdHandle>, public FaultStream::Sink
   // move(dst, src, len, mode) -> bytes moved
   Napi::Value JsMove(const Napi::CallbackInfo& info) {
     int fd = Fd(info);
-    uint64_t done = 0;
-    int r = uffd::Move(fd, U64(info, 0), U64(info, 1), U64(info, 2), U64(info, 3), &done);
+    uint64_t done = 0, dst = U64(info, 0);
+    int r = uffd::Move(fd, dst, U64(info, 1), U64(info, 2), U64(info, 3), &done);
+    Resolved(dst, done, r);
     return Done(info.Env(), r, done, "ioctl(UFFDIO_MOVE)");
   }
 

@@ -128,11 +128,13 @@ void PageServer::Destroy() {
 
 PageServer::Stats PageServer::stats() const {
   const Counters& c = counters_;
+  // First: a page leaves it only once its counters are in (Mark).
+  uint64_t pages_left = c.pages_left.load(std::memory_order_acquire);
   auto get = [](const std::atomic<uint64_t>& v) { return v.load(std::memory_order_relaxed); };
   Stats s{get(c.faults_native), get(c.faults_forwarded), get(c.events), get(c.pages), get(c.bytes),
           get(c.read_ahead_pages), get(c.zero_pages), get(c.continued_pages), get(c.eexist), get(c.eagain),
           get(c.batches), get(c.messages), get(c.ioctls), 0, 0, get(c.service_max_ns), get(c.spin_windows),
-          get(c.spin_hits), get(c.spin_ns), get(c.background_pages), get(c.copied_bytes), get(c.pages_left), {}};
+          get(c.spin_hits), get(c.spin_ns), get(c.background_pages), get(c.copied_bytes), pages_left, {}};
   uint64_t total = 0;
   for (size_t b = 0; b < Stats::kBuckets; b++) total += s.histogram[b] = get(c.histogram[b]);
   uint64_t seen = 0;
@@ -165,9 +167,22 @@ int PageServer::PollTimeout() {
 }
 
 void PageServer::Mark(RangeState& r, uint64_t from, uint64_t to, uint8_t bits) {
+  constexpr uint8_t kDone = kServed | kRemoved;
   uint64_t claimed = 0;
-  for (uint64_t p = from; p < to; p++) claimed += __atomic_fetch_or(&r.state[p], bits, __ATOMIC_RELAXED) == 0;
-  if (claimed > 0) counters_.pages_left.fetch_sub(claimed, std::memory_order_relaxed);
+  for (uint64_t p = from; p < to; p++) {
+    uint8_t before = __atomic_fetch_or(&r.state[p], bits, __ATOMIC_RELAXED);
+    claimed += (bits & kDone) != 0 && (before & kDone) == 0;
+  }
+  if (claimed > 0) counters_.pages_left.fetch_sub(claimed, std::memory_order_release);
+}
+
+void PageServer::ResolvedByJs(uint64_t start, uint64_t length) {
+  for (RangeState& r : ranges_) {
+    uint64_t from = std::max(start, r.range.start), to = std::min(start + length, r.range.start + r.range.length);
+    if (from >= to) continue;
+    uint64_t ps = r.range.page_size;
+    Mark(r, (from - r.range.start) / ps, (to - r.range.start + ps - 1) / ps, kServed);
+  }
 }
 
 void PageServer::Record(uint64_t ns) {
@@ -334,9 +349,9 @@ bool PageServer::FillPiece(const Piece& piece) {
       continue;
     }
     uint64_t got = done / ps;
-    Mark(r, at, at + got, kServed);
     CountResolved(piece.kind, got, ps);
     filled.fetch_add(got, std::memory_order_relaxed);
+    Mark(r, at, at + got, kServed);
     at += got;
     if (rc == 0) continue;
     if (rc == -EEXIST || (rc == -ENOENT && piece.background)) {
@@ -726,21 +741,18 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
   Kind kind = jobs[a].kind;
   uint64_t ps = r.range.page_size;
   // Pages this thread put in; those found there already are not counted.
+  // Every page of [first, p) is there at the end, and marked so after the
+  // counting (Mark).
   uint64_t resolved = 0;
-  auto mark = [&](uint64_t from, uint64_t to) {
-    Mark(r, from, to, kServed);
-    resolved += to - from;
-  };
   // One ioctl that wakes what it resolves; if a page in the middle is there
   // already, the rest goes in with DONTWAKE and one WAKE covers the run.
   uint64_t done = 0, p = first;
   int rc = Ioctl(r, kind, p, end - p, 0, &done);
-  mark(p, p + done / ps);
+  resolved += done / ps;
   p += done / ps;
   bool wake = false;
   while (rc == -EEXIST && p < end) {
     counters_.eexist.fetch_add(1, std::memory_order_relaxed);
-    Mark(r, p, p + 1, kServed);
     p++;
     wake = true;
     if (p == end) {
@@ -748,7 +760,7 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
       break;
     }
     rc = Ioctl(r, kind, p, end - p, UFFDIO_COPY_MODE_DONTWAKE, &done);
-    mark(p, p + done / ps);
+    resolved += done / ps;
     p += done / ps;
   }
   if (wake) {
@@ -756,6 +768,7 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
     uffd::Wake(uffd_, r.range.start + first * ps, (p - first) * ps);
   }
   CountResolved(kind, resolved, ps);
+  Mark(r, first, p, kServed);
   uint64_t now = SpinPolicy::NowNs();
   for (size_t i = a; i < b; i++) {
     const Job& job = jobs[i];

@@ -130,6 +130,10 @@ class PageServer {
   // REMOVE has taken since get zero pages instead, as their faults must
   // (fill_gate.h). Thread: the loop's; returns like uffd::Copy.
   int CopyForJs(uint64_t dst, uint64_t src, uint64_t len, uint64_t mode, uint64_t* done);
+  // JavaScript resolved [start, start + length) through this uffd (a fault
+  // it was passed, or a range of its own): those pages leave pagesLeft.
+  // Thread: the loop's.
+  void ResolvedByJs(uint64_t start, uint64_t length);
   // Stops the thread and waits for it (idempotent); stats() stay readable.
   void Stop();
   // Stops, then frees the server; the uffd may be closed right after.
@@ -142,6 +146,9 @@ class PageServer {
     // Per page: kServed once resolved (or found there), kRemoved after a
     // REMOVE, kForwarded once its fault went to JavaScript (which resolves
     // it). Lets read-ahead and background fill skip pages known to be there.
+    // A page leaves pages_left when it is first served or removed, not when
+    // its fault is passed on: until JavaScript has resolved it, the restore
+    // is not complete (a thread still waits on it).
     std::vector<uint8_t> state;
     // The chunk of the last fault read ahead of, for telling a sequential
     // stream (the next fault one or two chunks on) from random access.
@@ -210,6 +217,9 @@ class PageServer {
   // REMOVE: the pages read as zeros from now on. UNMAP and REMAP's old
   // addresses: nothing is there to fill.
   void ApplyEvent(const uffd_msg& msg);
+  // Sets bits on [from, to); pages served or removed for the first time
+  // leave pages_left (last, with release: whoever reads pages_left first, with
+  // acquire, sees the counters of what brought it down).
   void Mark(RangeState& r, uint64_t from, uint64_t to, uint8_t bits);
   void Forwarded(const uffd_msg& msg);
   bool Present(const RangeState& r, uint64_t page) const;

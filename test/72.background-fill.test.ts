@@ -116,6 +116,35 @@ describe('serveFrom background fill', () => {
     expect(uffd.stats()).toMatchObject({ nativeFaults: 1, jsFaults: 1, backgroundPages: pages - 2 });
   });
 
+  it('counts a page whose fault went to JavaScript in pagesLeft until JavaScript has resolved it (0 means no thread waits)', async () => {
+    const pages = 64;
+    const { uffd, mapping, image } = setup(pages);
+    const { bytes, present, deliver } = fillingSource(image);
+    const lacking = 40;
+    deliver(0, lacking);
+    deliver(lacking + 1, pages);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const source = new BufferPageSource(bytes, {
+      present,
+      fetch: async (offset, length) => {
+        await released;
+        deliver(offset / PAGE, (offset + length) / PAGE);
+      },
+    });
+    void uffd.serveFrom(source, { background: 'now' });
+    const { result } = touch({ address: mapping.address + BigInt(lacking * PAGE), length: PAGE, expected: image.slice(lacking * PAGE) });
+    // Every other page is filled; the one the source lacks is with JavaScript,
+    // whose fetch has not delivered yet: a thread still waits on it.
+    await vi.waitFor(() => expect(uffd.stats()).toMatchObject({ backgroundPages: pages - 1, jsFaults: 1 }), { timeout: 10_000, interval: 5 });
+    expect(pagesLeft(uffd)).toBe(1);
+    release();
+    expect(await result).toMatchObject({ ok: true, mismatches: 0 });
+    await vi.waitFor(() => expect(pagesLeft(uffd)).toBe(0), { timeout: 10_000, interval: 5 });
+    uffd.close();
+    expect(uffd.stats()).toMatchObject({ nativeFaults: 0, jsFaults: 1, backgroundPages: pages - 1, pagesLeft: 0 });
+  });
+
   it('with several fill threads and read-ahead, faults and fills meet on the same pages: each page is copied once, every byte right', async () => {
     const pages = 4096;
     const stats = await restoreShuffled(pages, 11, { readAhead: 16, background: true, backgroundPiece: 4 * PAGE, fillThreads: 3 });
