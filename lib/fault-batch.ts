@@ -101,6 +101,19 @@ export class FaultBatch {
     return this.#resolve(i, 2, undefined);
   }
 
+  /**
+   * Removes the protection that faulted (UFFDIO_WRITEPROTECT for wp faults,
+   * UFFDIO_RWPROTECT for rwp faults) and wakes the thread, as Fault.unprotect().
+   */
+  unprotect(i: number): Outcome {
+    const page = this.pageAddress(i);
+    const size = this.#pageSizeAt(page);
+    if (this.kind(i) === 'rwp') this.#handle.rwProtect(page, size, NO_MODE);
+    else this.#handle.writeProtect(page, size, NO_MODE);
+    this.#resolved[i] = 1;
+    return 'done';
+  }
+
   /** @internal serve()'s 'fill' policy, for every fault the handler left unresolved; returns how many there were. */
   fillUnresolved(): number {
     let left = 0;
@@ -110,14 +123,10 @@ export class FaultBatch {
       const kind = this.kind(i);
       try {
         if (kind === 'minor') this.continue(i);
-        else if (kind === 'wp' || kind === 'rwp') {
-          // A protection fault has its page: filling it would only find it
-          // there (EEXIST) and the thread would fault again. Mode 0 removes
-          // the protection and wakes.
-          if (kind === 'wp') this.#handle.writeProtect(this.pageAddress(i), this.pageSize(i), NO_MODE);
-          else this.#handle.rwProtect(this.pageAddress(i), this.pageSize(i), NO_MODE);
-          this.#resolved[i] = 1;
-        } else this.zero(i);
+        // A protection fault has its page: filling it would only find it
+        // there (EEXIST) and the thread would fault again.
+        else if (kind === 'wp' || kind === 'rwp') this.unprotect(i);
+        else this.zero(i);
       } catch {
         // Whatever refused it, the thread must not hang: it faults again.
         this.#handle.wake(this.pageAddress(i), this.pageSize(i));

@@ -418,8 +418,8 @@ export class Userfaultfd implements FaultResolver {
   /**
    * serve() without a Fault per fault: handler gets each batch the kernel
    * delivered (up to 64 faults) as one reused FaultBatch, and resolves fault
-   * i with batch.copy(i, data), batch.zero(i) or batch.continue(i) before it
-   * returns; addresses are numbers. Nothing is allocated per fault, so the
+   * i with batch.copy(i, data), batch.zero(i), batch.continue(i) or
+   * batch.unprotect(i) before it returns; addresses are numbers. Nothing is allocated per fault, so the
    * garbage collector has nothing to chase. Faults left unresolved (or a
    * handler that throws, reported to onError) get the 'fill' policy.
    * Non-fault events reach onEvent first. Resolves when the uffd is closed.

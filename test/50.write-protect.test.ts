@@ -36,6 +36,23 @@ describe('write-protect (WP mode)', () => {
     uffd.unregister(mapping);
     expect([...mapping.view().subarray(0, 2)]).toEqual([0xa5, 0]);
   });
+  it.skipIf(need !== undefined)(`serveBatch resolves wp faults with batch.unprotect(i), as serve() does with fault.unprotect(), and reports nothing${need ? ` — skipped: ${need}` : ''}`, async () => {
+    const mapping = Mapping.anonymous(4 * PAGE);
+    const uffd = Userfaultfd.open();
+    cleanup.push(() => mapping.unmap(), () => uffd.close());
+    uffd.register(mapping, { missing: true, wp: true });
+    uffd.zeroPage(mapping.address, mapping.length);
+    uffd.writeProtect(mapping.address, mapping.length, true);
+    const errors: unknown[] = [];
+    const outcomes: string[] = [];
+    void uffd.serveBatch((batch) => {
+      for (let i = 0; i < batch.length; i++) outcomes.push(`${batch.kind(i)} ${batch.unprotect(i)} ${batch.resolved(i)}`);
+    }, { onError: (error) => errors.push(error) });
+    const writer = touch({ address: mapping.address, length: mapping.length, write: true });
+    expect((await writer.result).touched).toBe(4);
+    expect(errors).toEqual([]);
+    expect(outcomes).toEqual(Array(4).fill('wp done true'));
+  });
   it.skipIf(needAsync !== undefined)(`lets the serving thread view and write WP-only memory with WP_ASYNC, where no access ever waits for it${needAsync ? ` — skipped: ${needAsync}` : ''}`, () => {
     const mapping = Mapping.anonymous(4 * PAGE);
     const uffd = Userfaultfd.open({ features: ['WP_ASYNC'] });
