@@ -21,9 +21,11 @@ export class FaultBatch {
   readonly #view: DataView;
   readonly #handle: UffdHandle;
   readonly #pageSizeAt: (address: number) => number;
-  // Message index of each fault, and whether it has been resolved.
+  // Message index of each fault, whether it has been resolved, and whether
+  // the kernel refused its resolution with EAGAIN.
   readonly #at: Uint8Array;
   readonly #resolved: Uint8Array;
+  readonly #refused: Uint8Array;
   #length = 0;
 
   /** @internal Made by Userfaultfd.serveBatch. */
@@ -33,6 +35,7 @@ export class FaultBatch {
     this.#pageSizeAt = pageSizeAt;
     this.#at = new Uint8Array(capacity);
     this.#resolved = new Uint8Array(capacity);
+    this.#refused = new Uint8Array(capacity);
   }
 
   /** @internal Takes the faults among the first `count` messages of the buffer. */
@@ -42,6 +45,7 @@ export class FaultBatch {
       if (this.#view.getUint8(i * MSG_SIZE) === EVENT.PAGEFAULT) {
         this.#at[n] = i;
         this.#resolved[n] = 0;
+        this.#refused[n] = 0;
         n++;
       }
     }
@@ -108,17 +112,34 @@ export class FaultBatch {
   unprotect(i: number): Outcome {
     const page = this.pageAddress(i);
     const size = this.#pageSizeAt(page);
-    if (this.kind(i) === 'rwp') this.#handle.rwProtect(page, size, NO_MODE);
-    else this.#handle.writeProtect(page, size, NO_MODE);
+    try {
+      if (this.kind(i) === 'rwp') this.#handle.rwProtect(page, size, NO_MODE);
+      else this.#handle.writeProtect(page, size, NO_MODE);
+    } catch (error) {
+      if ((error as UffdError).code === 'EAGAIN') this.#refused[i] = 1;
+      throw error;
+    }
     this.#resolved[i] = 1;
     return 'done';
   }
 
-  /** @internal serve()'s 'fill' policy, for every fault the handler left unresolved; returns how many there were. */
-  fillUnresolved(): number {
+  /**
+   * @internal serve()'s 'fill' policy, for every fault the handler left
+   * unresolved; returns how many got it. A fault whose resolution the kernel
+   * refused with EAGAIN, and every fault left when `changing` (the handler
+   * threw EAGAIN), is only woken: an event is queued and the address space is
+   * changing, so a fill could land zeros where the handler's bytes belong as
+   * soon as the kernel allows it again. Woken, the thread faults again, and
+   * its new message comes after the event's.
+   */
+  fillUnresolved(changing: boolean): number {
     let left = 0;
     for (let i = 0; i < this.#length; i++) {
       if (this.#resolved[i]) continue;
+      if (changing || this.#refused[i]) {
+        this.#handle.wake(this.pageAddress(i), this.pageSize(i));
+        continue;
+      }
       left++;
       const kind = this.kind(i);
       try {
@@ -159,7 +180,9 @@ export class FaultBatch {
       this.#resolved[i] = 1;
       return 'done';
     } catch (error) {
-      if ((error as UffdError).code !== 'EEXIST') throw error;
+      const code = (error as UffdError).code;
+      if (code === 'EAGAIN') this.#refused[i] = 1;
+      if (code !== 'EEXIST') throw error;
       // Another resolution put the page there first; this thread still waits for a wake.
       this.#handle.wake(page, size);
       this.#resolved[i] = 1;

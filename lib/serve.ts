@@ -141,14 +141,20 @@ export function serveBatch(host: ServeHost, handler: (batch: FaultBatch) => void
     if (batch.length === 0) return;
     host.countJsFaults(batch.length);
     let threw = false;
+    let changing = false;
     try {
       handler(batch);
     } catch (error) {
-      threw = true;
-      guarded(() => report(error));
+      // EAGAIN is the kernel's "read the queued event first", not a failure
+      // of the handler: as serve() retries such faults, they come back.
+      if ((error as UffdError | null | undefined)?.code === 'EAGAIN') changing = true;
+      else {
+        threw = true;
+        guarded(() => report(error));
+      }
     }
     if (host.uffd.closed) return;
-    const left = batch.fillUnresolved();
+    const left = batch.fillUnresolved(changing);
     // As serve() reports a fault its handler returned from without resolving.
     if (left > 0 && !threw) {
       guarded(() => report(new UffdError('ERR_UFFD_UNRESOLVED',

@@ -419,9 +419,13 @@ export class Userfaultfd implements FaultResolver {
    * serve() without a Fault per fault: handler gets each batch the kernel
    * delivered (up to 64 faults) as one reused FaultBatch, and resolves fault
    * i with batch.copy(i, data), batch.zero(i), batch.continue(i) or
-   * batch.unprotect(i) before it returns; addresses are numbers. Nothing is allocated per fault, so the
-   * garbage collector has nothing to chase. Faults left unresolved (or a
-   * handler that throws, reported to onError) get the 'fill' policy.
+   * batch.unprotect(i) before it returns; addresses are numbers. Nothing is
+   * allocated per fault, so the garbage collector has nothing to chase.
+   * Faults left unresolved (or a handler that throws, reported to onError)
+   * get the 'fill' policy. A fault whose resolution the kernel refused with
+   * EAGAIN (an event is queued: the address space is changing), and every
+   * fault left after a handler threw EAGAIN, is woken instead, unreported: it
+   * faults again and comes back in a later batch, after the event.
    * Non-fault events reach onEvent first. Resolves when the uffd is closed.
    */
   serveBatch(handler: (batch: FaultBatch) => void, options?: ServeBatchOptions): Promise<void> {
