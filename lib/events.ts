@@ -35,6 +35,13 @@ export function expire(fault: Fault): void {
   expireFault(fault);
 }
 
+let refusedFault: (fault: Fault) => boolean;
+
+/** @internal Whether the kernel refused the fault's last resolution with EAGAIN (an event is queued): serve() tries it again, caught or not. */
+export function refused(fault: Fault): boolean {
+  return refusedFault(fault);
+}
+
 export class Fault {
   readonly type = 'pagefault' as const;
   readonly kind: FaultKind;
@@ -54,11 +61,13 @@ export class Fault {
   // handler's late resolutions must not act (a copy would overwrite a poison
   // marker, which the kernel allows, and undo the policy).
   #expired = false;
+  #refused = false;
 
   static {
     expireFault = (fault) => {
       fault.#expired = true;
     };
+    refusedFault = (fault) => fault.#refused;
   }
 
   constructor(resolver: FaultResolver, kind: FaultKind, write: boolean, address: bigint, pageSize: number, tid: number | undefined, receivedAt: number) {
@@ -134,6 +143,7 @@ export class Fault {
       this.#resolved = true;
       return 'done';
     } catch (error) {
+      this.#refused = codeOf(error) === 'EAGAIN';
       if (codeOf(error) === 'ENOENT') {
         // The range was unregistered or unmapped since the fault: nothing can
         // resolve it now, but the thread must not wait forever; woken, it

@@ -8,7 +8,7 @@ import type { UffdHandle } from './binding';
 import { EVENT, MSG_SIZE } from './constants';
 import { UffdError, argTypeError, argValueError } from './errors';
 import type { EventStream } from './event-stream';
-import { decode, expire, type DecodeContext, type Fault } from './events';
+import { decode, expire, refused, type DecodeContext, type Fault } from './events';
 import { FaultBatch } from './fault-batch';
 import type { NonFaultEvent, Userfaultfd } from './uffd';
 import * as validate from './validate';
@@ -195,6 +195,16 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
       fail(error, fault);
     }
   };
+  // A handler that caught the EAGAIN and returned has not failed either: the
+  // fault waits for the event like one whose handler let the EAGAIN through.
+  const unsettled = (fault: Fault): void => {
+    if (refused(fault)) {
+      retry.push(fault);
+      scheduleRetry();
+    } else {
+      fail(unresolved(fault), fault);
+    }
+  };
   const dispatch = (fault: Fault): void => {
     host.countJsFaults(1);
     let result: void | Promise<void>;
@@ -214,13 +224,13 @@ export function serveWith(host: ServeHost, handler: (fault: Fault) => void | Pro
       }, Math.max(0, timeoutMs - (performance.now() - fault.receivedAt))).unref();
       (result as Promise<void>).then(() => {
         clearTimeout(timer);
-        if (!fault.resolved) fail(unresolved(fault), fault);
+        if (!fault.resolved) unsettled(fault);
       }, (error) => {
         clearTimeout(timer);
         failed(error, fault);
       });
     } else {
-      fail(unresolved(fault), fault);
+      unsettled(fault);
     }
   };
   // The event that made the kernel refuse with EAGAIN is usually read in

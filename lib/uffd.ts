@@ -376,9 +376,10 @@ export class Userfaultfd implements FaultResolver {
    * fault.zero(), fault.continue(), ...), synchronously or later. A fault it
    * fails on is resolved by options.failure. Within each batch read from the
    * kernel, non-fault events reach options.onEvent before any fault is
-   * handled, and a resolution refused with EAGAIN (the address space is
-   * changing and its event is not read yet) is handed to the handler again
-   * after the next batch's events. Resolves when the uffd is closed.
+   * handled, and a fault whose resolution was refused with EAGAIN (the
+   * address space is changing and its event is not read yet), whether the
+   * handler let the error through or caught it, is handed to the handler
+   * again after the next batch's events. Resolves when the uffd is closed.
    */
   serve(handler: (fault: Fault) => void | Promise<void>, options?: ServeOptions): Promise<void> {
     return serving.serve(this.#host(), handler, options);

@@ -62,6 +62,32 @@ function readByte(address: bigint): Promise<number> {
 }
 
 describe('mmap-changing (a non-cooperative event queued and not yet read)', () => {
+  it.skipIf(needRemove !== undefined)(`serve: a handler that catches the EAGAIN of its copy and returns has not failed; its fault is handed to it again and gets its bytes${needRemove ? ` — skipped: ${needRemove}` : ''}`, async () => {
+    const memory = await remover(8);
+    const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE'] });
+    cleanup.push(() => uffd.close());
+    uffd.register({ address: memory.address, length: 8 * PAGE }, { missing: true });
+    const errors: unknown[] = [];
+    const refused: string[] = [];
+    let first = true;
+    void uffd.serve((fault) => {
+      if (first) {
+        first = false;
+        Atomics.store(memory.go, 0, 1);
+        Atomics.notify(memory.go, 0);
+        waitUntilInEvent(memory.tid);
+      }
+      try {
+        fault.copy(Buffer.alloc(PAGE, 7));
+      } catch (error) {
+        refused.push((error as { code: string }).code);
+      }
+    }, { onError: (error) => errors.push(error), onEvent: () => {} });
+    expect(await readByte(memory.address + BigInt(4 * PAGE))).toBe(7);
+    expect(await untilMessage(memory.worker)).toBe('discarded');
+    expect(refused[0]).toBe('EAGAIN');
+    expect(errors).toEqual([]);
+  });
   it.skipIf(needRemove !== undefined)(`serveBatch: a copy refused with EAGAIN is not a handler failure; the fault is served with the handler's bytes once the event is read${needRemove ? ` — skipped: ${needRemove}` : ''}`, async () => {
     const memory = await remover(8);
     const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE'] });
