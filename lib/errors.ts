@@ -97,6 +97,18 @@ function hint(code: string, syscall: string, extra: Record<string, unknown>): st
       if (ioctl === 'PAGEMAP_SCAN') {
         return 'PAGEMAP_SCAN needs Linux 6.7, and a range registered WP on a uffd with WP_ASYNC (written pages) or, Linux 7.3, registered with { rwp: true } (accessed pages); the range must be page-aligned';
       }
+      // move_pages() refuses with EINVAL whatever is not a move between private
+      // anonymous mappings of the uffd's own process into a range it registered.
+      if (ioctl === 'UFFDIO_MOVE') {
+        return 'UFFDIO_MOVE moves pages only between private anonymous mappings (not shmem, hugetlb or file memory) of the process that opened the userfaultfd, ' +
+          'called from that process, into a range registered with this userfaultfd; source and destination must not overlap, and the addresses and length must be page-aligned. ' +
+          'Use copy() for other memory';
+      }
+      // hugetlb ranges do not offer UFFDIO_ZEROPAGE (UFFDIO_REGISTER leaves it out of their ioctls).
+      if (ioctl === 'UFFDIO_ZEROPAGE') {
+        return 'the address and length must be aligned to the page size of the range; hugetlb memory has no UFFDIO_ZEROPAGE: copy a page of zeros there instead (fault.zero() does) ' +
+          '(or this uffd was never enabled: a descriptor adopted with fromFd needs its UFFDIO_API done by whoever opened it)';
+      }
       // COPY and CONTINUE with writeProtect into a range not registered WP is EINVAL too (mfill_atomic's VM_UFFD_WP check).
       return 'the address and length must be aligned to the page size of the range, and the mode must be one this ioctl supports there ' +
         (ioctl === 'UFFDIO_COPY' || ioctl === 'UFFDIO_CONTINUE' ? '(writeProtect: true needs the range registered with { wp: true }) ' : '') +

@@ -2,13 +2,21 @@
 // found this library behaving differently: each test is the selftest's scenario through the API.
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { afterEach, describe, expect, it } from 'vitest';
-import { Userfaultfd, probe, unavailable } from '../dist/index.js';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { Mapping, Memfd, Userfaultfd, probe, unavailable } from '../dist/index.js';
 import { PAGE, SLOWDOWN, wchan } from './helpers';
+import { reserveHugePages } from './hugepages';
+
+const reservation = reserveHugePages(1);
+afterAll(() => reservation.restore());
 
 const report = probe();
 const needRemove = unavailable(report, { memory: 'anonymous', modes: ['missing'], ioctls: ['COPY'], features: ['EVENT_REMOVE'] });
 if (needRemove) console.warn(`mmap-changing tests skipped: ${needRemove}`);
+const needMove = unavailable(report, { memory: 'anonymous', modes: ['missing'], ioctls: ['MOVE'], features: ['MOVE'] });
+if (needMove) console.warn(`move test skipped: ${needMove}`);
+const needHugetlb = reservation.skipReason ?? unavailable(report, { memory: 'hugetlb', modes: ['missing'] });
+if (needHugetlb) console.warn(`hugetlb zeropage test skipped: ${needHugetlb}`);
 
 const LIBRARY = path.join(__dirname, '..', 'dist', 'index.js');
 const cleanup: (() => unknown)[] = [];
@@ -118,5 +126,40 @@ describe('mmap-changing (a non-cooperative event queued and not yet read)', () =
     expect(refused[0]).toBe('EAGAIN');
     expect(events).toEqual(['remove']);
     expect(errors).toEqual([]);
+  });
+});
+
+describe('the errors of move and zeropage say what the kernel wants', () => {
+  it.skipIf(needMove !== undefined)(`move into shmem: the kernel's EINVAL, and a message that says MOVE needs private anonymous memory${needMove ? ` — skipped: ${needMove}` : ''}`, () => {
+    const source = Mapping.anonymous(PAGE);
+    const memfd = Memfd.create(PAGE);
+    const target = memfd.map();
+    const uffd = Userfaultfd.open({ features: ['MOVE'] });
+    cleanup.push(() => source.unmap(), () => target.unmap(), () => memfd.close(), () => uffd.close());
+    source.view().fill(1);
+    uffd.register(target, { missing: true });
+    let error: unknown;
+    try {
+      uffd.move(target.address, source.address, PAGE);
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toMatchObject({ code: 'EINVAL', errno: -22, syscall: 'ioctl(UFFDIO_MOVE)', bytesDone: 0 });
+    expect((error as Error).message).toMatch(/private anonymous mappings/);
+  });
+  it.skipIf(needHugetlb !== undefined)(`zeroPage on hugetlb: the kernel's EINVAL, and a message that says hugetlb has no ZEROPAGE${needHugetlb ? ` — skipped: ${needHugetlb}` : ''}`, () => {
+    const memfd = Memfd.create(reservation.pageSize, { hugePages: reservation.pageSize });
+    const target = memfd.map();
+    const uffd = Userfaultfd.open({ features: ['MISSING_HUGETLBFS'] });
+    cleanup.push(() => target.unmap(), () => memfd.close(), () => uffd.close());
+    expect(uffd.register(target, { missing: true }).has('ZEROPAGE')).toBe(false);
+    let error: unknown;
+    try {
+      uffd.zeroPage(target.address, target.pageSize);
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toMatchObject({ code: 'EINVAL', errno: -22, syscall: 'ioctl(UFFDIO_ZEROPAGE)' });
+    expect((error as Error).message).toMatch(/hugetlb memory has no UFFDIO_ZEROPAGE/);
   });
 });
