@@ -5,10 +5,11 @@
 // kernel refuses a resolution. The Fault objects of serve() are the friendlier
 // API; this is for handlers where each allocation shows.
 import type { UffdHandle } from './binding';
-import { EVENT, MSG_SIZE, PAGEFAULT_FLAG } from './constants';
+import { CONTINUE_MODE_WP, COPY_MODE_WP, EVENT, MSG_SIZE, PAGEFAULT_FLAG } from './constants';
 import type { UffdError } from './errors';
 import type { FaultKind, Outcome } from './events';
 import { systemPageSize, zeroBytes } from './memory';
+import * as validate from './validate';
 
 const FLAG_WRITE = Number(PAGEFAULT_FLAG.WRITE);
 const FLAG_WP = Number(PAGEFAULT_FLAG.WP);
@@ -90,9 +91,14 @@ export class FaultBatch {
     return this.#resolved[this.#check(i)] === 1;
   }
 
-  /** UFFDIO_COPY of data (data.byteLength bytes: one page or more) to the faulting page. */
-  copy(i: number, data: ArrayBufferView): Outcome {
-    return this.#resolve(i, 0, data);
+  /**
+   * UFFDIO_COPY of data (data.byteLength bytes: one page or more) to the
+   * faulting page; with writeProtect, the page comes in write-protected (the
+   * range registered { wp: true }), as Fault.copy(data, { writeProtect }).
+   * Pass one options object kept for the purpose: nothing is allocated then.
+   */
+  copy(i: number, data: ArrayBufferView, options?: { writeProtect?: boolean }): Outcome {
+    return this.#resolve(i, 0, data, this.#writeProtect(options, COPY_MODE_WP));
   }
 
   /** Zeros for the faulting page (UFFDIO_ZEROPAGE; a copy of zeros on hugetlb). */
@@ -100,9 +106,9 @@ export class FaultBatch {
     return this.#resolve(i, 1, undefined);
   }
 
-  /** UFFDIO_CONTINUE: maps the page cache's page (minor faults). */
-  continue(i: number): Outcome {
-    return this.#resolve(i, 2, undefined);
+  /** UFFDIO_CONTINUE: maps the page cache's page (minor faults); writeProtect as for copy(). */
+  continue(i: number, options?: { writeProtect?: boolean }): Outcome {
+    return this.#resolve(i, 2, undefined, this.#writeProtect(options, CONTINUE_MODE_WP));
   }
 
   /**
@@ -169,12 +175,17 @@ export class FaultBatch {
     return this.#view.getUint32(this.#offset(i) + 8, true);
   }
 
-  #resolve(i: number, how: 0 | 1 | 2, data: ArrayBufferView | undefined): Outcome {
+  #writeProtect(options: { writeProtect?: boolean } | undefined, mode: bigint): bigint {
+    if (options === undefined) return NO_MODE;
+    return validate.flag(validate.options<{ writeProtect: boolean }>(options, 'options').writeProtect, 'options.writeProtect') ? mode : NO_MODE;
+  }
+
+  #resolve(i: number, how: 0 | 1 | 2, data: ArrayBufferView | undefined, mode = NO_MODE): Outcome {
     const page = this.pageAddress(i);
     const size = this.#pageSizeAt(page);
     try {
-      if (how === 0) this.#handle.copy(page, data!, NO_MODE);
-      else if (how === 2) this.#handle.continue(page, size, NO_MODE);
+      if (how === 0) this.#handle.copy(page, data!, mode);
+      else if (how === 2) this.#handle.continue(page, size, mode);
       else if (size === systemPageSize()) this.#handle.zeroPage(page, size, NO_MODE);
       else this.#handle.copy(page, zeroBytes(size), NO_MODE);
       this.#resolved[i] = 1;

@@ -53,6 +53,47 @@ describe('write-protect (WP mode)', () => {
     expect(errors).toEqual([]);
     expect(outcomes).toEqual(Array(4).fill('wp done true'));
   });
+  it.skipIf(need !== undefined)(`serveBatch copies pages in write-protected with batch.copy(i, data, { writeProtect: true }): the first write then faults again, as wp${need ? ` — skipped: ${need}` : ''}`, async () => {
+    const mapping = Mapping.anonymous(4 * PAGE);
+    const uffd = Userfaultfd.open();
+    cleanup.push(() => mapping.unmap(), () => uffd.close());
+    uffd.register(mapping, { missing: true, wp: true });
+    const page = new Uint8Array(PAGE).fill(9);
+    const protect = { writeProtect: true };
+    const kinds: string[] = [];
+    void uffd.serveBatch((batch) => {
+      for (let i = 0; i < batch.length; i++) {
+        kinds.push(batch.kind(i));
+        if (batch.kind(i) === 'missing') batch.copy(i, page, protect);
+        else batch.unprotect(i);
+      }
+    });
+    const writer = touch({ address: mapping.address, length: mapping.length, write: true });
+    expect((await writer.result).touched).toBe(4);
+    // Each page: missing (copied in protected), then wp on the write itself.
+    expect(kinds.filter((k) => k === 'missing')).toHaveLength(4);
+    expect(kinds.filter((k) => k === 'wp')).toHaveLength(4);
+  });
+  it('refuses a non-boolean writeProtect in FaultBatch.copy and continue, changing nothing', async () => {
+    const mapping = Mapping.anonymous(PAGE);
+    const uffd = Userfaultfd.open();
+    cleanup.push(() => mapping.unmap(), () => uffd.close());
+    uffd.register(mapping, { missing: true });
+    const refusals: unknown[] = [];
+    void uffd.serveBatch((batch) => {
+      for (const call of [() => batch.copy(0, new Uint8Array(PAGE), { writeProtect: 'yes' as unknown as boolean }), () => batch.continue(0, null as unknown as {})]) {
+        try {
+          call();
+        } catch (error) {
+          refusals.push((error as { code: string }).code);
+        }
+      }
+      refusals.push(batch.resolved(0));
+      batch.zero(0);
+    });
+    expect((await touch({ address: mapping.address, length: PAGE }).result).touched).toBe(1);
+    expect(refusals).toEqual(['ERR_INVALID_ARG_TYPE', 'ERR_INVALID_ARG_TYPE', false]);
+  });
   it.skipIf(needAsync !== undefined)(`lets the serving thread view and write WP-only memory with WP_ASYNC, where no access ever waits for it${needAsync ? ` — skipped: ${needAsync}` : ''}`, () => {
     const mapping = Mapping.anonymous(4 * PAGE);
     const uffd = Userfaultfd.open({ features: ['WP_ASYNC'] });
