@@ -162,6 +162,12 @@ function decodeUtf8(chunks: Buffer[], complete: boolean): string {
 // One sendmsg of a large message may arrive in several reads of a stream
 // socket; the rest follows at once.
 const CONTINUATION_TIMEOUT_MS = 1000;
+// A read that brought text but no descriptor is dropped and the next one
+// awaited, up to this many times, each for at most CONTINUATION_TIMEOUT_MS:
+// Firecracker's reference handler does the same (five reads, a fd-less body
+// discarded) for Firecracker before v1.12, whose handshakes were seen to
+// arrive without their fd. A peer that sends nothing more is refused then.
+const FDLESS_READS = 5;
 
 /** Reads and checks the handshake of a new connection. On refusal, closes every descriptor received and throws. */
 export async function receiveHandshake(connection: UnixConnection, options: ReceiveHandshakeOptions): Promise<Handshake> {
@@ -176,8 +182,13 @@ export async function receiveHandshake(connection: UnixConnection, options: Rece
       }
       throw error;
     };
-    const first = await connection.receive({ timeoutMs }).catch(timedOut);
+    let first = await connection.receive({ timeoutMs }).catch(timedOut);
     if (!first) throw new UffdError('ERR_UFFD_PEER_LOST', 'ERR_UFFD_PEER_LOST: the peer closed the connection without sending anything');
+    for (let read = 1; first.fds.length === 0 && read < FDLESS_READS; read++) {
+      const again = await connection.receive({ timeoutMs: CONTINUATION_TIMEOUT_MS }).catch(() => null);
+      if (!again) break;
+      first = again;
+    }
     fds.push(...first.fds);
     if (first.fdsTruncated) throw badHandshake('more descriptors came than the one Firecracker sends (the kernel dropped those beyond 16)');
     const chunks = [first.data];

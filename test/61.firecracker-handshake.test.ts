@@ -316,4 +316,15 @@ describe('FirecrackerServer refuses malformed handshakes from a peer process', (
     expect(sessions).toHaveLength(1);
     expect((await sessions[0]!.done).error).toBeUndefined();
   });
+
+  it('reads again after a read that brought the text without the descriptor, as Firecracker\'s own handler does, and serves the peer', async () => {
+    const count = refused.length;
+    const peer = startFcPeer(['--socket', s.socket, '--mem-file', s.memFile, '--regions', '1M,1M', '--fd-late']);
+    const { code, report } = await peer.exited;
+    expect(report).toMatchObject({ ok: true, mismatches: 0 });
+    expect(code).toBe(0);
+    expect(refused).toHaveLength(count);
+    expect(sessions).toHaveLength(2);
+    expect((await sessions[1]!.done).error).toBeUndefined();
+  });
 });
