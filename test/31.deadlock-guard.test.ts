@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Mapping, Userfaultfd, attachView } from '../dist/index.js';
-import { PAGE, touch, registeredAnonymous } from './helpers';
+import { PAGE, SLOWDOWN, touch, registeredAnonymous } from './helpers';
 
 const cleanup: (() => void)[] = [];
 afterEach(() => {
@@ -169,7 +169,7 @@ describe('deadlock guard', () => {
     expect((await once(worker, 'message'))[0]).toBe('borrowed');
     // The guard lets go once the worker waits in serveSync; until then a read
     // is refused (and changes nothing), so ask until it goes through.
-    const first = await vi.waitFor(() => mapping.read(0, PAGE), { timeout: 10_000, interval: 5 });
+    const first = await vi.waitFor(() => mapping.read(0, PAGE), { timeout: 10_000 * SLOWDOWN, interval: 5 });
     expect(first.every((b) => b === 7)).toBe(true);
     expect(mapping.view()[PAGE + 1]).toBe(7);
     // The worker gone, this thread is the one to serve the uffd again.

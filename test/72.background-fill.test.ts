@@ -4,7 +4,7 @@
 // touching each page. Every fault is real, raised by a worker thread.
 import { describe, expect, it, vi } from 'vitest';
 import { BufferPageSource, type ServeFromOptions, type ServeStats, type Userfaultfd } from '../dist/index.js';
-import { PAGE, pattern, registeredAnonymous, shuffled, touch } from './helpers';
+import { PAGE, SLOWDOWN, pattern, registeredAnonymous, shuffled, touch } from './helpers';
 
 function setup(pages: number): ReturnType<typeof registeredAnonymous> & { image: SharedArrayBuffer } {
   return { ...registeredAnonymous(pages), image: pattern(pages * PAGE, 72) };
@@ -136,7 +136,8 @@ describe('serveFrom background fill', () => {
     const { result } = touch({ address: mapping.address + BigInt(lacking * PAGE), length: PAGE, expected: image.slice(lacking * PAGE) });
     // Every other page is filled; the one the source lacks is with JavaScript,
     // whose fetch has not delivered yet: a thread still waits on it.
-    await vi.waitFor(() => expect(uffd.stats()).toMatchObject({ backgroundPages: pages - 1, jsFaults: 1 }), { timeout: 10_000, interval: 5 });
+    // (The toucher is a worker: its start-up takes seconds under emulation.)
+    await vi.waitFor(() => expect(uffd.stats()).toMatchObject({ backgroundPages: pages - 1, jsFaults: 1 }), { timeout: 10_000 * SLOWDOWN, interval: 5 });
     expect(pagesLeft(uffd)).toBe(1);
     release();
     expect(await result).toMatchObject({ ok: true, mismatches: 0 });
