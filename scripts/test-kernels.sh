@@ -41,7 +41,8 @@ OPTIONAL_KERNELS="debian-6.12:trixie"
 # emulation and changes with no kernel).
 TEST_FILES=${UFFD_KERNEL_TESTS:-"test/01.open.test.ts \
 test/50.write-protect.test.ts test/51.poison-move-sigbus.test.ts test/52.events.test.ts \
-test/53.hugetlb.test.ts test/55.probe-and-constants.test.ts test/56.matrix.test.ts test/57.rwp.test.ts"}
+test/53.hugetlb.test.ts test/55.probe-and-constants.test.ts test/56.matrix.test.ts test/57.rwp.test.ts \
+test/58.selftests-parity.test.ts"}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${UFFD_KERNELS_CACHE:-$HOME/.cache/userfaultfd-kernels}
