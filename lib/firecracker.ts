@@ -347,6 +347,13 @@ export class FirecrackerSession {
         this.#peerGone(error);
         return;
       }
+      // Not registered there any more (Firecracker v1.7-v1.10 maps fresh
+      // memory over a ballooned range, with no event): woken, the thread
+      // retries and the kernel answers it.
+      if (code === 'ENOENT') {
+        fault.release();
+        return;
+      }
       this.#unservable(fault, unservable(`the kernel refused to resolve the ${fault.kind} fault at 0x${fault.address.toString(16)}`, error));
       return;
     }

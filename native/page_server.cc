@@ -779,8 +779,14 @@ void PageServer::Resolve(const Job* jobs, size_t a, size_t b, uint64_t first, ui
       // The address space is changing: its event comes with the next read.
       counters_.eagain.fetch_add(1, std::memory_order_relaxed);
       pending_.push_back(job);
-    } else if (rc == -ESRCH || rc == -ENOENT) {
+    } else if (rc == -ESRCH) {
       // The faulting process is gone: nothing waits.
+    } else if (rc == -ENOENT) {
+      // Not registered there any more (Firecracker v1.7-v1.10 maps fresh
+      // memory over a ballooned range, with no event): the thread still
+      // waits; woken, it retries and the kernel answers it.
+      counters_.ioctls.fetch_add(1, std::memory_order_relaxed);
+      uffd::Wake(uffd_, r.range.start + job.page * ps, ps);
     } else {
       // Refused for another reason: JavaScript's handler decides (and its
       // failure policy makes sure the thread does not hang).

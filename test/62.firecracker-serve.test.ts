@@ -287,6 +287,26 @@ describe('faults that cannot be served, and peers that die', () => {
     expect(result.error?.code).toBe('ERR_UFFD_UNSERVABLE');
   });
 
+  it('a fault whose page stopped being registered while it waited (Firecracker v1.7-v1.10 maps fresh memory over a ballooned range) is woken, not a failure: the peer runs on and reads zeros there', async () => {
+    const source = new GatedSource(s.memFile);
+    const release = source.hold(0);
+    const { nextSession } = serve(source);
+    const peer = startFcPeer(peerArgs('--regions', '1M', '--remap-pending'));
+    const session = await nextSession();
+    await peer.line((r) => r.handshake === 1);
+    peer.child.kill('SIGUSR1');
+    await source.requested(0);
+    await peer.line((r) => r.remapped === 1);
+    // The copy now finds nothing registered at the page (ENOENT).
+    release();
+    const { code, report } = await peer.exited;
+    expect(report).toMatchObject({ ok: true, removedZero: 1 });
+    expect(code).toBe(0);
+    const result = await session.done;
+    expect(result.end).toBe('exited');
+    expect(result.error).toBeUndefined();
+  });
+
   it('a fault outside every region the peer announced is not served with anything: the peer is killed', async () => {
     const { nextSession } = serve(new FilePageSource(s.memFile));
     const peer = startFcPeer(peerArgs('--regions', '1M,1M', '--announce', '1', '--order', 'seq'));

@@ -176,6 +176,28 @@ describe('userfaultfd serve', () => {
 
   // Nobody serves a peer's faults once the command has gone: a peer left
   // registered with pages missing would wait for them forever.
+  it('wakes a fault whose page stopped being registered while it waited (Firecracker v1.7-v1.10 maps fresh memory over a ballooned range, with no event): the VM is not left hanging, the page reads as zeros', async () => {
+    const serve = command(serveArgs());
+    await serve.line(/^listening on /);
+    const peer = startFcPeer(peerArgs('--regions', '1M', '--remap-pending'));
+    await peer.line((r) => r.handshake === 1);
+    // Stopped, the handler reads the fault only after its page was remapped: its copy finds nothing registered there (ENOENT).
+    serve.child.kill('SIGSTOP');
+    try {
+      peer.child.kill('SIGUSR1');
+      await peer.line((r) => r.remapped === 1);
+    } finally {
+      serve.child.kill('SIGCONT');
+    }
+    // Left waiting, the peer would never exit.
+    const hung = setTimeout(() => peer.child.kill('SIGKILL'), 10_000);
+    const { code, report } = await peer.exited;
+    clearTimeout(hung);
+    expect(report).toMatchObject({ ok: true, removedZero: 1 });
+    expect(code).toBe(0);
+    expect(await serve.exited).toBe(0);
+  });
+
   it('SIGTERM kills a peer whose memory is not all served, and exits 1', async () => {
     const serve = command(serveArgs());
     await serve.line(/^listening on /);

@@ -38,6 +38,9 @@ export interface PeerReport {
   paused?: number;
   churned?: number;
   churnedNonZero?: number;
+  /** --remap-pending: the handshake was sent (the peer waits for SIGUSR1), and the faulting page was remapped. */
+  handshake?: number;
+  remapped?: number;
 }
 
 export interface RunningPeer {
