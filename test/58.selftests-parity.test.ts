@@ -69,22 +69,32 @@ function readByte(address: bigint): Promise<number> {
   return untilMessage<number>(worker);
 }
 
+// The selftest's setup: the remover's memory registered (missing) on a uffd
+// with EVENT_REMOVE, and removeOnce(), for the handler's first call: it lets
+// the remover discard and returns once the REMOVE waits to be read, so that
+// the handler's resolution is refused with EAGAIN.
+async function changing(): Promise<{ memory: Awaited<ReturnType<typeof remover>>; uffd: Userfaultfd; errors: unknown[]; removeOnce: () => void }> {
+  const memory = await remover(8);
+  const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE'] });
+  cleanup.push(() => uffd.close());
+  uffd.register({ address: memory.address, length: 8 * PAGE }, { missing: true });
+  let first = true;
+  const removeOnce = (): void => {
+    if (!first) return;
+    first = false;
+    Atomics.store(memory.go, 0, 1);
+    Atomics.notify(memory.go, 0);
+    waitUntilInEvent(memory.tid);
+  };
+  return { memory, uffd, errors: [], removeOnce };
+}
+
 describe('mmap-changing (a non-cooperative event queued and not yet read)', () => {
   it.skipIf(needRemove !== undefined)(`serve: a handler that catches the EAGAIN of its copy and returns has not failed; its fault is handed to it again and gets its bytes${needRemove ? ` — skipped: ${needRemove}` : ''}`, async () => {
-    const memory = await remover(8);
-    const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE'] });
-    cleanup.push(() => uffd.close());
-    uffd.register({ address: memory.address, length: 8 * PAGE }, { missing: true });
-    const errors: unknown[] = [];
+    const { memory, uffd, errors, removeOnce } = await changing();
     const refused: string[] = [];
-    let first = true;
     void uffd.serve((fault) => {
-      if (first) {
-        first = false;
-        Atomics.store(memory.go, 0, 1);
-        Atomics.notify(memory.go, 0);
-        waitUntilInEvent(memory.tid);
-      }
+      removeOnce();
       try {
         fault.copy(Buffer.alloc(PAGE, 7));
       } catch (error) {
@@ -97,21 +107,11 @@ describe('mmap-changing (a non-cooperative event queued and not yet read)', () =
     expect(errors).toEqual([]);
   });
   it.skipIf(needRemove !== undefined)(`serveBatch: a copy refused with EAGAIN is not a handler failure; the fault is served with the handler's bytes once the event is read${needRemove ? ` — skipped: ${needRemove}` : ''}`, async () => {
-    const memory = await remover(8);
-    const uffd = Userfaultfd.open({ features: ['EVENT_REMOVE'] });
-    cleanup.push(() => uffd.close());
-    uffd.register({ address: memory.address, length: 8 * PAGE }, { missing: true });
-    const errors: unknown[] = [];
+    const { memory, uffd, errors, removeOnce } = await changing();
     const events: string[] = [];
     const refused: string[] = [];
-    let first = true;
     void uffd.serveBatch((batch) => {
-      if (first) {
-        first = false;
-        Atomics.store(memory.go, 0, 1);
-        Atomics.notify(memory.go, 0);
-        waitUntilInEvent(memory.tid);
-      }
+      removeOnce();
       for (let i = 0; i < batch.length; i++) {
         try {
           batch.copy(i, Buffer.alloc(PAGE, 7));
