@@ -72,7 +72,8 @@ export interface Native {
   mapShared(fd: number, offset: number, length: number, readOnly: boolean): bigint;
   mapAnonymous(length: number, hugePageLog2: number): bigint;
   unmap(address: bigint, length: number, detach: boolean): void;
-  view(address: bigint, length: number): ArrayBuffer;
+  /** caller names the call in errors: 'view' or 'attachView'. */
+  view(address: bigint, length: number, caller: 'view' | 'attachView'): ArrayBuffer;
   discard(address: bigint, length: number, remove: boolean): void;
   scanWritten(pid: number, start: bigint, length: number, rearm: boolean): BigUint64Array;
   scanAccessed(pid: number, start: bigint, length: number): BigUint64Array;

@@ -149,7 +149,7 @@ export class Mapping {
    */
   view(offset: number = 0, length?: number): Uint8Array {
     const [start, bytes] = this.#slice(offset, length);
-    return new Uint8Array(native.view(start, bytes));
+    return new Uint8Array(native.view(start, bytes, 'view'));
   }
 
   /** A copy of [offset, offset+length). On the serving thread, only if every page is present already. */
@@ -205,7 +205,7 @@ export class Mapping {
  * that serves its faults. The mapping stays valid while the view is alive.
  */
 export function attachView(address: bigint, length: number | bigint): Uint8Array {
-  return new Uint8Array(native.view(validate.address(address, 'address'), validate.size(length, 'length')));
+  return new Uint8Array(native.view(validate.address(address, 'address'), validate.size(length, 'length'), 'attachView'));
 }
 
 /**

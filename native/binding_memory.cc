@@ -122,13 +122,15 @@ Napi::Value ScanAccessed(const Napi::CallbackInfo& info) {
   return RangesOut(info.Env(), r, ranges);
 }
 
-// view(address, length) -> ArrayBuffer over the mapping, from any thread.
+// view(address, length, caller) -> ArrayBuffer over the mapping, from any
+// thread; caller ('view', 'attachView') names the call in errors.
 Napi::Value View(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t address = U64(info, 0), length = U64(info, 1);
-  if (MappingTable::Get().ServedHere(address, length)) ThrowCode(env, "ERR_UFFD_WOULD_DEADLOCK", "view");
+  std::string caller = info[2].As<Napi::String>();
+  if (MappingTable::Get().ServedHere(address, length)) ThrowCode(env, "ERR_UFFD_WOULD_DEADLOCK", caller.c_str());
   uint64_t start = MappingTable::Get().AcquireView(address, length);
-  if (start == 0) ThrowCode(env, "ERR_UFFD_NOT_MAPPED", "view");
+  if (start == 0) ThrowCode(env, "ERR_UFFD_NOT_MAPPED", caller.c_str());
   return Napi::ArrayBuffer::New(
       env, reinterpret_cast<void*>(address), length,
       [](Napi::Env, void*, uint64_t* start) {
