@@ -15,6 +15,9 @@ case $sanitizer in
   *) echo "test:sanitize: SANITIZER must be address or thread, not '$sanitizer'" >&2; exit 2 ;;
 esac
 
+# Configured every time: a build directory keeps its cache, and a plain build
+# would go on with the options it was first configured with.
+npx cmake-js configure -d native -O "$out" --CDSANITIZE="$sanitizer" --log-level warn >/dev/null
 npx cmake-js build -d native -O "$out" --CDSANITIZE="$sanitizer" --log-level warn >/dev/null
 npm run build --silent
 
